@@ -1,0 +1,153 @@
+"""Settings, all from the environment.
+
+Development defaults are safe; production secrets have no default: without
+DJANGO_SECRET_KEY (or DJANGO_SECRET_KEY_FILE) startup fails unless DJANGO_DEBUG=1.
+"""
+
+import os
+import socket
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(name, default=""):
+    return os.environ.get(name, default).strip()
+
+
+def env_int(name, default, minimum=0):
+    raw = env_str(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def env_float(name, default, minimum=0.0):
+    raw = env_str(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def env_bool(name, default=False):
+    raw = env_str(name).lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured(f"{name} must be true or false, got {raw!r}")
+
+
+def env_list(name, default):
+    return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
+
+
+def secret_key():
+    path = env_str("DJANGO_SECRET_KEY_FILE")
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise ImproperlyConfigured(f"DJANGO_SECRET_KEY_FILE={path} cannot be read: {exc}") from None
+    key = env_str("DJANGO_SECRET_KEY")
+    if key:
+        return key
+    if DEBUG:
+        return "insecure-development-key-do-not-use-in-production"
+    raise ImproperlyConfigured(
+        "DJANGO_SECRET_KEY or DJANGO_SECRET_KEY_FILE must be set (or DJANGO_DEBUG=1 for development)"
+    )
+
+
+def redis_url():
+    url = env_str("REDIS_URL")
+    if url and not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ImproperlyConfigured(f"REDIS_URL is not a redis://, rediss:// or unix:// URL: {url!r}")
+    return url
+
+
+DEBUG = env_bool("DJANGO_DEBUG")
+SECRET_KEY = secret_key()
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+
+INSTALLED_APPS = ["channels", "rooms"]
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.common.CommonMiddleware",
+]
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+DATABASES = {}  # the service keeps no database; see rooms.consumers.DatabaseFreeConsumer
+TEMPLATES = []
+USE_TZ = True
+TIME_ZONE = "UTC"
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s pid=%(process)d %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO").upper()},
+}
+
+# Identity of this process, shown in /version, welcome frames and metrics.
+COLOR = env_str("COLOR", "dev")
+APP_VERSION = env_str("APP_VERSION", "dev")
+REPLICA = env_str("REPLICA") or socket.gethostname()
+
+# Redis: the channel layer (control messages) and room fan-out (pub/sub) share it.
+REDIS_URL = redis_url()
+REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 1000, minimum=10)
+# Must stay above the channel layer's 5 s BZPOPMIN wait, or idle receivers die with TimeoutError.
+REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 15.0, minimum=6.0)
+REDIS_CONNECT_TIMEOUT = env_float("REDIS_CONNECT_TIMEOUT", 3.0, minimum=0.1)
+
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "max_connections": REDIS_MAX_CONNECTIONS,
+                        "socket_timeout": REDIS_SOCKET_TIMEOUT,
+                        "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
+                        "health_check_interval": 30,
+                    }
+                ],
+                "prefix": "wsapp",
+            },
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# WebSocket limits.
+MAX_BODY_CHARS = env_int("MAX_BODY_CHARS", 4096, minimum=1)
+WS_MAX_MESSAGE_BYTES = env_int("WS_MAX_MESSAGE_BYTES", 65536, minimum=1024)
+RATE_LIMIT_PER_SECOND = env_float("RATE_LIMIT_PER_SECOND", 20.0, minimum=0.1)
+RATE_LIMIT_BURST = env_int("RATE_LIMIT_BURST", 40, minimum=1)
+# Consecutive rate-limited frames tolerated before the connection is closed with 1008.
+RATE_LIMIT_STRIKES = env_int("RATE_LIMIT_STRIKES", 20, minimum=1)
+MAX_CONNECTIONS = env_int("MAX_CONNECTIONS", 10000, minimum=1)
+# Frames queued for one client before it is closed as a slow consumer (1013).
+OUTBOUND_QUEUE_MAX = env_int("OUTBOUND_QUEUE_MAX", 1000, minimum=1)
+GRACEFUL_TIMEOUT = env_float("GRACEFUL_TIMEOUT", 8.0, minimum=0.0)

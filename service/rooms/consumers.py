@@ -1,0 +1,192 @@
+"""The room consumer and its database-free base."""
+
+import asyncio
+import json
+import secrets
+from collections import deque
+
+from channels.consumer import get_handler_name
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from . import lifecycle, metrics
+from .hub import HubUnavailable, get_hub
+from .ratelimit import TokenBucket
+from .sessions import Session, register, unregister
+
+NO_CHANNEL_LAYER = "__none__"  # an alias with no layer: consumers take no layer channel
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_TRY_AGAIN_LATER = 1013
+RELEASE_FLUSH_SECONDS = 2.0
+
+
+class DatabaseFreeConsumer(AsyncWebsocketConsumer):
+    """A consumer for code that never touches the ORM.
+
+    Channels' AsyncConsumer.dispatch runs close_old_connections in a worker thread before
+    every message, to protect ORM users from stale database connections. Without the ORM
+    that hop protects nothing and costs more than half of the throughput, so it is skipped.
+    Do not use this base for a consumer that queries the database.
+    """
+
+    channel_layer_alias = NO_CHANNEL_LAYER
+
+    async def dispatch(self, message):
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+
+class RoomConsumer(DatabaseFreeConsumer):
+    session_id = None
+
+    async def connect(self):
+        self.room = self.scope["url_route"]["kwargs"]["room"]
+        reason = lifecycle.refusal()
+        if reason is not None:
+            await self.refuse(reason)
+            return
+        self.outbox = deque()
+        self.writer = None
+        self.open = False
+        self.closing = False
+        self.close_code = None
+        self.strikes = 0
+        self.bucket = TokenBucket(settings.RATE_LIMIT_PER_SECOND, settings.RATE_LIMIT_BURST)
+        try:
+            await get_hub().join(self.room, self)
+        except HubUnavailable:
+            await self.refuse("unavailable")
+            return
+        self.session_id = secrets.token_urlsafe(9)
+        client = self.scope.get("client") or ("", 0)
+        register(Session(self.session_id, self.room, f"{client[0]}:{client[1]}", self))
+        metrics.CONNECTIONS_OPENED.inc()
+        await self.accept()
+        await self.send(text_data=json.dumps({
+            "type": "welcome",
+            "room": self.room,
+            "session": self.session_id,
+            "color": settings.COLOR,
+            "replica": settings.REPLICA,
+        }))
+        self.open = True
+        self.kick()
+
+    async def refuse(self, reason):
+        metrics.HANDSHAKES_REJECTED.labels(reason).inc()
+        await self.close()
+
+    async def disconnect(self, code):
+        if self.session_id is None:
+            return
+        self.closing = True
+        if self.writer is not None:
+            self.writer.cancel()
+        unregister(self.session_id)
+        await get_hub().leave(self.room, self)
+        metrics.CONNECTIONS_CLOSED.labels(str(self.close_code or code)).inc()
+
+    async def receive(self, text_data=None, bytes_data=None):
+        metrics.MESSAGES_RECEIVED.inc()
+        if not self.bucket.take():
+            self.strikes += 1
+            if self.strikes > settings.RATE_LIMIT_STRIKES:
+                metrics.ERRORS.labels("rate_limited_close").inc()
+                await self.close_with(CLOSE_POLICY_VIOLATION)
+            else:
+                self.error("rate_limited", f"over {settings.RATE_LIMIT_PER_SECOND:g} messages/s")
+            return
+        self.strikes = 0
+        if text_data is None:
+            self.error("unsupported_frame", "send JSON text frames, not binary")
+            return
+        try:
+            data = json.loads(text_data)
+        except ValueError:
+            self.error("invalid_json", "the frame is not valid JSON")
+            return
+        if not isinstance(data, dict):
+            self.error("invalid_message", "send a JSON object with a 'type'")
+            return
+        kind = data.get("type")
+        if kind == "ping":
+            self.deliver('{"type":"pong"}')
+        elif kind == "message":
+            await self.on_message(data)
+        else:
+            self.error("unknown_type", f"unknown message type {kind!r}; use 'message' or 'ping'")
+
+    async def on_message(self, data):
+        body = data.get("body")
+        if not isinstance(body, str):
+            self.error("invalid_body", "'body' must be a string")
+        elif len(body) > settings.MAX_BODY_CHARS:
+            self.error("body_too_long", f"'body' is over {settings.MAX_BODY_CHARS} characters")
+        else:
+            try:
+                await get_hub().publish(self.room, self.session_id, body)
+            except HubUnavailable:
+                metrics.ERRORS.labels("redis").inc()
+                self.error("unavailable", "the message could not be published; try again")
+            else:
+                metrics.BROADCASTS.inc()
+
+    def error(self, code, detail):
+        metrics.ERRORS.labels(code).inc()
+        self.deliver(json.dumps({"type": "error", "error": code, "detail": detail}))
+
+    def deliver(self, frame):
+        """Queue a frame for this client; a client that falls too far behind is closed."""
+        if self.closing:
+            return
+        if len(self.outbox) >= settings.OUTBOUND_QUEUE_MAX:
+            self.outbox.clear()
+            metrics.ERRORS.labels("slow_consumer").inc()
+            asyncio.ensure_future(self.close_with(CLOSE_TRY_AGAIN_LATER))
+            return
+        self.outbox.append(frame)
+        self.kick()
+
+    def kick(self):
+        if self.open and self.writer is None and self.outbox:
+            self.writer = asyncio.ensure_future(self.flush())
+
+    async def flush(self):
+        try:
+            while self.outbox:
+                await self.send(text_data=self.outbox.popleft())
+        except Exception:
+            metrics.ERRORS.labels("send").inc()
+            self.outbox.clear()
+        finally:
+            self.writer = None
+
+    async def close_with(self, code):
+        if self.closing:
+            return
+        self.closing = True
+        self.close_code = code
+        if self.writer is not None:
+            self.writer.cancel()
+        await self.close(code=code)
+
+    async def release(self, code, notice):
+        """Send what is queued and a last notice, then close: used when draining."""
+        if self.closing:
+            return
+        self.deliver(notice)
+        self.closing = True
+        if self.writer is not None:
+            await asyncio.wait([self.writer], timeout=RELEASE_FLUSH_SECONDS)
+        self.close_code = code
+        await self.close(code=code)
+
+
+class UnknownPathConsumer(DatabaseFreeConsumer):
+    """Refuses handshakes on paths that are not a room, instead of failing with a 500."""
+
+    async def connect(self):
+        metrics.HANDSHAKES_REJECTED.labels("unknown_path").inc()
+        await self.close()

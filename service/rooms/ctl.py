@@ -1,0 +1,67 @@
+"""Operator commands, run as `python -m rooms.ctl COMMAND` inside the image or on a host.
+
+  wait-redis --timeout S       wait until REDIS_URL answers PING
+  drain COLOR --seconds S      tell every process of COLOR to release its connections
+  undrain COLOR                cancel a drain
+"""
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+
+
+def wait_redis(args):
+    import redis
+
+    client = redis.Redis.from_url(os.environ["REDIS_URL"], socket_connect_timeout=1, socket_timeout=1)
+    deadline = time.monotonic() + args.timeout
+    while True:
+        try:
+            client.ping()
+            return 0
+        except (redis.RedisError, OSError) as exc:
+            if time.monotonic() > deadline:
+                print(f"Redis at REDIS_URL did not answer: {exc}", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+
+
+def control(args, message):
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    import django
+
+    django.setup()
+    from channels.layers import get_channel_layer
+
+    from .lifecycle import control_group
+
+    async def send():
+        await get_channel_layer().group_send(control_group(args.color), message)
+
+    asyncio.run(send())
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m rooms.ctl", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("wait-redis")
+    p.add_argument("--timeout", type=float, default=30.0)
+    p = sub.add_parser("drain")
+    p.add_argument("color")
+    p.add_argument("--seconds", type=float, default=30.0)
+    p = sub.add_parser("undrain")
+    p.add_argument("color")
+    args = parser.parse_args(argv)
+    if args.command == "wait-redis":
+        return wait_redis(args)
+    if args.command == "drain":
+        return control(args, {"type": "control.drain", "seconds": args.seconds})
+    return control(args, {"type": "control.undrain"})
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Prometheus metrics, defined once.
+
+Under several Uvicorn workers PROMETHEUS_MULTIPROC_DIR is set (entrypoint.sh wipes it at
+start) and prometheus_client's multiprocess mode sums the workers' files at scrape time.
+"""
+
+import glob
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+
+ACTIVE_CONNECTIONS = Gauge(
+    "ws_active_connections", "Live WebSocket sessions.", multiprocess_mode="livesum"
+)
+DRAINING = Gauge(
+    "ws_draining", "1 while this process drains its connections.", multiprocess_mode="livemax"
+)
+READY = Gauge("ws_ready", "1 while this process is ready for traffic.", multiprocess_mode="livemin")
+BUILD_INFO = Gauge(
+    "ws_build_info",
+    "Always 1; labels say which build, color and replica this is.",
+    ["color", "version", "replica"],
+    multiprocess_mode="max",
+)
+CONNECTIONS_OPENED = Counter("ws_connections_opened_total", "WebSocket handshakes accepted.")
+CONNECTIONS_CLOSED = Counter(
+    "ws_connections_closed_total", "WebSocket sessions ended, by close code.", ["code"]
+)
+HANDSHAKES_REJECTED = Counter(
+    "ws_handshakes_rejected_total", "WebSocket handshakes refused, by reason.", ["reason"]
+)
+MESSAGES_RECEIVED = Counter("ws_messages_received_total", "Frames received from clients.")
+MESSAGES_SENT = Counter("ws_messages_sent_total", "Frames queued to clients.")
+BROADCASTS = Counter("ws_broadcasts_total", "Room messages published by this process.")
+ERRORS = Counter("ws_errors_total", "Exceptions and rejected input, by kind.", ["kind"])
+BROADCAST_DELAY = Histogram(
+    "ws_broadcast_delay_seconds",
+    "Time from a room message's publication to its fan-out in this process.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+
+
+def render():
+    """Return (body, content type) for a scrape of this process or, in multiprocess mode, all."""
+    if MULTIPROC_DIR:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def forget_dead_workers():
+    """Mark workers that left files behind but no longer run as dead (live gauges drop them)."""
+    if not MULTIPROC_DIR:
+        return
+    for path in glob.glob(os.path.join(MULTIPROC_DIR, "gauge_live*_*.db")):
+        pid = int(path.rsplit("_", 1)[1].split(".")[0])
+        if pid != os.getpid() and not _running(pid):
+            multiprocess.mark_process_dead(pid, MULTIPROC_DIR)
+
+
+def mark_self_dead():
+    if MULTIPROC_DIR:
+        multiprocess.mark_process_dead(os.getpid(), MULTIPROC_DIR)
+
+
+def _running(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
