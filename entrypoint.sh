@@ -21,6 +21,10 @@ log() { echo "==> $(date -u +%H:%M:%S) $*" >&2; }
 
 main() {
   cd "$(dirname "$(readlink -f "$0")")/service"
+  # A command given to the container (e.g. `python -m rooms.ctl drain blue`) runs instead.
+  if (($#)); then
+    exec "$@"
+  fi
   [[ $WEB_CONCURRENCY =~ ^[1-9][0-9]*$ ]] || die "WEB_CONCURRENCY must be a positive integer, got '$WEB_CONCURRENCY'"
   [[ $PORT =~ ^[0-9]+$ ]] || die "PORT must be a number, got '$PORT'"
   if [[ -z $REDIS_URL && $WEB_CONCURRENCY -gt 1 ]]; then

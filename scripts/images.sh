@@ -89,11 +89,11 @@ build_base() {
 build_local() {
   local name="$1"
   local image="${LOCAL_PREFIX}/${name}:bookworm"
-  build_base
   if image_exists "${image}"; then
     log "${image}: present (cached)"
     return 0
   fi
+  build_base
   log "${image}: building from docker/${name}"
   docker build --build-arg "BASE_IMAGE=${LOCAL_BASE}" -t "${image}" \
     "${ROOT_DIR}/docker/${name}" >&2

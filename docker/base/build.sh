@@ -36,7 +36,7 @@ bootstrap() {
   fi
   log "debootstrap ${SUITE} into ${rootfs}"
   debootstrap "${args[@]}" >&2 \
-    || die "debootstrap failed (see ${rootfs}/debootstrap/debootstrap.log)"
+    || die "debootstrap failed"
 }
 
 # Trust the host's CA bundle (TLS-inspecting proxy). The copy under

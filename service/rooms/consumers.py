@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import logging
 import secrets
 from collections import deque
 
@@ -13,6 +14,8 @@ from . import lifecycle, metrics
 from .hub import HubUnavailable, get_hub
 from .ratelimit import TokenBucket
 from .sessions import Session, register, unregister
+
+log = logging.getLogger(__name__)
 
 NO_CHANNEL_LAYER = "__none__"  # an alias with no layer: consumers take no layer channel
 CLOSE_POLICY_VIOLATION = 1008
@@ -56,7 +59,8 @@ class RoomConsumer(DatabaseFreeConsumer):
         self.bucket = TokenBucket(settings.RATE_LIMIT_PER_SECOND, settings.RATE_LIMIT_BURST)
         try:
             await get_hub().join(self.room, self)
-        except HubUnavailable:
+        except HubUnavailable as exc:
+            log.warning("handshake refused: %s", exc)
             await self.refuse("unavailable")
             return
         self.session_id = secrets.token_urlsafe(9)

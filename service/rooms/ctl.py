@@ -1,6 +1,7 @@
 """Operator commands, run as `python -m rooms.ctl COMMAND` inside the image or on a host.
 
   wait-redis --timeout S       wait until REDIS_URL answers PING
+  probe                        container healthcheck: exit 0 if /readyz says ready or draining
   drain COLOR --seconds S      tell every process of COLOR to release its connections
   undrain COLOR                cancel a drain
 """
@@ -28,6 +29,22 @@ def wait_redis(args):
             time.sleep(0.5)
 
 
+def probe(args):
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = f"http://127.0.0.1:{os.environ.get('PORT', '8000')}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+            return 0 if response.status == 200 else 1
+    except urllib.error.HTTPError as exc:
+        return 0 if json.loads(exc.read() or b"{}").get("draining") else 1
+    except OSError as exc:
+        print(f"{url}: {exc}", file=sys.stderr)
+        return 1
+
+
 def control(args, message):
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     import django
@@ -50,6 +67,8 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("wait-redis")
     p.add_argument("--timeout", type=float, default=30.0)
+    p = sub.add_parser("probe")
+    p.add_argument("--timeout", type=float, default=2.0)
     p = sub.add_parser("drain")
     p.add_argument("color")
     p.add_argument("--seconds", type=float, default=30.0)
@@ -58,6 +77,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command == "wait-redis":
         return wait_redis(args)
+    if args.command == "probe":
+        return probe(args)
     if args.command == "drain":
         return control(args, {"type": "control.drain", "seconds": args.seconds})
     return control(args, {"type": "control.undrain"})

@@ -16,6 +16,8 @@ import time
 
 import redis.asyncio as aioredis
 from django.conf import settings
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from . import metrics
 
@@ -27,6 +29,9 @@ HEARTBEAT_CHANNEL = "wsapp:heartbeat"
 HEARTBEAT_SECONDS = 2.0
 HEARTBEAT_STALE_SECONDS = 10.0
 SUBSCRIBE_TIMEOUT = 5.0
+# One immediate retry (a pooled connection that died while idle), then fail: redis-py's default
+# backs off for seconds, during which clients would wait instead of getting an error frame.
+FAIL_FAST = Retry(NoBackoff(), 1)
 
 PUBLISH_SCRIPT = """
 local seq = redis.call('INCR', KEYS[1])
@@ -119,12 +124,14 @@ class RedisHub(BaseHub):
             timeout=settings.REDIS_CONNECT_TIMEOUT,
             socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
             socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT,
+            retry=FAIL_FAST,
         )
         self.redis = aioredis.Redis(connection_pool=pool)
         # The subscriber blocks on reads for as long as rooms are quiet: no socket timeout;
         # the heartbeat notices a dead connection instead.
         self.listener = aioredis.Redis.from_url(
-            self.url, socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT, decode_responses=True
+            self.url, socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT, decode_responses=True,
+            retry=FAIL_FAST,
         )
         self.script = self.redis.register_script(PUBLISH_SCRIPT)
         self.tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._beat())]
@@ -178,9 +185,14 @@ class RedisHub(BaseHub):
         while True:
             pubsub = self.listener.pubsub()
             try:
-                await pubsub.subscribe(HEARTBEAT_CHANNEL, *(CHANNEL_PREFIX + room for room in self.rooms))
+                rooms = set(self.rooms)
+                await pubsub.subscribe(HEARTBEAT_CHANNEL, *(CHANNEL_PREFIX + room for room in rooms))
                 self.pubsub = pubsub
                 self.last_beat = time.monotonic()
+                # Rooms joined while the subscribe above was in flight saw no pubsub yet.
+                missed = set(self.rooms) - rooms
+                if missed:
+                    await pubsub.subscribe(*(CHANNEL_PREFIX + room for room in missed))
                 async for message in pubsub.listen():
                     delay = 0.2
                     self._handle(message)

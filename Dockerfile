@@ -1,0 +1,30 @@
+# The WebSocket service image. BASE_IMAGE defaults to the official slim Python image; where it
+# cannot be pulled, scripts/images.sh passes the local Debian-built base instead.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHON=/opt/venv/bin/python \
+    PROMETHEUS_MULTIPROC_DIR=/tmp/wsapp-metrics \
+    PORT=8000
+
+RUN python3 -m venv /opt/venv
+COPY requirements.txt /tmp/requirements.txt
+RUN pip install --no-cache-dir -r /tmp/requirements.txt && rm /tmp/requirements.txt
+
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin app
+COPY entrypoint.sh /app/entrypoint.sh
+COPY service /app/service
+WORKDIR /app/service
+
+ARG APP_VERSION=dev
+ENV APP_VERSION=${APP_VERSION}
+USER app
+EXPOSE 8000
+# Healthy = ready, or deliberately draining (a draining replica must not be killed by Swarm).
+HEALTHCHECK --interval=3s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["python", "-m", "rooms.ctl", "probe"]
+ENTRYPOINT ["/app/entrypoint.sh"]

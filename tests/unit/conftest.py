@@ -1,0 +1,49 @@
+"""Unit tier: the routed ASGI application in-process, in-memory channel layer and LocalHub."""
+
+import os
+
+import django
+import pytest
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+os.environ.setdefault("DJANGO_SECRET_KEY", "unit-tests")
+os.environ.pop("REDIS_URL", None)
+os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+django.setup()
+
+from channels.testing import WebsocketCommunicator  # noqa: E402
+
+from config.asgi import application  # noqa: E402
+from rooms import lifecycle  # noqa: E402
+
+ORIGIN = (b"origin", b"http://localhost")
+
+
+@pytest.fixture
+def app():
+    return application
+
+
+@pytest.fixture
+async def connect():
+    """Open communicators on the real application; every one is disconnected afterwards."""
+    opened = []
+
+    async def open_one(path="/ws/rooms/lobby/", headers=(ORIGIN,), welcome=True):
+        communicator = WebsocketCommunicator(application, path, headers=list(headers))
+        opened.append(communicator)
+        connected, _ = await communicator.connect()
+        if connected and welcome:
+            communicator.welcome = await communicator.receive_json_from()
+        return connected, communicator
+
+    yield open_one
+    for communicator in opened:
+        await communicator.disconnect()
+
+
+@pytest.fixture(autouse=True)
+def fresh_lifecycle():
+    lifecycle.stop_drain()
+    yield
+    lifecycle.stop_drain()

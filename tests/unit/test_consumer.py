@@ -1,0 +1,166 @@
+"""The room consumer through Channels' WebsocketCommunicator on the real routed application."""
+
+import asyncio
+import json
+
+import pytest
+from django.test import override_settings
+
+from rooms import lifecycle, metrics
+from rooms.sessions import SESSIONS
+
+pytestmark = pytest.mark.asyncio
+
+
+async def send(communicator, data):
+    await communicator.send_to(text_data=json.dumps(data))
+
+
+async def assert_usable(communicator):
+    await send(communicator, {"type": "ping"})
+    assert await communicator.receive_json_from() == {"type": "pong"}
+
+
+
+async def test_welcome_names_room_session_color_and_replica(connect):
+    connected, alice = await connect("/ws/rooms/lobby/")
+    assert connected
+    welcome = alice.welcome
+    assert welcome["type"] == "welcome" and welcome["room"] == "lobby"
+    assert set(welcome) == {"type", "room", "session", "color", "replica"}
+    assert welcome["session"] in SESSIONS
+
+
+async def test_broadcast_reaches_every_member_sender_included(connect):
+    _, alice = await connect("/ws/rooms/bcast/")
+    _, bob = await connect("/ws/rooms/bcast/")
+    await send(alice, {"type": "message", "body": "hello"})
+    for communicator in (alice, bob):
+        frame = await communicator.receive_json_from()
+        assert frame["type"] == "message" and frame["room"] == "bcast"
+        assert frame["body"] == "hello" and frame["session"] == alice.welcome["session"]
+        assert isinstance(frame["ts"], float) and isinstance(frame["seq"], int)
+
+
+async def test_seq_increases_by_one_per_message_in_order(connect):
+    _, alice = await connect("/ws/rooms/seq/")
+    _, bob = await connect("/ws/rooms/seq/")
+    for i in range(10):
+        await send(alice if i % 2 else bob, {"type": "message", "body": str(i)})
+    seqs = [(await bob.receive_json_from())["seq"] for _ in range(10)]
+    assert seqs == list(range(seqs[0], seqs[0] + 10))
+
+
+async def test_rooms_are_isolated(connect):
+    _, alice = await connect("/ws/rooms/one/")
+    _, bob = await connect("/ws/rooms/two/")
+    await send(alice, {"type": "message", "body": "only one"})
+    assert (await alice.receive_json_from())["body"] == "only one"
+    assert await bob.receive_nothing(timeout=0.2)
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("not json", "invalid_json"),
+        ("[1, 2]", "invalid_message"),
+        ('{"type": "shout"}', "unknown_type"),
+        ('{"body": "no type"}', "unknown_type"),
+        ('{"type": "message"}', "invalid_body"),
+        ('{"type": "message", "body": 42}', "invalid_body"),
+        (json.dumps({"type": "message", "body": "x" * 4097}), "body_too_long"),
+    ],
+)
+async def test_bad_input_gets_an_error_and_the_connection_stays_usable(connect, frame, code):
+    _, alice = await connect()
+    await alice.send_to(text_data=frame)
+    error = await alice.receive_json_from()
+    assert error["type"] == "error" and error["error"] == code and error["detail"]
+    await assert_usable(alice)
+
+
+async def test_binary_frames_are_refused_with_an_error(connect):
+    _, alice = await connect()
+    await alice.send_to(bytes_data=b"\x00\x01")
+    assert (await alice.receive_json_from())["error"] == "unsupported_frame"
+    await assert_usable(alice)
+
+
+async def test_body_at_the_limit_is_accepted(connect):
+    _, alice = await connect("/ws/rooms/limit/")
+    await send(alice, {"type": "message", "body": "x" * 4096})
+    assert (await alice.receive_json_from())["type"] == "message"
+
+
+@pytest.mark.parametrize("origin", [b"http://evil.example", None])
+async def test_handshake_from_a_foreign_or_missing_origin_is_refused(connect, origin):
+    headers = [(b"origin", origin)] if origin else []
+    connected, _ = await connect(headers=headers, welcome=False)
+    assert not connected
+
+
+@pytest.mark.parametrize("path", ["/ws/rooms/bad%20name/", "/ws/rooms/" + "a" * 65 + "/", "/ws/other/"])
+async def test_handshake_on_a_path_that_is_not_a_room_is_refused(connect, path):
+    connected, _ = await connect(path, welcome=False)
+    assert not connected
+
+
+@override_settings(RATE_LIMIT_PER_SECOND=0.1, RATE_LIMIT_BURST=3, RATE_LIMIT_STRIKES=2)
+async def test_rate_limit_answers_rate_limited_then_closes_with_1008(connect):
+    _, alice = await connect()
+    for _ in range(3):
+        await assert_usable(alice)
+    for _ in range(2):
+        await send(alice, {"type": "ping"})
+        assert (await alice.receive_json_from())["error"] == "rate_limited"
+    await send(alice, {"type": "ping"})
+    assert await alice.receive_output() == {"type": "websocket.close", "code": 1008}
+
+
+@override_settings(OUTBOUND_QUEUE_MAX=5)
+async def test_slow_consumer_is_closed_with_1013_and_the_room_loses_nothing(connect):
+    _, slow = await connect("/ws/rooms/slow/")
+    _, fast = await connect("/ws/rooms/slow/")
+    stuck = asyncio.Event()
+
+    async def never_returns(**_):  # test double: a client that stopped reading
+        await stuck.wait()
+
+    SESSIONS[slow.welcome["session"]].consumer.send = never_returns
+    before = metrics.ERRORS.labels("slow_consumer")._value.get()
+    for i in range(20):
+        await send(fast, {"type": "message", "body": str(i)})
+    bodies = [(await fast.receive_json_from())["body"] for _ in range(20)]
+    assert bodies == [str(i) for i in range(20)]
+    assert await slow.receive_output() == {"type": "websocket.close", "code": 1013}
+    assert metrics.ERRORS.labels("slow_consumer")._value.get() == before + 1
+
+
+@override_settings(MAX_CONNECTIONS=2)
+async def test_over_max_connections_new_handshakes_are_refused(connect):
+    SESSIONS.clear()
+    assert (await connect())[0] and (await connect())[0]
+    connected, _ = await connect(welcome=False)
+    assert not connected
+
+
+async def test_drain_sends_reconnect_then_1012_and_refuses_new_handshakes(connect):
+    _, alice = await connect()
+    _, bob = await connect()
+    lifecycle.start_drain(0.2)
+    for communicator in (alice, bob):
+        notice = await communicator.receive_json_from(timeout=2)
+        assert notice["type"] == "reconnect"
+        assert await communicator.receive_output(timeout=2) == {"type": "websocket.close", "code": 1012}
+    connected, _ = await connect(welcome=False)
+    assert not connected
+    lifecycle.stop_drain()
+    assert (await connect())[0]
+
+
+async def test_active_connections_gauge_follows_the_registry(connect):
+    _, alice = await connect()
+    assert metrics.ACTIVE_CONNECTIONS._value.get() == len(SESSIONS) >= 1
+    await alice.disconnect()
+    await asyncio.sleep(0)
+    assert metrics.ACTIVE_CONNECTIONS._value.get() == len(SESSIONS)
