@@ -10,6 +10,8 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
+from rooms.names import CHANNEL_LAYER_PREFIX
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -133,7 +135,7 @@ if REDIS_URL:
                         "health_check_interval": 30,
                     }
                 ],
-                "prefix": "wsapp",
+                "prefix": CHANNEL_LAYER_PREFIX,
             },
         }
     }

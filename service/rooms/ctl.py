@@ -12,6 +12,8 @@ import os
 import sys
 import time
 
+from .names import DRAIN, UNDRAIN
+
 
 def wait_redis(args):
     import redis
@@ -46,18 +48,18 @@ def probe(args):
 
 
 def control(args, message):
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    import django
+    """Send a control message to every process of a color, through the channel layer."""
+    from channels_redis.core import RedisChannelLayer
 
-    django.setup()
-    from channels.layers import get_channel_layer
+    from .names import CHANNEL_LAYER_PREFIX, control_group
 
-    from .lifecycle import control_group
+    layer = RedisChannelLayer(hosts=[os.environ["REDIS_URL"]], prefix=CHANNEL_LAYER_PREFIX)
 
     async def send():
-        await get_channel_layer().group_send(control_group(args.color), message)
+        await layer.group_send(control_group(args.color), message)
 
     asyncio.run(send())
+    print(f"sent {message['type']} to {args.color}")
     return 0
 
 
@@ -80,8 +82,8 @@ def main(argv=None):
     if args.command == "probe":
         return probe(args)
     if args.command == "drain":
-        return control(args, {"type": "control.drain", "seconds": args.seconds})
-    return control(args, {"type": "control.undrain"})
+        return control(args, {"type": DRAIN, "seconds": args.seconds})
+    return control(args, {"type": UNDRAIN})
 
 
 if __name__ == "__main__":

@@ -13,20 +13,14 @@ from django.conf import settings
 
 from . import metrics
 from .hub import get_hub
+from .names import CONTROL_ALL, DRAIN, UNDRAIN, control_group
 from .sessions import SESSIONS
 
 log = logging.getLogger(__name__)
 
-CONTROL_ALL = "control.all"
-DRAIN = "control.drain"
-UNDRAIN = "control.undrain"
 CLOSE_SERVICE_RESTART = 1012
 GROUP_REFRESH_SECONDS = 600  # channels-redis forgets group members after a day
 DRAIN_SPREAD = 0.8  # share of the drain window over which connections are released
-
-
-def control_group(color):
-    return f"control.{color}"
 
 
 class State:

@@ -156,3 +156,23 @@ async def test_a_redis_restart_is_survived(app_server, redis_server):
     assert app_server.metric("ws_errors_total") > 0
     print(f"recovered {recovered:.1f}s after Redis came back")
     await close_all(clients)
+
+
+async def test_ctl_drain_releases_every_connection_on_both_workers(app_server):
+    clients = await join(app_server, "drain", 10)
+    env = dict(app_server.env)
+    env.pop("PROMETHEUS_MULTIPROC_DIR")
+    started = time.monotonic()
+    subprocess.run([env["PYTHON"], "-m", "rooms.ctl", "drain", "blue", "--seconds", "2"],
+                   cwd=os.path.join(os.path.dirname(__file__), "..", "..", "service"),
+                   env=env, check=True, timeout=30)
+    for ws in clients:
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "reconnect"
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 5)
+        assert closed.value.rcvd.code == 1012
+    assert time.monotonic() - started < 2 + 2
+    assert app_server.get("/readyz")[0] == 503
+    with pytest.raises(websockets.InvalidStatus):
+        await join(app_server, "drain")
+    assert app_server.metric("ws_active_connections") == 0

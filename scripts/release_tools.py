@@ -1,0 +1,163 @@
+"""Release checks that promote.sh runs in a throwaway container on the overlay network.
+
+Standard library and `websockets` only (both are in the app image), so any app image can run it:
+  smoke --preview URL --live URL --color C [--version V]   HTTP, WebSocket and cross-color checks
+  expect-color --url URL --color C                          the public route serves color C
+  wait-drained --service NAME --timeout S                   until the service holds no WebSockets
+"""
+
+import argparse
+import asyncio
+import json
+import secrets
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import WebSocketException
+
+ORIGIN = "http://localhost"
+STEP_TIMEOUT = 5.0
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def check(condition, message):
+    if not condition:
+        raise CheckFailed(message)
+
+
+def get(url, timeout=STEP_TIMEOUT):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def ws_url(base, path):
+    return base.replace("http://", "ws://", 1).rstrip("/") + path
+
+
+async def recv_json(ws, want_type):
+    """The next frame of the wanted type (errors fail the check)."""
+    while True:
+        frame = json.loads(await asyncio.wait_for(ws.recv(), STEP_TIMEOUT))
+        check(frame.get("type") != "error", f"server answered an error: {frame}")
+        if frame.get("type") == want_type:
+            return frame
+
+
+async def smoke(args):
+    for _ in range(4):  # several requests, so that several replicas answer
+        status, body = get(args.preview + "/version")
+        check(status == 200, f"GET {args.preview}/version answered {status}")
+        version = json.loads(body)
+        check(version["color"] == args.color, f"preview serves {version['color']}, not {args.color}")
+        if args.version:
+            check(version["version"] == args.version, f"version {version['version']} != {args.version}")
+        status, _ = get(args.preview + "/readyz")
+        check(status == 200, f"GET {args.preview}/readyz answered {status}")
+    print(f"ok: HTTP /version and /readyz on {args.color}")
+
+    room = "smoke-" + secrets.token_hex(4)
+    path = f"/ws/rooms/{room}/"
+    async with connect(ws_url(args.preview, path), origin=ORIGIN, open_timeout=STEP_TIMEOUT) as idle, \
+            connect(ws_url(args.live, path), origin=ORIGIN, open_timeout=STEP_TIMEOUT) as live:
+        welcome = await recv_json(idle, "welcome")
+        check(welcome["color"] == args.color, f"idle welcome from {welcome['color']}")
+        live_welcome = await recv_json(live, "welcome")
+        await idle.send('{"type":"ping"}')
+        await recv_json(idle, "pong")
+        print(f"ok: WebSocket round trip on {args.color} ({welcome['replica']})")
+        for sender, name in ((idle, args.color), (live, live_welcome["color"])):
+            body = f"smoke from {name} {secrets.token_hex(4)}"
+            await sender.send(json.dumps({"type": "message", "body": body}))
+            got = [await recv_json(ws, "message") for ws in (idle, live)]
+            check(all(m["body"] == body for m in got), f"broadcast from {name} not delivered: {got}")
+            check(got[0]["seq"] == got[1]["seq"], f"seq differs between colors: {got}")
+        print(f"ok: broadcast between {args.color} and {live_welcome['color']} through the shared Redis")
+
+
+def expect_color(args):
+    for _ in range(6):
+        status, body = get(args.url)
+        check(status == 200, f"GET {args.url} answered {status}")
+        color = json.loads(body)["color"]
+        check(color == args.color, f"{args.url} serves {color}, not {args.color}")
+    print(f"ok: {args.url} serves {args.color}")
+
+
+def connections(service):
+    """Sum of ws_active_connections over every replica of the service (0 when none is left)."""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(f"tasks.{service}", 8000, socket.AF_INET)}
+    except socket.gaierror:
+        return 0
+    total = 0
+    for address in addresses:
+        try:
+            _, text = get(f"http://{address}:8000/metrics", timeout=2)
+        except OSError:
+            continue  # a replica that is gone holds no connections
+        for line in text.splitlines():
+            if line.startswith("ws_active_connections "):
+                total += int(float(line.split()[1]))
+    return total
+
+
+def wait_drained(args):
+    started = time.monotonic()
+    remaining = connections(args.service)
+    last_report = 0.0
+    while remaining and time.monotonic() - started < args.timeout:
+        if time.monotonic() - last_report >= 2:
+            print(f"{remaining} connections left on {args.service}", flush=True)
+            last_report = time.monotonic()
+        time.sleep(0.5)
+        remaining = connections(args.service)
+    elapsed = time.monotonic() - started
+    if remaining:
+        print(f"drain window over after {elapsed:.1f}s with {remaining} connections left on "
+              f"{args.service}; they get 1012 when it stops")
+    else:
+        print(f"drained {args.service} in {elapsed:.1f}s")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("smoke")
+    p.add_argument("--preview", required=True)
+    p.add_argument("--live", required=True)
+    p.add_argument("--color", required=True)
+    p.add_argument("--version", default="")
+    p = sub.add_parser("expect-color")
+    p.add_argument("--url", required=True)
+    p.add_argument("--color", required=True)
+    p = sub.add_parser("wait-drained")
+    p.add_argument("--service", required=True)
+    p.add_argument("--timeout", type=float, required=True)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "smoke":
+            asyncio.run(smoke(args))
+        elif args.command == "expect-color":
+            expect_color(args)
+        else:
+            wait_drained(args)
+    except (CheckFailed, OSError, TimeoutError, KeyError, ValueError, WebSocketException) as exc:
+        print(f"FAILED {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
