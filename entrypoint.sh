@@ -27,6 +27,7 @@ main() {
   fi
   [[ $WEB_CONCURRENCY =~ ^[1-9][0-9]*$ ]] || die "WEB_CONCURRENCY must be a positive integer, got '$WEB_CONCURRENCY'"
   [[ $PORT =~ ^[0-9]+$ ]] || die "PORT must be a number, got '$PORT'"
+  [[ $GRACEFUL_TIMEOUT =~ ^[0-9]+$ ]] || die "GRACEFUL_TIMEOUT must be whole seconds, got '$GRACEFUL_TIMEOUT'"
   if [[ -z $REDIS_URL && $WEB_CONCURRENCY -gt 1 ]]; then
     die "WEB_CONCURRENCY=$WEB_CONCURRENCY needs REDIS_URL: without Redis, rooms exist only inside one process"
   fi

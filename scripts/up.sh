@@ -63,7 +63,7 @@ service_running() {
 deploy_infra() {
   CONFIG_VERSION=$(config_version)
   export CONFIG_VERSION
-  docker stack deploy --resolve-image never -c "$ROOT_DIR/stack/infra.yml" "$INFRA_STACK" >/dev/null
+  docker stack deploy --detach=true --resolve-image never -c "$ROOT_DIR/stack/infra.yml" "$INFRA_STACK" >/dev/null
   local service
   for service in wsapp_redis "$NGINX_SERVICE"; do
     wait_for "$UP_TIMEOUT" "$service to run" service_running "$service"
@@ -90,7 +90,7 @@ deploy_first_color() {
     build_app_image "$image" "$version"
   fi
   log "deploying $color with $image"
-  APP_IMAGE=$image APP_VERSION=${image##*:} docker stack deploy --resolve-image never \
+  APP_IMAGE=$image APP_VERSION=${image##*:} docker stack deploy --detach=true --resolve-image never \
     -c "$ROOT_DIR/stack/app.yml" -c "$ROOT_DIR/stack/$color.yml" "$(color_stack "$color")" >/dev/null
   wait_for "$UP_TIMEOUT" "$color to be healthy" service_running "$(color_service "$color")"
 }

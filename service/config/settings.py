@@ -152,4 +152,4 @@ RATE_LIMIT_STRIKES = env_int("RATE_LIMIT_STRIKES", 20, minimum=1)
 MAX_CONNECTIONS = env_int("MAX_CONNECTIONS", 10000, minimum=1)
 # Frames queued for one client before it is closed as a slow consumer (1013).
 OUTBOUND_QUEUE_MAX = env_int("OUTBOUND_QUEUE_MAX", 1000, minimum=1)
-GRACEFUL_TIMEOUT = env_float("GRACEFUL_TIMEOUT", 8.0, minimum=0.0)
+GRACEFUL_TIMEOUT = env_int("GRACEFUL_TIMEOUT", 8, minimum=0)  # whole seconds, as Uvicorn takes it

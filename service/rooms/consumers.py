@@ -132,7 +132,6 @@ class RoomConsumer(DatabaseFreeConsumer):
             try:
                 await get_hub().publish(self.room, self.session_id, body)
             except HubUnavailable:
-                metrics.ERRORS.labels("redis").inc()
                 self.error("unavailable", "the message could not be published; try again")
             else:
                 metrics.BROADCASTS.inc()

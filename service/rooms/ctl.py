@@ -1,7 +1,9 @@
 """Operator commands, run as `python -m rooms.ctl COMMAND` inside the image or on a host.
 
   wait-redis --timeout S       wait until REDIS_URL answers PING
-  probe                        container healthcheck: exit 0 if /readyz says ready or draining
+  probe                        container healthcheck: exit 0 if /readyz says ready, draining, or
+                               not ready after having been ready (a Redis outage: restarting
+                               replicas would not fix it and would cut every WebSocket)
   drain COLOR --seconds S      tell every process of COLOR to release its connections
   undrain COLOR                cancel a drain
 """
@@ -41,7 +43,8 @@ def probe(args):
         with urllib.request.urlopen(url, timeout=args.timeout) as response:
             return 0 if response.status == 200 else 1
     except urllib.error.HTTPError as exc:
-        return 0 if json.loads(exc.read() or b"{}").get("draining") else 1
+        state = json.loads(exc.read() or b"{}")
+        return 0 if state.get("draining") or state.get("ever_ready") else 1
     except OSError as exc:
         print(f"{url}: {exc}", file=sys.stderr)
         return 1
@@ -53,7 +56,12 @@ def control(args, message):
 
     from .names import CHANNEL_LAYER_PREFIX, control_group
 
-    layer = RedisChannelLayer(hosts=[os.environ["REDIS_URL"]], prefix=CHANNEL_LAYER_PREFIX)
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        print("REDIS_URL must be set: control messages travel through the Redis channel layer",
+              file=sys.stderr)
+        return 2
+    layer = RedisChannelLayer(hosts=[url], prefix=CHANNEL_LAYER_PREFIX)
 
     async def send():
         await layer.group_send(control_group(args.color), message)

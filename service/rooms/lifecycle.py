@@ -1,7 +1,7 @@
 """Process lifecycle: startup, readiness, draining on command, shutdown.
 
-Control commands reach every process of a color through the channel layer (groups
-`control.all` and `control.<color>`); rooms.ctl sends them.
+Control commands reach every process of a color through the channel layer (group
+`control.<color>`); rooms.ctl sends them.
 """
 
 import asyncio
@@ -13,7 +13,7 @@ from django.conf import settings
 
 from . import metrics
 from .hub import get_hub
-from .names import CONTROL_ALL, DRAIN, UNDRAIN, control_group
+from .names import DRAIN, UNDRAIN, control_group
 from .sessions import SESSIONS
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,7 @@ class State:
     started = False
     draining = False
     control_ok = False
+    ever_ready = False  # ready at least once: later outages are Redis's, not this replica's
     tasks = []
     drain_task = None
 
@@ -35,7 +36,9 @@ STATE = State()
 
 
 def is_ready():
-    return STATE.started and STATE.control_ok and get_hub().connected and not STATE.draining
+    ready = STATE.started and STATE.control_ok and get_hub().connected and not STATE.draining
+    STATE.ever_ready = STATE.ever_ready or ready
+    return ready
 
 
 def refusal():
@@ -76,7 +79,7 @@ async def state_gauges():
 
 async def control_loop():
     layer = get_channel_layer()
-    groups = (CONTROL_ALL, control_group(settings.COLOR))
+    groups = (control_group(settings.COLOR),)
     delay = 0.2
     while True:
         channel = None

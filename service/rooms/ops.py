@@ -23,7 +23,9 @@ def healthz():
 
 def readyz():
     ready = lifecycle.is_ready()
-    body = json.dumps({"ready": ready, "draining": lifecycle.STATE.draining, "color": settings.COLOR})
+    state = lifecycle.STATE
+    body = json.dumps({"ready": ready, "draining": state.draining, "ever_ready": state.ever_ready,
+                       "color": settings.COLOR})
     return (200 if ready else 503), JSON, body.encode()
 
 

@@ -1,0 +1,268 @@
+#!/usr/bin/env bash
+# promote.sh: zero-downtime blue/green release on a Docker Swarm manager.
+#   ./promote.sh                    build the working tree and release it
+#   ./promote.sh --image NAME:TAG   release a given image
+#   ./promote.sh status             active color, image, replicas and health of both colors
+#   ./promote.sh rollback           switch back to the previous color while it still runs
+# Any failure or interrupt before the old color is removed leaves the old color serving.
+set -Eeuo pipefail
+[[ -n ${TRACE:-} ]] && set -x
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/scripts/lib.sh"
+
+readonly HEALTH_TIMEOUT=${HEALTH_TIMEOUT:-120}
+readonly DRAIN_SECONDS=${DRAIN_SECONDS:-30}
+readonly REMOVE_TIMEOUT=${REMOVE_TIMEOUT:-60}
+readonly WATCH_SECONDS=${WATCH_SECONDS:-0}
+readonly WATCH_ERROR_RATIO=${WATCH_ERROR_RATIO:-0.05}
+readonly PROMETHEUS_URL=${PROMETHEUS_URL:-http://wsapp_prometheus:9090}
+readonly LOCK_FILE=${LOCK_FILE:-/tmp/wsapp-promote.lock}
+REPLICAS=${REPLICAS:-}
+
+IMAGE=""
+ACTIVE=""
+IDLE=""
+ACTIVE_IMAGE=""
+# What the exit trap must undo: none -> deployed (idle stack exists) -> switched -> draining
+# -> released. Before "released", a failure or interrupt restores the old color.
+STATE=none
+
+usage() {
+  local replicas=${REPLICAS:-"(the active color's count)"}
+  cat <<USAGE
+Usage: ./promote.sh [--image NAME:TAG] | status | rollback | --help
+
+Releases a new version by blue/green promotion: deploys the idle color, waits until every
+replica is healthy, smoke-tests it through Nginx's preview route, switches Nginx (checked,
+graceful reload), drains the old color (each client gets {"type":"reconnect"} and close 1012,
+spread over the drain window) and removes it. Any failure or Ctrl-C before the old color is
+removed puts everything back as it was and exits non-zero.
+
+Settings (environment, with defaults):
+  HEALTH_TIMEOUT=$HEALTH_TIMEOUT       seconds for every replica of the new color to be healthy
+  DRAIN_SECONDS=$DRAIN_SECONDS         drain window of the old color
+  REMOVE_TIMEOUT=$REMOVE_TIMEOUT       seconds for the old stack's containers to stop
+  REPLICAS=$replicas  replicas of the new color
+  WATCH_SECONDS=$WATCH_SECONDS         after the switch, watch the new color this long (0: off)
+  WATCH_ERROR_RATIO=$WATCH_ERROR_RATIO  switch back if the new color's error ratio exceeds this
+  PROMETHEUS_URL=$PROMETHEUS_URL  queried by the watch (on the overlay network)
+  LOCK_FILE=$LOCK_FILE   no two promotions at once
+  TRACE=1                     trace every command
+USAGE
+}
+
+lock() {
+  exec 9>"$LOCK_FILE"
+  flock -n 9 || die "another promote.sh holds $LOCK_FILE; wait for it to finish"
+}
+
+preflight() {
+  docker info >/dev/null 2>&1 || die "no Docker engine answers"
+  [[ $(docker info --format '{{.Swarm.ControlAvailable}}') == true ]] ||
+    die "run promote.sh on a swarm manager"
+  [[ -n $(nginx_container) ]] || die "no running Nginx of stack $INFRA_STACK on this node; run make up"
+  docker network inspect "$NETWORK" >/dev/null 2>&1 || die "network $NETWORK is missing; run make up"
+}
+
+find_colors() {
+  ACTIVE=$(active_color) || die "cannot read the active color from Nginx"
+  IDLE=$(other_color "$ACTIVE")
+  stack_exists "$(color_stack "$ACTIVE")" || die "the active color $ACTIVE is not deployed; run make up"
+  ACTIVE_IMAGE=$(service_image "$ACTIVE")
+  if [[ -z $REPLICAS ]]; then
+    REPLICAS=$(docker service inspect --format '{{.Spec.Mode.Replicated.Replicas}}' "$(color_service "$ACTIVE")")
+  fi
+  log "active: $ACTIVE ($ACTIVE_IMAGE, $REPLICAS replicas); releasing to $IDLE"
+  if stack_exists "$(color_stack "$IDLE")"; then
+    warn "a $IDLE stack is left over from an earlier run and serves no traffic; removing it"
+    remove_color "$IDLE"
+  fi
+}
+
+service_image() {
+  docker service inspect --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}' "$(color_service "$1")" |
+    sed 's/@sha256:.*//'
+}
+
+prepare_image() {
+  if [[ -n $IMAGE ]]; then
+    docker image inspect "$IMAGE" >/dev/null 2>&1 || docker pull "$IMAGE" >/dev/null ||
+      die "image $IMAGE is neither present nor pullable"
+    return
+  fi
+  local version
+  version=$(date -u +%Y%m%d%H%M%S)-$(git -C "$ROOT_DIR" rev-parse --short HEAD 2>/dev/null || echo dev)
+  IMAGE=wsapp:$version
+  build_app_image "$IMAGE" "$version"
+}
+
+deploy_color() {
+  local color=$1 image=$2
+  STATE=deployed
+  APP_IMAGE=$image APP_VERSION=${image##*:} REPLICAS=$REPLICAS \
+    docker stack deploy --detach=true --resolve-image never -c "$ROOT_DIR/stack/app.yml" \
+    -c "$ROOT_DIR/stack/$color.yml" "$(color_stack "$color")" >/dev/null
+}
+
+all_healthy() {
+  local service running
+  service=$(color_service "$1")
+  running=$(docker service ps "$service" --filter desired-state=running --format '{{.CurrentState}}' |
+    grep -c '^Running') || true
+  [[ $running -ge $REPLICAS ]]
+}
+
+wait_healthy() {
+  wait_for "$HEALTH_TIMEOUT" "all $REPLICAS replicas of $1 to be healthy" all_healthy "$1" || {
+    docker service ps --no-trunc --format '{{.Name}} {{.CurrentState}} {{.Error}}' "$(color_service "$1")" |
+      head -n 6 >&2
+    return 1
+  }
+}
+
+# Each check inside is bounded (scripts/release_tools.py), so the whole smoke test is.
+smoke() {
+  release_tool "$ACTIVE_IMAGE" smoke --preview "http://$NGINX_SERVICE:8081/$IDLE" \
+    --live "http://$NGINX_SERVICE:80" --color "$IDLE" --version "${IMAGE##*:}"
+}
+
+switch_to() {
+  docker exec "$(nginx_container)" switch-color "$1" >&2
+  release_tool "$ACTIVE_IMAGE" expect-color --url "http://$NGINX_SERVICE/version" --color "$1"
+}
+
+# Post-switch watch: the release gate (docs/operations.md). Off when WATCH_SECONDS=0.
+watch_new_color() {
+  ((WATCH_SECONDS > 0)) || return 0
+  release_tool "$ACTIVE_IMAGE" watch --prometheus "$PROMETHEUS_URL" --color "$IDLE" \
+    --seconds "$WATCH_SECONDS" --max-error-ratio "$WATCH_ERROR_RATIO" --replicas "$REPLICAS"
+}
+
+control() {
+  docker run --rm --network "$NETWORK" -e REDIS_URL="redis://wsapp_redis:6379/0" "$ACTIVE_IMAGE" \
+    python -m rooms.ctl "$@" >&2
+}
+
+drain() {
+  local color=$1
+  control drain "$color" --seconds "$DRAIN_SECONDS"
+  release_tool "$ACTIVE_IMAGE" wait-drained --service "$(color_service "$color")" \
+    --timeout "$((DRAIN_SECONDS + 5))"
+}
+
+stack_gone() {
+  [[ -z $(docker service ls -q --filter "label=com.docker.stack.namespace=$1") ]] &&
+    [[ -z $(docker ps -aq --filter "label=com.docker.stack.namespace=$1") ]]
+}
+
+remove_color() {
+  local stack
+  stack=$(color_stack "$1")
+  docker stack rm "$stack" >/dev/null
+  wait_for "$REMOVE_TIMEOUT" "stack $stack to be gone" stack_gone "$stack"
+}
+
+# The exit trap: restore the old color if the promotion did not finish.
+on_exit() {
+  local status=$?
+  trap - EXIT INT TERM
+  [[ $STATE == none || $STATE == released ]] && exit "$status"
+  echo "ERROR: promotion failed at state '$STATE'; restoring $ACTIVE" >&2
+  if [[ $STATE == switched || $STATE == draining ]]; then
+    if [[ $STATE == draining ]]; then
+      control undrain "$ACTIVE" || echo "ERROR: undrain of $ACTIVE failed" >&2
+    fi
+    docker exec "$(nginx_container)" switch-color "$ACTIVE" >&2 || echo "ERROR: switching back failed" >&2
+  fi
+  remove_color "$IDLE" || echo "ERROR: could not remove $(color_stack "$IDLE"); remove it by hand" >&2
+  echo "$ACTIVE serves, as before the promotion." >&2
+  exit $((status == 0 ? 1 : status))
+}
+
+promote() {
+  step "lock"
+  lock
+  step "preflight"
+  preflight
+  step "find the active color"
+  find_colors
+  step "image"
+  prepare_image
+  trap on_exit EXIT
+  trap 'exit 130' INT TERM
+  step "deploy $IDLE with $IMAGE ($REPLICAS replicas)"
+  deploy_color "$IDLE" "$IMAGE"
+  step "wait for every replica of $IDLE to be healthy (at most ${HEALTH_TIMEOUT}s)"
+  wait_healthy "$IDLE"
+  step "smoke tests through the preview route"
+  smoke
+  step "switch Nginx to $IDLE"
+  STATE=switched
+  switch_to "$IDLE"
+  step "watch $IDLE for ${WATCH_SECONDS}s"
+  watch_new_color
+  step "drain $ACTIVE over ${DRAIN_SECONDS}s"
+  STATE=draining
+  drain "$ACTIVE"
+  STATE=released
+  step "remove $ACTIVE"
+  remove_color "$ACTIVE"
+  step "released $IMAGE on $IDLE"
+}
+
+rollback() {
+  lock
+  preflight
+  local current previous
+  current=$(active_color)
+  previous=$(other_color "$current")
+  stack_exists "$(color_stack "$previous")" ||
+    die "the previous color $previous no longer runs; release the old image with --image instead"
+  ACTIVE=$current
+  ACTIVE_IMAGE=$(service_image "$current")
+  REPLICAS=$(docker service inspect --format '{{.Spec.Mode.Replicated.Replicas}}' "$(color_service "$previous")")
+  step "rollback: $current -> $previous"
+  wait_healthy "$previous"
+  control undrain "$previous"
+  switch_to "$previous"
+  step "drain $current over ${DRAIN_SECONDS}s"
+  drain "$current"
+  step "remove $current"
+  remove_color "$current"
+  step "rolled back to $previous"
+}
+
+status() {
+  local active color service
+  active=$(active_color 2>/dev/null || echo "unknown (Nginx not running here)")
+  echo "active color: $active"
+  for color in "${COLORS[@]}"; do
+    service=$(color_service "$color")
+    if ! docker service inspect "$service" >/dev/null 2>&1; then
+      echo "$color: not deployed"
+      continue
+    fi
+    local replicas healthy
+    replicas=$(docker service ls --filter "name=$service" --format '{{.Replicas}}')
+    healthy=$(docker service ps "$service" --filter desired-state=running --format '{{.CurrentState}}' |
+      grep -c '^Running') || true
+    echo "$color: image $(service_image "$color"), replicas $replicas, healthy $healthy"
+  done
+}
+
+main() {
+  case ${1:-} in
+    -h | --help | help) usage ;;
+    status) status ;;
+    rollback) rollback ;;
+    --image)
+      [[ -n ${2:-} ]] || die "--image needs NAME:TAG"
+      IMAGE=$2
+      promote
+      ;;
+    "") promote ;;
+    *) usage >&2; die "unknown argument '$1'" ;;
+  esac
+}
+
+main "$@"

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# build-app.sh [TAG]: build the app image from the working tree on the best available base.
+set -Eeuo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+main() {
+  local tag=${1:-wsapp:dev}
+  build_app_image "$tag" "${tag##*:}"
+  log "built $tag"
+}
+
+main "$@"

@@ -1,0 +1,110 @@
+"""Blue/green releases on a real swarm, under load, and the ways they can fail."""
+
+import asyncio
+import json
+import time
+
+import pytest
+import websockets
+
+from tests.e2e.conftest import BASE_URL, WS_URL, active_service, docker, run, stacks, version, wait_until
+from tests.e2e.load import Traffic
+
+pytestmark = pytest.mark.e2e
+
+DRAIN_SECONDS = 10
+
+
+async def promote_under_load(*args, clients=100, **env):
+    """Run promote.sh while traffic flows; return (result, traffic, seconds)."""
+    traffic = Traffic(BASE_URL, WS_URL, clients=clients)
+    runner = asyncio.create_task(traffic.run())
+    await asyncio.wait_for(traffic.connected.wait(), 60)
+    await asyncio.sleep(2)
+    started = time.monotonic()
+    result = await asyncio.to_thread(run, ["./promote.sh", *args], 600, False,
+                                     DRAIN_SECONDS=str(DRAIN_SECONDS), **env)
+    seconds = time.monotonic() - started
+    await asyncio.sleep(2)
+    traffic.stop.set()
+    await runner
+    print(f"promote.sh {' '.join(args)}: exit {result.returncode} in {seconds:.1f}s; "
+          f"HTTP {traffic.http_ok} ok / {len(traffic.http_failures)} failed; "
+          f"WS sent {traffic.sent}, received {traffic.received}, closes {dict(traffic.closes)}")
+    print(result.stderr[-4000:])
+    return result, traffic, seconds
+
+
+async def test_promote_under_load_hands_every_connection_over(system):
+    before = version()["color"]
+    after = "green" if before == "blue" else "blue"
+    result, traffic, _ = await promote_under_load()
+    assert result.returncode == 0, result.stderr
+    assert version()["color"] == after
+    assert traffic.http_failures == []
+    assert traffic.http_colors[0] == before and traffic.http_colors[-1] == after
+    assert traffic.connect_failures == []
+    assert dict(traffic.closes) == {1012: 100}, "every client closed exactly once, with 1012"
+    assert set(traffic.color_of.values()) == {after}
+    assert len(traffic.reconnected_at) == 100
+    last = max(traffic.reconnected_at.values())
+    assert last - traffic.first_close_at <= DRAIN_SECONDS, "a client reconnected after the drain window"
+    assert f"wsapp-{before}" not in stacks()
+    print(f"drain: clients reconnected over {last - traffic.first_close_at:.1f}s")
+
+
+async def assert_failed_release_left_old_color_serving(result, traffic, before):
+    assert result.returncode != 0
+    assert version()["color"] == before
+    assert traffic.http_failures == [] and traffic.connect_failures == []
+    assert set(traffic.http_colors) == {before}
+    assert dict(traffic.closes) == {}, "a failed release closed client connections"
+    idle = "green" if before == "blue" else "blue"
+    assert f"wsapp-{idle}" not in stacks()
+
+
+async def test_release_that_never_becomes_healthy_is_removed(system, derived_image):
+    before = version()["color"]
+    image = derived_image("wsapp-e2e:never-healthy", 'ENTRYPOINT ["sleep", "infinity"]')
+    result, traffic, seconds = await promote_under_load("--image", image, clients=20, HEALTH_TIMEOUT="20")
+    await assert_failed_release_left_old_color_serving(result, traffic, before)
+    assert "healthy" in result.stderr
+    assert seconds < 20 + 60, "promote.sh did not give up within its health timeout"
+
+
+async def test_release_that_fails_the_websocket_smoke_test_is_removed(system, derived_image):
+    before = version()["color"]
+    # Healthy, but every chat message is refused as too long: the broadcast check fails.
+    image = derived_image("wsapp-e2e:smoke-fails", "ENV MAX_BODY_CHARS=1")
+    result, traffic, _ = await promote_under_load("--image", image, clients=20)
+    await assert_failed_release_left_old_color_serving(result, traffic, before)
+    assert "FAILED smoke" in result.stderr
+
+
+async def test_scaled_replicas_receive_new_connections_without_an_nginx_change(system):
+    service = active_service()
+    nginx = docker("ps", "-q", "--filter", "label=com.docker.swarm.service.name=wsapp_nginx")
+    include = docker("exec", nginx, "cat", "/etc/nginx/active/color.conf")
+    docker("service", "scale", "--detach", f"{service}=3")
+
+    async def replicas_seen():
+        seen = set()
+        deadline = time.monotonic() + 90
+        while f"{service}-3" not in seen:
+            assert time.monotonic() < deadline, f"no connection reached {service}-3; saw {seen}"
+            async with websockets.connect(f"{WS_URL}/ws/rooms/scale/", origin="http://localhost") as ws:
+                seen.add(json.loads(await ws.recv())["replica"])
+            await asyncio.sleep(0.2)
+        return seen
+
+    seen = await replicas_seen()
+    assert {f"{service}-1", f"{service}-2", f"{service}-3"} <= seen
+    assert docker("ps", "-q", "--filter", "label=com.docker.swarm.service.name=wsapp_nginx") == nginx
+    assert docker("exec", nginx, "cat", "/etc/nginx/active/color.conf") == include
+
+
+def test_up_is_idempotent(system):
+    before = docker("service", "ls", "--format", "{{.Name}} {{.Image}} {{.Replicas}}")
+    run(["scripts/up.sh"], 300)
+    assert docker("service", "ls", "--format", "{{.Name}} {{.Image}} {{.Replicas}}") == before
+    wait_until(lambda: version()["color"] in ("blue", "green"), 10, "the site")
