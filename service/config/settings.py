@@ -152,4 +152,7 @@ RATE_LIMIT_STRIKES = env_int("RATE_LIMIT_STRIKES", 20, minimum=1)
 MAX_CONNECTIONS = env_int("MAX_CONNECTIONS", 10000, minimum=1)
 # Frames queued for one client before it is closed as a slow consumer (1013).
 OUTBOUND_QUEUE_MAX = env_int("OUTBOUND_QUEUE_MAX", 1000, minimum=1)
+# Fault injection for testing release gates: this share of chat messages is answered with an
+# "internal" error instead of being published. Never set it in production.
+FAULT_ERROR_SHARE = env_float("FAULT_ERROR_SHARE", 0.0, minimum=0.0)
 GRACEFUL_TIMEOUT = env_int("GRACEFUL_TIMEOUT", 8, minimum=0)  # whole seconds, as Uvicorn takes it

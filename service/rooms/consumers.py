@@ -23,6 +23,19 @@ CLOSE_TRY_AGAIN_LATER = 1013
 RELEASE_FLUSH_SECONDS = 2.0
 
 
+_messages_seen = 0
+
+
+def injected_fault():
+    """Deterministic fault injection: message n fails when floor(n * share) steps up."""
+    global _messages_seen
+    share = settings.FAULT_ERROR_SHARE
+    if not share:
+        return False
+    _messages_seen += 1
+    return int(_messages_seen * share) > int((_messages_seen - 1) * share)
+
+
 class DatabaseFreeConsumer(AsyncWebsocketConsumer):
     """A consumer for code that never touches the ORM.
 
@@ -128,6 +141,8 @@ class RoomConsumer(DatabaseFreeConsumer):
             self.error("invalid_body", "'body' must be a string")
         elif len(body) > settings.MAX_BODY_CHARS:
             self.error("body_too_long", f"'body' is over {settings.MAX_BODY_CHARS} characters")
+        elif injected_fault():
+            self.error("internal", "injected fault (FAULT_ERROR_SHARE)")
         else:
             try:
                 await get_hub().publish(self.room, self.session_id, body)

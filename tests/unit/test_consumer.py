@@ -164,3 +164,14 @@ async def test_active_connections_gauge_follows_the_registry(connect):
     await alice.disconnect()
     await asyncio.sleep(0)
     assert metrics.ACTIVE_CONNECTIONS._value.get() == len(SESSIONS)
+
+
+@override_settings(FAULT_ERROR_SHARE=0.5)
+async def test_fault_injection_fails_the_configured_share_of_messages(connect):
+    _, alice = await connect("/ws/rooms/faults/")
+    kinds = []
+    for _ in range(4):
+        await send(alice, {"type": "message", "body": "x"})
+        frame = await alice.receive_json_from()
+        kinds.append(frame.get("error", frame["type"]))
+    assert sorted(kinds) == ["internal", "internal", "message", "message"]
