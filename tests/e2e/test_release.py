@@ -10,7 +10,8 @@ import websockets
 from tests.e2e.conftest import BASE_URL, WS_URL, active_service, docker, run, stacks, version, wait_until
 from tests.e2e.load import Traffic
 
-pytestmark = pytest.mark.e2e
+# The first test builds every image on a fresh machine (about 3 minutes here).
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 DRAIN_SECONDS = 10
 
