@@ -53,6 +53,7 @@ def refusal():
 async def startup():
     metrics.forget_dead_workers()
     metrics.BUILD_INFO.labels(settings.COLOR, settings.APP_VERSION, settings.REPLICA).set(1)
+    metrics.MAX_CONNECTIONS.set(settings.MAX_CONNECTIONS)
     await get_hub().start()
     STATE.tasks = [asyncio.create_task(control_loop()), asyncio.create_task(state_gauges())]
     STATE.started = True

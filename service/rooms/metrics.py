@@ -25,6 +25,11 @@ ACTIVE_CONNECTIONS = Gauge(
 DRAINING = Gauge(
     "ws_draining", "1 while this process drains its connections.", multiprocess_mode="livemax"
 )
+MAX_CONNECTIONS = Gauge(
+    "ws_max_connections",
+    "MAX_CONNECTIONS of each live process, summed: the replica's connection capacity.",
+    multiprocess_mode="livesum",
+)
 READY = Gauge("ws_ready", "1 while this process is ready for traffic.", multiprocess_mode="livemin")
 BUILD_INFO = Gauge(
     "ws_build_info",

@@ -57,6 +57,8 @@ async def test_metrics_is_prometheus_text_with_the_contract_names(app):
     assert status == 200 and content_type.startswith(b"text/plain")
     for name in (b"ws_active_connections", b"ws_messages_received_total", b"ws_errors_total"):
         assert name in body
+    # The capacity the "connections near the limit" alert divides by (set at startup).
+    assert b"\nws_max_connections " in body
 
 
 def test_token_bucket_allows_the_burst_then_the_rate():
