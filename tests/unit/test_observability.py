@@ -1,0 +1,88 @@
+"""Static checks of observability/: promtool on the Prometheus configuration, rules and rule tests,
+and the Grafana provisioning and dashboards (the e2e tier evaluates every panel's query)."""
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import ROOT, require_command
+
+PROMETHEUS = Path(ROOT, "observability", "prometheus")
+GRAFANA = Path(ROOT, "observability", "grafana")
+DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
+
+
+def promtool(*args):
+    tool = require_command("promtool", "the Prometheus configuration is checked with promtool")
+    result = subprocess.run([tool, *args], cwd=PROMETHEUS, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_promtool_check_config_and_rules():
+    assert "SUCCESS" in promtool("check", "config", "prometheus.yml")
+    assert "SUCCESS" in promtool("check", "rules", "rules.yml")
+
+
+def test_promtool_rule_unit_tests_pass():
+    assert "SUCCESS" in promtool("test", "rules", "tests.yml")
+
+
+def test_every_alert_has_a_for_clause_a_severity_and_a_summary():
+    groups = yaml.safe_load((PROMETHEUS / "rules.yml").read_text())["groups"]
+    alerts = [rule for group in groups for rule in group["rules"] if "alert" in rule]
+    assert {a["alert"] for a in alerts} >= {
+        "WsappNoReadyReplicaOfActiveColor", "WsappReplicaTargetDown", "WsappServerErrorRatioHigh",
+        "WsappBroadcastDelayHigh", "WsappConnectionsNearLimit",
+    }
+    for alert in alerts:
+        assert re.fullmatch(r"\d+[smh]", alert["for"]), alert
+        assert alert["labels"]["severity"] in ("warning", "critical"), alert
+        assert alert["annotations"]["summary"], alert
+
+
+def test_datasource_and_provider_have_fixed_uids_and_paths():
+    datasources = yaml.safe_load((GRAFANA / "provisioning/datasources/prometheus.yml").read_text())
+    assert [d["uid"] for d in datasources["datasources"]] == ["wsapp-prometheus"]
+    provider = yaml.safe_load((GRAFANA / "provisioning/dashboards/provider.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+def dashboard_queries(dashboard):
+    """(where, expr) of every panel target and every annotation of a dashboard."""
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            yield f"panel {panel['title']!r} {target['refId']}", target["expr"]
+    for annotation in dashboard.get("annotations", {}).get("list", []):
+        if "expr" in annotation:
+            yield f"annotation {annotation['name']!r}", annotation["expr"]
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_dashboard_json_is_valid_with_fixed_uids(path):
+    dashboard = json.loads(path.read_text())
+    assert re.fullmatch(r"[a-z0-9-]{1,40}", dashboard["uid"])
+    assert dashboard["title"]
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == "wsapp-prometheus", panel["title"]
+        assert {"x", "y", "w", "h"} <= set(panel["gridPos"]), panel["title"]
+        assert panel["targets"], f"panel {panel['title']!r} has no query"
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "wsapp-prometheus", panel["title"]
+    for where, expr in dashboard_queries(dashboard):
+        assert expr.strip() and "$" not in expr, f"{where}: no Grafana variables, so the e2e tier can run it"
+
+
+def test_every_dashboard_is_mounted_by_the_infra_stack():
+    infra = yaml.safe_load(Path(ROOT, "stack/infra.yml").read_text())
+    files = {c["file"] for c in infra["configs"].values()}
+    targets = {c["target"] for c in infra["services"]["grafana"]["configs"]}
+    for path in DASHBOARDS:
+        assert f"../observability/grafana/dashboards/{path.name}" in files
+        assert f"/var/lib/grafana/dashboards/{path.name}" in targets
