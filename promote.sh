@@ -13,8 +13,10 @@ set -Eeuo pipefail
 readonly HEALTH_TIMEOUT=${HEALTH_TIMEOUT:-120}
 readonly DRAIN_SECONDS=${DRAIN_SECONDS:-30}
 readonly REMOVE_TIMEOUT=${REMOVE_TIMEOUT:-60}
-readonly WATCH_SECONDS=${WATCH_SECONDS:-0}
+readonly WATCH_SECONDS=${WATCH_SECONDS:-30}
 readonly WATCH_ERROR_RATIO=${WATCH_ERROR_RATIO:-0.05}
+readonly WATCH_MIN_RATE=${WATCH_MIN_RATE:-0.5}
+readonly WATCH_GRACE=${WATCH_GRACE:-10}
 readonly PROMETHEUS_URL=${PROMETHEUS_URL:-http://wsapp_prometheus:9090}
 readonly LOCK_FILE=${LOCK_FILE:-/tmp/wsapp-promote.lock}
 REPLICAS=${REPLICAS:-}
@@ -43,8 +45,12 @@ Settings (environment, with defaults):
   DRAIN_SECONDS=$DRAIN_SECONDS         drain window of the old color
   REMOVE_TIMEOUT=$REMOVE_TIMEOUT       seconds for the old stack's containers to stop
   REPLICAS=$replicas  replicas of the new color
-  WATCH_SECONDS=$WATCH_SECONDS         after the switch, watch the new color this long (0: off)
-  WATCH_ERROR_RATIO=$WATCH_ERROR_RATIO  switch back if the new color's error ratio exceeds this
+  WATCH_SECONDS=$WATCH_SECONDS        release gate: after the switch, watch the new color this
+                              long in Prometheus (0: off, e.g. where Prometheus does not run)
+  WATCH_ERROR_RATIO=$WATCH_ERROR_RATIO  switch back if the new color's server-side error ratio
+                              (server errors / messages received, 1 min rate) exceeds this
+  WATCH_MIN_RATE=$WATCH_MIN_RATE       ...judged only while it receives at least this many messages/s
+  WATCH_GRACE=$WATCH_GRACE          switch back if fewer than REPLICAS replicas are ready this long
   PROMETHEUS_URL=$PROMETHEUS_URL  queried by the watch (on the overlay network)
   LOCK_FILE=$LOCK_FILE   no two promotions at once
   TRACE=1                     trace every command
@@ -131,11 +137,14 @@ switch_to() {
   release_tool "$ACTIVE_IMAGE" expect-color --url "http://$NGINX_SERVICE/version" --color "$1"
 }
 
-# Post-switch watch: the release gate (docs/operations.md). Off when WATCH_SECONDS=0.
+# Post-switch watch: the release gate (docs/operations.md, "The release gate"). A failure
+# leaves STATE=switched, so the exit trap switches back to the old color (not drained yet) and
+# removes the new one. Off when WATCH_SECONDS=0.
 watch_new_color() {
   ((WATCH_SECONDS > 0)) || return 0
   release_tool "$ACTIVE_IMAGE" watch --prometheus "$PROMETHEUS_URL" --color "$IDLE" \
-    --seconds "$WATCH_SECONDS" --max-error-ratio "$WATCH_ERROR_RATIO" --replicas "$REPLICAS"
+    --seconds "$WATCH_SECONDS" --max-error-ratio "$WATCH_ERROR_RATIO" --replicas "$REPLICAS" \
+    --min-rate "$WATCH_MIN_RATE" --grace "$WATCH_GRACE"
 }
 
 control() {

@@ -4,16 +4,20 @@ Standard library and `websockets` only (both are in the app image), so any app i
   smoke --preview URL --live URL --color C [--version V]   HTTP, WebSocket and cross-color checks
   expect-color --url URL --color C                          the public route serves color C
   wait-drained --service NAME --timeout S                   until the service holds no WebSockets
+  watch --prometheus URL --color C --seconds N --max-error-ratio R --replicas N
+                                                            the release gate (docs/operations.md)
 """
 
 import argparse
 import asyncio
 import json
+import math
 import secrets
 import socket
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from websockets.asyncio.client import connect
@@ -129,6 +133,78 @@ def wait_drained(args):
         print(f"drained {args.service} in {elapsed:.1f}s")
 
 
+def prometheus_query(base, expr):
+    """Instant query: {frozenset(labels.items()): value}. Raises CheckFailed on an API error."""
+    url = base.rstrip("/") + "/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    status, body = get(url)
+    check(status == 200, f"Prometheus answered {status} to {expr!r}: {body[:200]}")
+    answer = json.loads(body)
+    check(answer.get("status") == "success", f"Prometheus failed {expr!r}: {answer}")
+    return {frozenset(r["metric"].items()): float(r["value"][1]) for r in answer["data"]["result"]}
+
+
+def scalar(result):
+    """The value of a one-series result, or None when there is none."""
+    return next(iter(result.values())) if result else None
+
+
+def watch(args):
+    """Release gate: watch the new color for args.seconds after the switch.
+
+    Fails (CheckFailed) when the server-side error ratio of the color exceeds --max-error-ratio
+    while it receives at least --min-rate messages/s, or when fewer than --replicas replicas are
+    ready for longer than --grace seconds, or when readiness was never visible at all. No traffic
+    means no ratio, which is not a failure. Every query is bounded, and so is the whole watch.
+    """
+    color = f'{{color="{args.color}"}}'
+    queries = {
+        "ratio": f"color:ws_server_error_ratio:rate1m{color}",
+        "rate": f"color:ws_messages_received:rate1m{color}",
+        "ready": f"sum(ws_ready{color} == bool 1)",
+        "up": f'sum(up{{job="app-{args.color}"}})',
+    }
+    print(f"watching {args.color} for {args.seconds:g}s: error ratio <= {args.max_error_ratio:g} "
+          f"(at >= {args.min_rate:g} messages/s), {args.replicas} replicas ready "
+          f"(grace {args.grace:g}s), via {args.prometheus}", flush=True)
+    started = time.monotonic()
+    deadline = started + args.seconds
+    not_ready_since = None
+    seen_ready = False
+    answered = 0
+    last_error = None
+    while True:
+        now = time.monotonic()
+        try:
+            values = {name: scalar(prometheus_query(args.prometheus, q)) for name, q in queries.items()}
+        except (CheckFailed, OSError, ValueError, KeyError) as exc:
+            last_error = exc
+            print(f"  {now - started:5.1f}s Prometheus query failed: {exc}", flush=True)
+        else:
+            answered += 1
+            ratio, rate = values["ratio"], values["rate"] or 0.0
+            ready, up = int(values["ready"] or 0), int(values["up"] or 0)
+            shown = "n/a" if ratio is None or math.isnan(ratio) else f"{ratio:.3f}"
+            print(f"  {now - started:5.1f}s error ratio {shown} at {rate:.1f} msg/s, "
+                  f"{ready}/{args.replicas} ready, {up} targets up", flush=True)
+            if ratio is not None and not math.isnan(ratio) and rate >= args.min_rate:
+                check(ratio <= args.max_error_ratio,
+                      f"{args.color}: server error ratio {ratio:.3f} > {args.max_error_ratio:g} "
+                      f"({rate:.1f} messages/s)")
+            if ready >= args.replicas:
+                seen_ready, not_ready_since = True, None
+            else:
+                not_ready_since = now if not_ready_since is None else not_ready_since
+                check(now - not_ready_since <= args.grace,
+                      f"{args.color}: only {ready} of {args.replicas} replicas ready "
+                      f"for {now - not_ready_since:.0f}s ({up} targets up)")
+        if now >= deadline:
+            break
+        time.sleep(max(0.0, min(args.interval, deadline - time.monotonic())))
+    check(answered, f"Prometheus at {args.prometheus} never answered: {last_error}")
+    check(seen_ready, f"{args.color}: readiness of {args.replicas} replicas never visible in Prometheus")
+    print(f"ok: {args.color} passed the watch ({answered} polls)")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -145,12 +221,25 @@ def main(argv=None):
     p = sub.add_parser("wait-drained")
     p.add_argument("--service", required=True)
     p.add_argument("--timeout", type=float, required=True)
+    p = sub.add_parser("watch", help="the release gate: poll Prometheus for the new color")
+    p.add_argument("--prometheus", required=True, help="Prometheus base URL")
+    p.add_argument("--color", required=True)
+    p.add_argument("--seconds", type=float, required=True, help="how long to watch")
+    p.add_argument("--max-error-ratio", type=float, required=True)
+    p.add_argument("--replicas", type=int, required=True, help="replicas that must be ready")
+    p.add_argument("--min-rate", type=float, default=0.5,
+                   help="messages/s below which the ratio is not judged (default 0.5)")
+    p.add_argument("--grace", type=float, default=10.0,
+                   help="seconds fewer replicas may be ready before the gate fails (default 10)")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between polls (default 2)")
     args = parser.parse_args(argv)
     try:
         if args.command == "smoke":
             asyncio.run(smoke(args))
         elif args.command == "expect-color":
             expect_color(args)
+        elif args.command == "watch":
+            watch(args)
         else:
             wait_drained(args)
     except (CheckFailed, OSError, TimeoutError, KeyError, ValueError, WebSocketException) as exc:
