@@ -49,3 +49,48 @@ dev: deps  ## run the service on this host with auto-reload (in-memory layer, on
 
 image:  ## build the app image (wsapp:dev) with whatever base image is available
 	./scripts/build-app.sh wsapp:dev
+
+# --- Load and performance (loadtest/, bench/, docs/performance.md) ---
+BENCH_VENV ?= .venv-bench
+LOCUST := $(BENCH_VENV)/bin/locust
+HTTP_PORT ?= 80
+# The soak's target: `make soak HOST=http://127.0.0.1:8000`. Only a HOST given on the command line
+# counts, because entrypoint.sh's HOST (a listen address) may be set in the environment.
+ifneq ($(origin HOST),command line)
+HOST := http://localhost:$(HTTP_PORT)
+endif
+SOAK_USERS ?= 200
+SOAK_SPAWN_RATE ?= 50
+SOAK_SECONDS ?= 120
+SOAK_PROMOTE_WARMUP ?= 20
+SOAK_PROMOTE_SETTLE ?= 15
+SOAK_PROMOTE_LIMIT ?= 900
+SOAK_REPORTS := loadtest/reports
+LOCUST_SOAK := $(LOCUST) -f loadtest/locustfile.py,loadtest/shapes/soak.py --headless --host $(HOST) \
+	--users $(SOAK_USERS) --spawn-rate $(SOAK_SPAWN_RATE) --only-summary
+
+$(BENCH_VENV)/.installed: requirements-bench.txt
+	python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q -r requirements-bench.txt
+	touch $@
+
+bench-deps: $(BENCH_VENV)/.installed  ## create .venv-bench (Locust, picows, py-spy)
+
+bench: bench-deps  ## benchmark the service (.venv from `make deps`) against a bare websockets server
+	$(BENCH_VENV)/bin/python -m bench
+
+soak: bench-deps  ## Locust soak against HOST (default http://localhost:$HTTP_PORT) for SOAK_SECONDS
+	mkdir -p $(SOAK_REPORTS)
+	timeout $$(($(SOAK_SECONDS) + 60)) $(LOCUST_SOAK) --run-time $(SOAK_SECONDS)s \
+		--csv $(SOAK_REPORTS)/soak --html $(SOAK_REPORTS)/soak.html
+
+soak-promote: bench-deps  ## soak while ./promote.sh runs; fails on any failed request or close other than 1012
+	mkdir -p $(SOAK_REPORTS)
+	$(LOCUST_SOAK) --run-time $(SOAK_PROMOTE_LIMIT)s --csv $(SOAK_REPORTS)/soak-promote \
+		--html $(SOAK_REPORTS)/soak-promote.html & locust=$$!; \
+	sleep $(SOAK_PROMOTE_WARMUP); \
+	./promote.sh; promoted=$$?; \
+	sleep $(SOAK_PROMOTE_SETTLE); kill -TERM $$locust; wait $$locust; soaked=$$?; \
+	echo "==> promote.sh exit $$promoted, soak exit $$soaked (reports in $(SOAK_REPORTS)/soak-promote*)"; \
+	[[ $$promoted -eq 0 && $$soaked -eq 0 ]]
+.PHONY: bench-deps bench soak soak-promote

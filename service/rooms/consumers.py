@@ -64,6 +64,7 @@ class RoomConsumer(DatabaseFreeConsumer):
             await self.refuse(reason)
             return
         self.outbox = deque()
+        self.outbox_max = settings.OUTBOUND_QUEUE_MAX  # read once: Django's settings proxy is slow per frame
         self.writer = None
         self.open = False
         self.closing = False
@@ -159,7 +160,7 @@ class RoomConsumer(DatabaseFreeConsumer):
         """Queue a frame for this client; a client that falls too far behind is closed."""
         if self.closing:
             return
-        if len(self.outbox) >= settings.OUTBOUND_QUEUE_MAX:
+        if len(self.outbox) >= self.outbox_max:
             self.outbox.clear()
             metrics.ERRORS.labels("slow_consumer").inc()
             asyncio.ensure_future(self.close_with(CLOSE_TRY_AGAIN_LATER))
