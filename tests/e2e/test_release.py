@@ -2,13 +2,26 @@
 
 import asyncio
 import json
+import signal
+import subprocess
 import time
 
 import pytest
 import websockets
 
-from tests.e2e.conftest import BASE_URL, WS_URL, active_service, docker, run, stacks, version, wait_until
+from tests.e2e.conftest import (
+    BASE_URL,
+    ENV,
+    WS_URL,
+    active_service,
+    docker,
+    run,
+    stacks,
+    version,
+    wait_until,
+)
 from tests.e2e.load import Traffic
+from tests.helpers import ROOT
 
 # The first test builds every image on a fresh machine (about 3 minutes here).
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -109,3 +122,24 @@ def test_up_is_idempotent(system):
     run(["scripts/up.sh"], 300)
     assert docker("service", "ls", "--format", "{{.Name}} {{.Image}} {{.Replicas}}") == before
     wait_until(lambda: version()["color"] in ("blue", "green"), 10, "the site")
+
+
+def test_interrupting_a_release_restores_the_old_color(system, derived_image):
+    """Ctrl-C (SIGINT) while promote.sh waits for the new color: the new stack goes, the old serves."""
+    before = version()["color"]
+    idle = "green" if before == "blue" else "blue"
+    image = derived_image("wsapp-e2e:never-healthy", 'ENTRYPOINT ["sleep", "infinity"]')
+    promote = subprocess.Popen(["./promote.sh", "--image", image], cwd=ROOT, env=ENV,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: f"wsapp-{idle}" in stacks(), 60, "the new color's stack")
+        time.sleep(3)
+        promote.send_signal(signal.SIGINT)
+        output, _ = promote.communicate(timeout=120)
+    finally:
+        if promote.poll() is None:
+            promote.kill()
+    assert promote.returncode == 130, output
+    assert f"{before} serves, as before the promotion" in output
+    assert version()["color"] == before
+    assert f"wsapp-{idle}" not in stacks()
