@@ -13,6 +13,7 @@ set -Eeuo pipefail
 readonly HEALTH_TIMEOUT=${HEALTH_TIMEOUT:-120}
 readonly DRAIN_SECONDS=${DRAIN_SECONDS:-30}
 readonly REMOVE_TIMEOUT=${REMOVE_TIMEOUT:-60}
+readonly KEEP_OLD=${KEEP_OLD:-0}
 readonly WATCH_SECONDS=${WATCH_SECONDS:-30}
 readonly WATCH_ERROR_RATIO=${WATCH_ERROR_RATIO:-0.05}
 readonly WATCH_MIN_RATE=${WATCH_MIN_RATE:-0.5}
@@ -44,6 +45,9 @@ Settings (environment, with defaults):
   HEALTH_TIMEOUT=$HEALTH_TIMEOUT       seconds for every replica of the new color to be healthy
   DRAIN_SECONDS=$DRAIN_SECONDS         drain window of the old color
   REMOVE_TIMEOUT=$REMOVE_TIMEOUT       seconds for the old stack's containers to stop
+  KEEP_OLD=$KEEP_OLD                 1: keep the drained old color running, so that
+                              './promote.sh rollback' can switch back to it later
+                              (the next promotion removes it)
   REPLICAS=$replicas  replicas of the new color
   WATCH_SECONDS=$WATCH_SECONDS        release gate: after the switch, watch the new color this
                               long in Prometheus (0: off, e.g. where Prometheus does not run)
@@ -214,8 +218,12 @@ promote() {
   STATE=draining
   drain "$ACTIVE"
   STATE=released
-  step "remove $ACTIVE"
-  remove_color "$ACTIVE"
+  if [[ $KEEP_OLD == 1 ]]; then
+    step "keep $ACTIVE (drained) for ./promote.sh rollback"
+  else
+    step "remove $ACTIVE"
+    remove_color "$ACTIVE"
+  fi
   step "released $IMAGE on $IDLE"
 }
 

@@ -143,3 +143,14 @@ def test_interrupting_a_release_restores_the_old_color(system, derived_image):
     assert f"{before} serves, as before the promotion" in output
     assert version()["color"] == before
     assert f"wsapp-{idle}" not in stacks()
+
+
+def test_rollback_switches_back_to_a_kept_old_color(system):
+    before = version()["color"]
+    after = "green" if before == "blue" else "blue"
+    fast = {"DRAIN_SECONDS": "3", "WATCH_SECONDS": "0"}
+    run(["./promote.sh"], 600, KEEP_OLD="1", **fast)
+    assert version()["color"] == after and f"wsapp-{before}" in stacks()
+    run(["./promote.sh", "rollback"], 600, **fast)
+    assert version()["color"] == before
+    assert f"wsapp-{after}" not in stacks()
