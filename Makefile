@@ -90,7 +90,9 @@ soak-promote: bench-deps  ## soak while ./promote.sh runs; fails on any failed r
 		--html $(SOAK_REPORTS)/soak-promote.html & locust=$$!; \
 	sleep $(SOAK_PROMOTE_WARMUP); \
 	./promote.sh; promoted=$$?; \
-	sleep $(SOAK_PROMOTE_SETTLE); kill -TERM $$locust; wait $$locust; soaked=$$?; \
-	echo "==> promote.sh exit $$promoted, soak exit $$soaked (reports in $(SOAK_REPORTS)/soak-promote*)"; \
+	sleep $(SOAK_PROMOTE_SETTLE); kill -TERM $$locust; wait $$locust; \
+	sleep 2; $(BENCH_VENV)/bin/python loadtest/check_report.py $(SOAK_REPORTS)/soak-promote_stats.csv; \
+	soaked=$$?; \
+	echo "==> promote.sh exit $$promoted, soak report exit $$soaked (reports in $(SOAK_REPORTS)/soak-promote*)"; \
 	[[ $$promoted -eq 0 && $$soaked -eq 0 ]]
 .PHONY: bench-deps bench soak soak-promote
