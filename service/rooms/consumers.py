@@ -163,7 +163,7 @@ class RoomConsumer(DatabaseFreeConsumer):
         if len(self.outbox) >= self.outbox_max:
             self.outbox.clear()
             metrics.ERRORS.labels("slow_consumer").inc()
-            asyncio.ensure_future(self.close_with(CLOSE_TRY_AGAIN_LATER))
+            lifecycle.spawn(self.close_with(CLOSE_TRY_AGAIN_LATER))
             return
         self.outbox.append(frame)
         self.kick()

@@ -35,6 +35,17 @@ class State:
 STATE = State()
 
 
+_background = set()
+
+
+def spawn(coro):
+    """Run coro as a task that is kept referenced until done (the loop holds only weak refs)."""
+    task = asyncio.create_task(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return task
+
+
 def is_ready():
     ready = STATE.started and STATE.control_ok and get_hub().connected and not STATE.draining
     STATE.ever_ready = STATE.ever_ready or ready
@@ -146,5 +157,5 @@ async def drain(seconds):
     notice = json.dumps({"type": "reconnect", "reason": "release", "color": settings.COLOR})
     for session in sessions:
         if session.id in SESSIONS:
-            asyncio.create_task(session.consumer.release(CLOSE_SERVICE_RESTART, notice))
+            spawn(session.consumer.release(CLOSE_SERVICE_RESTART, notice))
         await asyncio.sleep(gap)
