@@ -101,7 +101,7 @@ prepare_image() {
     return
   fi
   local version
-  version=$(date -u +%Y%m%d%H%M%S)-$(git -C "$ROOT_DIR" rev-parse --short HEAD 2>/dev/null || echo dev)
+  version=$(new_version)
   IMAGE=wsapp:$version
   build_app_image "$IMAGE" "$version"
 }
@@ -114,16 +114,9 @@ deploy_color() {
     -c "$ROOT_DIR/stack/$color.yml" "$(color_stack "$color")" >/dev/null
 }
 
-all_healthy() {
-  local service running
-  service=$(color_service "$1")
-  running=$(docker service ps "$service" --filter desired-state=running --format '{{.CurrentState}}' |
-    grep -c '^Running') || true
-  [[ $running -ge $REPLICAS ]]
-}
-
 wait_healthy() {
-  wait_for "$HEALTH_TIMEOUT" "all $REPLICAS replicas of $1 to be healthy" all_healthy "$1" || {
+  wait_for "$HEALTH_TIMEOUT" "all $REPLICAS replicas of $1 to be healthy" \
+    service_running "$(color_service "$1")" "$REPLICAS" || {
     docker service ps --no-trunc --format '{{.Name}} {{.CurrentState}} {{.Error}}' "$(color_service "$1")" |
       head -n 6 >&2
     return 1
@@ -151,8 +144,9 @@ watch_new_color() {
     --min-rate "$WATCH_MIN_RATE" --grace "$WATCH_GRACE"
 }
 
+# A control message (rooms.ctl drain/undrain) to every process of a color, through Redis.
 control() {
-  docker run --rm --network "$NETWORK" -e REDIS_URL="redis://wsapp_redis:6379/0" "$ACTIVE_IMAGE" \
+  timeout --kill-after=10 60 docker run --rm --network "$NETWORK" -e REDIS_URL="redis://wsapp_redis:6379/0" "$ACTIVE_IMAGE" \
     python -m rooms.ctl "$@" >&2
 }
 
@@ -161,11 +155,6 @@ drain() {
   control drain "$color" --seconds "$DRAIN_SECONDS"
   release_tool "$ACTIVE_IMAGE" wait-drained --service "$(color_service "$color")" \
     --timeout "$((DRAIN_SECONDS + 5))"
-}
-
-stack_gone() {
-  [[ -z $(docker service ls -q --filter "label=com.docker.stack.namespace=$1") ]] &&
-    [[ -z $(docker ps -aq --filter "label=com.docker.stack.namespace=$1") ]]
 }
 
 remove_color() {
@@ -187,7 +176,9 @@ on_exit() {
     fi
     docker exec "$(nginx_container)" switch-color "$ACTIVE" >&2 || echo "ERROR: switching back failed" >&2
   fi
-  remove_color "$IDLE" || echo "ERROR: could not remove $(color_stack "$IDLE"); remove it by hand" >&2
+  if stack_exists "$(color_stack "$IDLE")"; then
+    remove_color "$IDLE" || echo "ERROR: could not remove $(color_stack "$IDLE"); remove it by hand" >&2
+  fi
   echo "$ACTIVE serves, as before the promotion." >&2
   exit $((status == 0 ? 1 : status))
 }

@@ -9,11 +9,6 @@ set -Eeuo pipefail
 readonly VOLUMES=${VOLUMES:-0}
 readonly DOWN_TIMEOUT=${DOWN_TIMEOUT:-90}
 
-stack_gone() {
-  [[ -z $(docker service ls -q --filter "label=com.docker.stack.namespace=$1") ]] &&
-    [[ -z $(docker ps -aq --filter "label=com.docker.stack.namespace=$1") ]]
-}
-
 main() {
   docker info >/dev/null 2>&1 || die "no Docker engine answers"
   if [[ $(docker info --format '{{.Swarm.LocalNodeState}}') != active ]]; then

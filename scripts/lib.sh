@@ -44,6 +44,29 @@ stack_exists() {
   docker stack ls --format '{{.Name}}' | grep -qx "$1"
 }
 
+# stack_gone STACK: no service and no container of the stack is left.
+stack_gone() {
+  [[ -z $(docker service ls -q --filter "label=com.docker.stack.namespace=$1") ]] &&
+    [[ -z $(docker ps -aq --filter "label=com.docker.stack.namespace=$1") ]]
+}
+
+# service_running SERVICE [WANT]: at least WANT (default: the spec's replicas) tasks are Running,
+# which for a service with a healthcheck means healthy.
+service_running() {
+  local service=$1 want=${2:-} running
+  if [[ -z $want ]]; then
+    want=$(docker service inspect --format '{{.Spec.Mode.Replicated.Replicas}}' "$service") || return 1
+  fi
+  running=$(docker service ps "$service" --filter desired-state=running --format '{{.CurrentState}}' |
+    grep -c '^Running') || true
+  [[ $running -ge $want ]]
+}
+
+# A version for an image built from the working tree: UTC time and commit.
+new_version() {
+  echo "$(date -u +%Y%m%d%H%M%S)-$(git -C "$ROOT_DIR" rev-parse --short HEAD 2>/dev/null || echo dev)"
+}
+
 # Resolve images once (official where they can be pulled, Debian-built stand-ins otherwise).
 load_images() {
   if [[ ! -s $IMAGES_ENV ]]; then
@@ -83,11 +106,12 @@ build_app_image() {
 }
 
 # Run the release tool (scripts/release_tools.py) in a throwaway container on the overlay
-# network, with the runtime of IMAGE (which has Python and websockets).
+# network, with the runtime of IMAGE (which has Python and websockets). Every check inside is
+# bounded; the timeout is a backstop (docker run passes the signal on to the container).
 release_tool() {
   local image=$1
   shift
-  docker run --rm --network "$NETWORK" -e REDIS_URL="redis://wsapp_redis:6379/0" \
+  timeout --kill-after=10 "${RELEASE_TOOL_TIMEOUT:-900}" docker run --rm --network "$NETWORK" -e REDIS_URL="redis://wsapp_redis:6379/0" \
     -v "$ROOT_DIR/scripts/release_tools.py:/release_tools.py:ro" \
     --entrypoint python "$image" /release_tools.py "$@"
 }

@@ -53,13 +53,6 @@ ensure_secret() {
   fi
 }
 
-service_running() {
-  local service=$1 want
-  want=$(docker service inspect --format '{{.Spec.Mode.Replicated.Replicas}}' "$service") || return 1
-  [[ $(docker service ps "$service" --filter desired-state=running --format '{{.CurrentState}}' |
-    grep -c '^Running') -ge $want ]]
-}
-
 deploy_infra() {
   CONFIG_VERSION=$(config_version)
   export CONFIG_VERSION
@@ -85,7 +78,7 @@ deploy_first_color() {
   local image=${APP_IMAGE:-}
   if [[ -z $image ]]; then
     local version
-    version=$(date -u +%Y%m%d%H%M%S)-$(git -C "$ROOT_DIR" rev-parse --short HEAD 2>/dev/null || echo dev)
+    version=$(new_version)
     image=wsapp:$version
     build_app_image "$image" "$version"
   fi
