@@ -15,6 +15,12 @@ readonly PYTHON=${PYTHON:-python3}
 readonly RELOAD=${RELOAD:-}
 # Uvicorn logs three INFO lines per WebSocket; at warning, handshakes are about 7% cheaper.
 readonly UVICORN_LOG_LEVEL=${UVICORN_LOG_LEVEL:-warning}
+# Uvicorn's sans-I/O WebSocket protocol with flow control, keepalive and shared fan-out frames.
+readonly UVICORN_WS=${UVICORN_WS:-config.wsprotocol:WebSocketProtocol}
+readonly WS_PING_INTERVAL=${WS_PING_INTERVAL:-20}
+readonly WS_PING_TIMEOUT=${WS_PING_TIMEOUT:-20}
+# Off: compressing small JSON frames per connection costs CPU on every fan-out and ~40 KiB a socket.
+readonly WS_PER_MESSAGE_DEFLATE=${WS_PER_MESSAGE_DEFLATE:-false}
 export PROMETHEUS_MULTIPROC_DIR=${PROMETHEUS_MULTIPROC_DIR:-/tmp/wsapp-metrics}
 export DJANGO_SETTINGS_MODULE=${DJANGO_SETTINGS_MODULE:-config.settings}
 
@@ -46,7 +52,9 @@ main() {
   fi
 
   local -a args=(config.asgi:application --host "$HOST" --port "$PORT"
-    --loop uvloop --http httptools --ws websockets --ws-max-size "$WS_MAX_MESSAGE_BYTES"
+    --loop uvloop --http httptools --ws "$UVICORN_WS" --ws-max-size "$WS_MAX_MESSAGE_BYTES"
+    --ws-ping-interval "$WS_PING_INTERVAL" --ws-ping-timeout "$WS_PING_TIMEOUT"
+    --ws-per-message-deflate "$WS_PER_MESSAGE_DEFLATE"
     --timeout-graceful-shutdown "$GRACEFUL_TIMEOUT" --proxy-headers --forwarded-allow-ips '*'
     --no-access-log --log-level "$UVICORN_LOG_LEVEL" --lifespan on)
   if [[ -n $RELOAD ]]; then

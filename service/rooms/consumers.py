@@ -10,6 +10,8 @@ from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from config.wsprotocol import SEND_TEXT_NOWAIT
+
 from . import lifecycle, metrics
 from .hub import HubUnavailable, get_hub
 from .ratelimit import TokenBucket
@@ -66,6 +68,8 @@ class RoomConsumer(DatabaseFreeConsumer):
         self.outbox = deque()
         self.outbox_max = settings.OUTBOUND_QUEUE_MAX  # read once: Django's settings proxy is slow per frame
         self.writer = None
+        # Offered by config.wsprotocol; absent under other servers and in tests with a communicator.
+        self.send_nowait = self.scope.get("extensions", {}).get(SEND_TEXT_NOWAIT)
         self.open = False
         self.closing = False
         self.close_code = None
@@ -160,6 +164,9 @@ class RoomConsumer(DatabaseFreeConsumer):
         """Queue a frame for this client; a client that falls too far behind is closed."""
         if self.closing:
             return
+        if self.open and self.writer is None and not self.outbox and self.send_nowait:
+            if self.send_nowait(frame):  # idle and writable: written already, no task needed
+                return
         if len(self.outbox) >= self.outbox_max:
             self.outbox.clear()
             metrics.ERRORS.labels("slow_consumer").inc()
@@ -170,7 +177,7 @@ class RoomConsumer(DatabaseFreeConsumer):
 
     def kick(self):
         if self.open and self.writer is None and self.outbox:
-            self.writer = asyncio.ensure_future(self.flush())
+            self.writer = asyncio.get_running_loop().create_task(self.flush())
 
     async def flush(self):
         try:

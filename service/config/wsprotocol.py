@@ -1,0 +1,134 @@
+"""The WebSocket protocol Uvicorn runs (`--ws config.wsprotocol:WebSocketProtocol`).
+
+Uvicorn's sans-I/O implementation (websockets' ServerProtocol, no tasks of its own) costs far less
+per connection and per frame than its legacy `websockets` one. As of Uvicorn 0.38 it lacks what
+this service needs, added here:
+
+- Flow control. Sends wait while the socket's buffer is over its high-water mark
+  (pause_writing/resume_writing), so the consumer's outbox fills up behind a slow client and the
+  slow-consumer bound (1013) applies instead of a buffer that grows without limit.
+- Keepalive. Every `--ws-ping-interval` seconds a ping; a connection that sent nothing within
+  `--ws-ping-timeout` seconds of it is closed with 1011, so vanished clients do not hold sessions
+  forever. One timer per connection, no task.
+- A synchronous send for idle connections, offered to the application as an ASGI extension
+  (SEND_TEXT_NOWAIT), so a room fan-out costs no task per member.
+- Fan-out frames encoded once. A broadcast hands the same str object to every member; the frame
+  of the last text sent is kept, so each further member costs one transport write. Only without
+  extensions: a compressed stream differs per connection.
+"""
+
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+
+CLOSE_KEEPALIVE_TIMEOUT = 1011
+CLOSE_TIMEOUT = 10.0  # seconds a closed connection may take to flush before it is aborted
+SEND_TEXT_NOWAIT = "wsapp.send_text_nowait"
+
+_last_text = None
+_last_frame = b""
+
+
+def text_frame(text):
+    """The unmasked, uncompressed frame for `text`; computed once per distinct str object."""
+    global _last_text, _last_frame
+    if text is not _last_text:
+        _last_frame = Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
+        _last_text = text
+    return _last_frame
+
+
+class WebSocketProtocol(WebSocketsSansIOProtocol):
+    heard = True
+    pinged = False
+    keepalive = None
+    abort_timer = None
+
+    def pause_writing(self):
+        self.writable.clear()
+
+    def resume_writing(self):
+        self.writable.set()
+
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        self.schedule_keepalive(self.config.ws_ping_interval)
+
+    def connection_lost(self, exc):
+        for timer in (self.keepalive, self.abort_timer):
+            if timer is not None:
+                timer.cancel()
+        super().connection_lost(exc)
+        self.writable.set()  # a send waiting for the buffer to drain now fails as disconnected
+
+    def data_received(self, data):
+        self.heard = True
+        super().data_received(data)
+
+    def schedule_keepalive(self, delay):
+        if delay:
+            self.keepalive = self.loop.call_later(delay, self.check_alive)
+
+    def check_alive(self):
+        """Alternately: ping (after the interval), then check that something came back (after the timeout)."""
+        if self.transport.is_closing() or self.conn.state is not State.OPEN:
+            return
+        if self.pinged and not self.heard:
+            self.conn.send_close(CLOSE_KEEPALIVE_TIMEOUT, "keepalive ping timeout")
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.close_sent = True
+            self.transport.close()
+            self.abort_later()
+            return
+        self.pinged = not self.pinged
+        if self.pinged:
+            self.heard = False
+            self.conn.send_ping(b"")
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.schedule_keepalive(self.config.ws_ping_timeout or self.config.ws_ping_interval)
+        else:
+            self.schedule_keepalive(self.config.ws_ping_interval)
+
+    def abort_later(self):
+        """A closing transport waits to flush its buffer, which a client that reads nothing never allows."""
+        if self.abort_timer is None:
+            self.abort_timer = self.loop.call_later(CLOSE_TIMEOUT, self.transport.abort)
+
+    def handle_connect(self, event):
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)  # none when the upgrade was refused
+        if scope is not None:
+            scope["extensions"][SEND_TEXT_NOWAIT] = self.send_text_nowait
+
+    def send_text_nowait(self, text):
+        """Write a text frame at once if the socket takes it without waiting; False otherwise.
+
+        Offered to the application as the ASGI extension "wsapp.send_text_nowait", so that a room
+        fan-out reaches an idle connection without a task per member. The caller keeps the order
+        of its frames by using it only while nothing of its own is queued for the ASGI send.
+        """
+        if not self.writable.is_set() or not self.plain_frames_ok():
+            return False
+        self.transport.write(text_frame(text))
+        return True
+
+    def plain_frames_ok(self):
+        return (
+            self.handshake_complete
+            and not self.close_sent
+            and self.initial_response is None
+            and not self.conn.extensions
+            and self.conn.state is State.OPEN
+            and not self.transport.is_closing()
+        )
+
+    async def send(self, message):
+        if message["type"] == "websocket.close" and self.handshake_complete:
+            self.writable.set()  # a close does not wait for a slow client: it is written, then aborted
+            self.abort_later()
+        if message["type"] == "websocket.send" and message.get("text") is not None and self.plain_frames_ok():
+            await self.writable.wait()
+            if self.send_text_nowait(message["text"]):
+                return
+        await super().send(message)
