@@ -156,3 +156,7 @@ OUTBOUND_QUEUE_MAX = env_int("OUTBOUND_QUEUE_MAX", 1000, minimum=1)
 # "internal" error instead of being published. Never set it in production.
 FAULT_ERROR_SHARE = env_float("FAULT_ERROR_SHARE", 0.0, minimum=0.0)
 GRACEFUL_TIMEOUT = env_int("GRACEFUL_TIMEOUT", 8, minimum=0)  # whole seconds, as Uvicorn takes it
+# Allocations between young garbage collections (CPython's default is 700). Every connection keeps
+# a few hundred objects alive, so at the default a handshake storm spends much of its time in the
+# collector; see docs/performance.md. Reference counting still frees everything without cycles.
+GC_GEN0_THRESHOLD = env_int("GC_GEN0_THRESHOLD", 50000, minimum=100)

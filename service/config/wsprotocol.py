@@ -12,11 +12,16 @@ this service needs, added here:
   forever. One timer per connection, no task.
 - A synchronous send for idle connections, offered to the application as an ASGI extension
   (SEND_TEXT_NOWAIT), so a room fan-out costs no task per member.
+- Less memory per connection: the receive queue and the write gate are small classes instead of
+  asyncio.Queue and asyncio.Event (three deques and an Event, about 3 KiB), and the handshake's
+  request and response objects are let go once the handshake is answered.
 - Fan-out frames encoded once. A broadcast hands the same str object to every member; the frame
   of the last text sent is kept, so each further member costs one transport write. Only without
   extensions: a compressed stream differs per connection.
 """
 
+
+import asyncio
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame, Opcode
@@ -39,11 +44,72 @@ def text_frame(text):
     return _last_frame
 
 
+class Inbox:
+    """What the protocol uses of asyncio.Queue, for its one reader (the ASGI receive)."""
+
+    __slots__ = ("items", "waiter")
+
+    def __init__(self):
+        self.items = []
+        self.waiter = None
+
+    def put_nowait(self, item):
+        self.items.append(item)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def empty(self):
+        return not self.items
+
+    async def get(self):
+        while not self.items:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        return self.items.pop(0)
+
+
+class Gate:
+    """What the protocol uses of asyncio.Event: open while the transport takes writes."""
+
+    __slots__ = ("open", "waiters")
+
+    def __init__(self):
+        self.open = True
+        self.waiters = []
+
+    def is_set(self):
+        return self.open
+
+    def set(self):
+        self.open = True
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self):
+        self.open = False
+
+    async def wait(self):
+        while not self.open:
+            waiter = asyncio.get_running_loop().create_future()
+            self.waiters.append(waiter)
+            await waiter
+
+
 class WebSocketProtocol(WebSocketsSansIOProtocol):
     heard = True
     pinged = False
     keepalive = None
     abort_timer = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.queue = Inbox()
+        self.writable = Gate()
 
     def pause_writing(self):
         self.writable.clear()
@@ -132,3 +198,5 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             if self.send_text_nowait(message["text"]):
                 return
         await super().send(message)
+        if self.handshake_complete:
+            self.request = self.response = None  # only needed to answer the handshake

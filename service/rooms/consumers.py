@@ -65,7 +65,7 @@ class RoomConsumer(DatabaseFreeConsumer):
         if reason is not None:
             await self.refuse(reason)
             return
-        self.outbox = deque()
+        self.outbox = ()  # a deque once something has to wait: most connections never need one
         self.outbox_max = settings.OUTBOUND_QUEUE_MAX  # read once: Django's settings proxy is slow per frame
         self.writer = None
         # Offered by config.wsprotocol; absent under other servers and in tests with a communicator.
@@ -168,10 +168,12 @@ class RoomConsumer(DatabaseFreeConsumer):
             if self.send_nowait(frame):  # idle and writable: written already, no task needed
                 return
         if len(self.outbox) >= self.outbox_max:
-            self.outbox.clear()
+            self.outbox = ()
             metrics.ERRORS.labels("slow_consumer").inc()
             lifecycle.spawn(self.close_with(CLOSE_TRY_AGAIN_LATER))
             return
+        if not self.outbox:
+            self.outbox = deque()
         self.outbox.append(frame)
         self.kick()
 
@@ -185,8 +187,8 @@ class RoomConsumer(DatabaseFreeConsumer):
                 await self.send(text_data=self.outbox.popleft())
         except Exception:
             metrics.ERRORS.labels("send").inc()
-            self.outbox.clear()
         finally:
+            self.outbox = ()
             self.writer = None
 
     async def close_with(self, code):
