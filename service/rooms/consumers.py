@@ -7,6 +7,7 @@ import secrets
 from collections import deque
 
 from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
@@ -19,7 +20,6 @@ from .sessions import Session, register, unregister
 
 log = logging.getLogger(__name__)
 
-NO_CHANNEL_LAYER = "__none__"  # an alias with no layer: consumers take no layer channel
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TRY_AGAIN_LATER = 1013
 RELEASE_FLUSH_SECONDS = 2.0
@@ -39,15 +39,29 @@ def injected_fault():
 
 
 class DatabaseFreeConsumer(AsyncWebsocketConsumer):
-    """A consumer for code that never touches the ORM.
+    """A consumer for code that never touches the ORM or a channel layer.
 
-    Channels' AsyncConsumer.dispatch runs close_old_connections in a worker thread before
-    every message, to protect ORM users from stale database connections. Without the ORM
-    that hop protects nothing and costs more than half of the throughput, so it is skipped.
-    Do not use this base for a consumer that queries the database.
+    Channels' AsyncConsumer runs close_old_connections in a worker thread before every message,
+    to protect ORM users from stale database connections, and reads its client through
+    await_many_dispatch, which makes a task and an asyncio.wait per message so that it can also
+    read a channel layer. Without the ORM the hop protects nothing; without a channel layer there
+    is only one source to read. Together they cost more than half of the throughput and a task
+    per connection, so this base reads and dispatches in a plain loop instead.
+    Do not use this base for a consumer that queries the database or joins channel-layer groups.
     """
 
-    channel_layer_alias = NO_CHANNEL_LAYER
+    async def __call__(self, scope, receive, send):
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
+        try:
+            while True:
+                await self.dispatch(await receive())
+                # Yield between messages, as Channels' loop does, so that tasks this consumer
+                # started (its writer) run even while its client's frames arrive in a burst.
+                await asyncio.sleep(0)
+        except StopConsumer:
+            pass
 
     async def dispatch(self, message):
         handler = getattr(self, get_handler_name(message), None)
