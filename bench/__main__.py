@@ -34,6 +34,7 @@ DOC = ROOT / "docs" / "performance.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 SERVER_CPU, CLIENT_CPU = "0", "1"
 IDLE_WARMUP, IDLE_CONNECTIONS, CAPACITY = 100, 5000, 10000
+REPEATS = 3  # round trips and handshakes: the best of this many runs
 
 
 def free_port():
@@ -161,6 +162,12 @@ class Bench:
             log_dir=self.workdir,
         )
 
+    def best(self, key, server, phase, *extra):
+        """The run with the highest `key` of REPEATS, for both servers. Runs on one core vary: the
+        baseline's round trips ranged 10k-18k/s between runs, and its handshakes fell from about
+        1,300/s to 700/s after its first run of 2,000."""
+        return max((self.load(server, phase, *extra) for _ in range(REPEATS)), key=lambda run: run[key])
+
     def load(self, server, phase, *extra):
         """Run one load phase against `server`; adds the server's CPU share to the result."""
         cpu0, t0 = server.cpu(), time.monotonic()
@@ -209,10 +216,12 @@ class Bench:
             for name, start in (("service", lambda: self.service(1, redis_url)), ("baseline", self.baseline)):
                 server = start()
                 try:
-                    r[name, "rt"] = self.load(
-                        server, "roundtrips", "--connections", 100, "--seconds", a.seconds
+                    r[name, "rt"] = self.best(
+                        "roundtrips_per_s", server, "roundtrips", "--connections", 100, "--seconds", a.seconds
                     )
-                    r[name, "hs"] = self.load(server, "handshakes", "--connections", 2000)
+                    r[name, "hs"] = self.best(
+                        "handshakes_per_s", server, "handshakes", "--connections", 2000
+                    )
                     r[name, "fan200"] = self.load(server, "fanout", "--members", 200, *fan)
                     r[name, "fan500"] = self.load(server, "fanout", "--members", 500, *fan)
                 finally:

@@ -141,6 +141,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         if self.transport.is_closing() or self.conn.state is not State.OPEN:
             return
         if self.pinged and not self.heard:
+            self.queue.put_nowait({"type": "websocket.disconnect", "code": CLOSE_KEEPALIVE_TIMEOUT})
             self.conn.send_close(CLOSE_KEEPALIVE_TIMEOUT, "keepalive ping timeout")
             self.transport.write(b"".join(self.conn.data_to_send()))
             self.close_sent = True

@@ -85,9 +85,10 @@ class RawClient:
         self.writer.close()
 
 
-def errors(server, kind):
+def sample(server, series):
+    """The value of one labelled series, e.g. 'ws_errors_total{kind="slow_consumer"}'; 0 if absent."""
     _, text = server.get("/metrics")
-    prefix = f'ws_errors_total{{kind="{kind}"}} '
+    prefix = series + " "
     return sum(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))
 
 
@@ -106,7 +107,7 @@ async def test_a_client_that_stops_reading_is_closed_with_1013_and_the_room_lose
         body = "x" * 4000
         sent, last = 0, {}
         # Kernel buffers take a few MB before the server's transport pauses: send until the bound trips.
-        while errors(server, "slow_consumer") == 0:
+        while sample(server, 'ws_errors_total{kind="slow_consumer"}') == 0:
             assert sent < 5000, "the slow client was never closed"
             for _ in range(100):
                 await sender.send(json.dumps({"type": "message", "body": body}))
@@ -137,6 +138,7 @@ async def test_a_client_that_never_answers_pings_is_closed_with_1011(make_server
         assert Opcode.PING in [getattr(event, "opcode", None) for event in events]
         assert silent.protocol.close_rcvd is not None and silent.protocol.close_rcvd.code == 1011
         assert 1.5 < waited < 4, f"closed after {waited:.1f}s; expected interval + timeout = 2 s"
+        assert sample(server, 'ws_connections_closed_total{code="1011"}') == 1
         await asyncio.sleep(1.5)
         await alive.send(json.dumps({"type": "ping"}))
         assert json.loads(await asyncio.wait_for(alive.recv(), 5)) == {"type": "pong"}
@@ -152,6 +154,7 @@ async def test_an_oversized_frame_is_refused_with_1009(make_server):
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await asyncio.wait_for(ws.recv(), 5)
     assert closed.value.rcvd.code == 1009
+    assert sample(server, 'ws_connections_closed_total{code="1009"}') == 1
     deadline = time.monotonic() + 5
     while server.metric("ws_active_connections") != 0:
         assert time.monotonic() < deadline
