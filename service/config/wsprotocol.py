@@ -45,7 +45,9 @@ def text_frame(text):
 
 
 class Inbox:
-    """What the protocol uses of asyncio.Queue, for its one reader (the ASGI receive)."""
+    """What the protocol uses of asyncio.Queue, for its one reader (the ASGI receive).
+
+    A second concurrent get() would wait forever: one waiter only, as Channels reads one at a time."""
 
     __slots__ = ("items", "waiter")
 
@@ -105,6 +107,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     pinged = False
     keepalive = None
     abort_timer = None
+    lost = False
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -122,6 +125,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self.schedule_keepalive(self.config.ws_ping_interval)
 
     def connection_lost(self, exc):
+        self.lost = True
         for timer in (self.keepalive, self.abort_timer):
             if timer is not None:
                 timer.cancel()
@@ -138,7 +142,12 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     def check_alive(self):
         """Alternately: ping (after the interval), then check that something came back (after the timeout)."""
-        if self.transport.is_closing() or self.conn.state is not State.OPEN:
+        if self.transport.is_closing():
+            return
+        if self.conn.state is State.CONNECTING:  # the application has not accepted yet
+            self.schedule_keepalive(self.config.ws_ping_interval)
+            return
+        if self.conn.state is not State.OPEN:
             return
         if self.pinged and not self.heard:
             self.queue.put_nowait({"type": "websocket.disconnect", "code": CLOSE_KEEPALIVE_TIMEOUT})
@@ -159,8 +168,23 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     def abort_later(self):
         """A closing transport waits to flush its buffer, which a client that reads nothing never allows."""
-        if self.abort_timer is None:
+        if self.abort_timer is None and not self.lost:
             self.abort_timer = self.loop.call_later(CLOSE_TIMEOUT, self.transport.abort)
+
+    def handle_close(self, event):
+        super().handle_close(event)
+        self.abort_later()
+
+    def handle_parser_exception(self):
+        super().handle_parser_exception()
+        self.abort_later()
+
+    def shutdown(self):
+        if self.handshake_complete and (self.close_sent or self.conn.state is not State.OPEN):
+            self.transport.close()  # closing already; websockets refuses a second close frame
+        else:
+            super().shutdown()
+        self.abort_later()
 
     def handle_connect(self, event):
         super().handle_connect(event)
@@ -191,7 +215,12 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         )
 
     async def send(self, message):
-        if message["type"] == "websocket.close" and self.handshake_complete:
+        if (
+            message["type"] == "websocket.close"
+            and self.handshake_complete
+            and not self.close_sent
+            and not self.transport.is_closing()
+        ):
             self.writable.set()  # a close does not wait for a slow client: it is written, then aborted
             self.abort_later()
         if message["type"] == "websocket.send" and message.get("text") is not None and self.plain_frames_ok():

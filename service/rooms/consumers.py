@@ -99,14 +99,20 @@ class RoomConsumer(DatabaseFreeConsumer):
         client = self.scope.get("client") or ("", 0)
         register(Session(self.session_id, self.room, f"{client[0]}:{client[1]}", self))
         metrics.CONNECTIONS_OPENED.inc()
-        await self.accept()
-        await self.send(text_data=json.dumps({
+        welcome = {
             "type": "welcome",
             "room": self.room,
             "session": self.session_id,
             "color": settings.COLOR,
             "replica": settings.REPLICA,
-        }))
+        }
+        try:
+            await self.accept()
+            await self.send(text_data=json.dumps(welcome))
+        except Exception as exc:  # the client left while the room was being joined
+            log.info("handshake not completed: %r", exc)
+            await self.disconnect(1006)
+            raise StopConsumer from exc
         self.open = True
         self.kick()
 

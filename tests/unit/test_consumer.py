@@ -175,3 +175,19 @@ async def test_fault_injection_fails_the_configured_share_of_messages(connect):
         frame = await alice.receive_json_from()
         kinds.append(frame.get("error", frame["type"]))
     assert sorted(kinds) == ["internal", "internal", "message", "message"]
+
+
+async def test_a_client_gone_before_accept_leaves_no_session_or_room_member(connect, monkeypatch):
+    from channels.generic.websocket import AsyncWebsocketConsumer
+
+    from rooms.hub import get_hub
+
+    async def accept_fails(self, *args, **kwargs):  # test double: what the server does once the client left
+        raise RuntimeError("Expected ASGI message 'websocket.send' or 'websocket.close'")
+
+    monkeypatch.setattr(AsyncWebsocketConsumer, "accept", accept_fails)
+    before = dict(SESSIONS)
+    with pytest.raises(Exception):  # noqa: B017 - the communicator reports the missing handshake its own way
+        await connect("/ws/rooms/vanished/")
+    assert SESSIONS == before
+    assert not get_hub().rooms.get("vanished")

@@ -1,10 +1,16 @@
-"""The shared fan-out frame of config.wsprotocol, parsed back by websockets' own reader."""
+"""config.wsprotocol: the shared fan-out frame, keepalive and shutdown."""
+
+import asyncio
 
 import pytest
+from uvicorn.config import Config
+from uvicorn.server import ServerState
+from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
+from websockets.uri import parse_uri
 
-from config.wsprotocol import text_frame
+from config.wsprotocol import WebSocketProtocol, text_frame
 
 
 @pytest.mark.parametrize("length", [0, 125, 126, 65535, 65536])
@@ -25,3 +31,82 @@ def test_text_frame_is_encoded_once_per_str_object():
     text = "".join(["hello ", "room"])
     assert text_frame(text) is text_frame(text)
     assert text_frame("".join(["hello ", "room"])) == text_frame(text)
+
+
+class UndrainedTransport(asyncio.Transport):
+    """Test double for a socket whose peer reads nothing: close() never completes, writes pile up.
+
+    The real case needs a client that fills kernel buffers first (see tests/integration); here the
+    timing of pings and shutdown is what is tested, so a transport that records is enough.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.frames, self.closing, self.aborted = [], False, False
+
+    def write(self, data):
+        self.frames.append(bytes(data))
+
+    def is_closing(self):
+        return self.closing
+
+    def close(self):
+        self.closing = True
+
+    def abort(self):
+        self.closing = self.aborted = True
+
+    def get_extra_info(self, name, default=None):
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(name, default)
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+
+def opened(app, interval):
+    """A protocol on an UndrainedTransport that has received a client's handshake request."""
+    config = Config(app=app, ws_ping_interval=interval, ws_ping_timeout=interval, log_level="warning")
+    config.load()
+    protocol = WebSocketProtocol(config, ServerState(), {}, _loop=asyncio.get_running_loop())
+    transport = UndrainedTransport()
+    protocol.connection_made(transport)
+    client = ClientProtocol(parse_uri("ws://localhost/ws/rooms/a/"))
+    client.send_request(client.connect())
+    protocol.data_received(b"".join(client.data_to_send()))
+    return protocol, transport
+
+
+def pings(transport):
+    return sum(frame[:1] == b"\x89" for frame in transport.frames)
+
+
+async def accept_then_wait(scope, receive, send, delay=0.0):
+    await receive()
+    await asyncio.sleep(delay)
+    await send({"type": "websocket.accept"})
+    while (await receive())["type"] != "websocket.disconnect":
+        pass
+
+
+async def test_keepalive_starts_even_when_the_app_accepts_after_the_first_interval():
+    async def slow_app(scope, receive, send):
+        await accept_then_wait(scope, receive, send, delay=0.15)
+
+    protocol, transport = opened(slow_app, interval=0.05)
+    await asyncio.sleep(0.25)
+    assert pings(transport) >= 1
+    protocol.connection_lost(None)
+
+
+async def test_a_silent_client_is_closed_with_1011_and_shutdown_then_still_works():
+    protocol, transport = opened(accept_then_wait, interval=0.05)
+    await asyncio.sleep(0.3)
+    assert transport.closing and protocol.close_sent
+    close = transport.frames[-1]
+    assert close[0] == 0x88 and close[2:4] == (1011).to_bytes(2, "big")
+    protocol.shutdown()  # SIGTERM while that close is still unflushed must not raise
+    assert protocol.abort_timer is not None
+    protocol.connection_lost(None)
