@@ -66,7 +66,7 @@ class Chatters:
             ws = await websockets.connect(f"{WS_URL}/ws/rooms/obs-{index % 3}/", origin=ORIGIN)
             assert json.loads(await ws.recv())["type"] == "welcome"
             self.sockets.append(ws)
-            self.tasks.append(asyncio.create_task(self._chat(ws)))
+            self.tasks += [asyncio.create_task(self._chat(ws)), asyncio.create_task(self._read(ws))]
         return self
 
     async def _chat(self, ws):
@@ -74,6 +74,15 @@ class Chatters:
             while True:
                 await ws.send('{"type":"message","body":"observed"}')
                 await asyncio.sleep(0.5)
+        except websockets.ConnectionClosed:
+            return
+
+    async def _read(self, ws):
+        """Read the room's broadcasts: a client that reads nothing misses the server's pongs, and
+        websockets' own keepalive then closes it (1011) after 40-50 s."""
+        try:
+            async for _ in ws:
+                pass
         except websockets.ConnectionClosed:
             return
 
