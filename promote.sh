@@ -146,8 +146,7 @@ watch_new_color() {
 
 # A control message (rooms.ctl drain/undrain) to every process of a color, through Redis.
 control() {
-  timeout --kill-after=10 60 docker run --rm --network "$NETWORK" -e REDIS_URL="redis://wsapp_redis:6379/0" "$ACTIVE_IMAGE" \
-    python -m rooms.ctl "$@" >&2
+  run_on_network 60 "$ACTIVE_IMAGE" python -m rooms.ctl "$@" >&2
 }
 
 drain() {

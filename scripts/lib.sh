@@ -105,13 +105,20 @@ build_app_image() {
     -t "$tag" "$ROOT_DIR" >/dev/null
 }
 
-# Run the release tool (scripts/release_tools.py) in a throwaway container on the overlay
-# network, with the runtime of IMAGE (which has Python and websockets). Every check inside is
-# bounded; the timeout is a backstop (docker run passes the signal on to the container).
+# run_on_network SECONDS DOCKER_RUN_ARGS...: a throwaway container on the overlay network, with
+# REDIS_URL set, stopped after SECONDS at most (docker run passes the signal on to the container).
+run_on_network() {
+  local seconds=$1
+  shift
+  timeout --kill-after=10 "$seconds" docker run --rm --network "$NETWORK" \
+    -e REDIS_URL="redis://wsapp_redis:6379/0" "$@"
+}
+
+# Run the release tool (scripts/release_tools.py) with the runtime of IMAGE (which has Python and
+# websockets). Every check inside is bounded; the timeout is a backstop.
 release_tool() {
   local image=$1
   shift
-  timeout --kill-after=10 "${RELEASE_TOOL_TIMEOUT:-900}" docker run --rm --network "$NETWORK" -e REDIS_URL="redis://wsapp_redis:6379/0" \
-    -v "$ROOT_DIR/scripts/release_tools.py:/release_tools.py:ro" \
+  run_on_network "${RELEASE_TOOL_TIMEOUT:-900}" -v "$ROOT_DIR/scripts/release_tools.py:/release_tools.py:ro" \
     --entrypoint python "$image" /release_tools.py "$@"
 }

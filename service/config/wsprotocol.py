@@ -199,34 +199,25 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         fan-out reaches an idle connection without a task per member. The caller keeps the order
         of its frames by using it only while nothing of its own is queued for the ASGI send.
         """
-        if not self.writable.is_set() or not self.plain_frames_ok():
+        if not (self.writable.is_set() and self.is_open()) or self.conn.extensions:
             return False
         self.transport.write(text_frame(text))
         return True
 
-    def plain_frames_ok(self):
-        return (
-            self.handshake_complete
-            and not self.close_sent
-            and self.initial_response is None
-            and not self.conn.extensions
-            and self.conn.state is State.OPEN
-            and not self.transport.is_closing()
-        )
+    def is_open(self):
+        """Accepted, no close sent or received, connection not lost (websockets' state is OPEN from
+        the 101 response until a close frame passes either way; a lost one is a closing transport)."""
+        return self.conn.state is State.OPEN and not self.transport.is_closing()
 
     async def send(self, message):
-        if (
-            message["type"] == "websocket.close"
-            and self.handshake_complete
-            and not self.close_sent
-            and not self.transport.is_closing()
-        ):
+        kind = message["type"]
+        if kind == "websocket.close" and self.is_open():
             self.writable.set()  # a close does not wait for a slow client: it is written, then aborted
             self.abort_later()
-        if message["type"] == "websocket.send" and message.get("text") is not None and self.plain_frames_ok():
+        if kind == "websocket.send" and message.get("text") is not None and self.is_open():
             await self.writable.wait()
             if self.send_text_nowait(message["text"]):
                 return
         await super().send(message)
-        if self.handshake_complete:
+        if kind == "websocket.accept":
             self.request = self.response = None  # only needed to answer the handshake

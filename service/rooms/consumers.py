@@ -228,6 +228,8 @@ class RoomConsumer(DatabaseFreeConsumer):
         self.closing = True
         if self.writer is not None:
             await asyncio.wait([self.writer], timeout=RELEASE_FLUSH_SECONDS)
+        if self.writer is not None:  # a client too slow even for that: its frames are dropped
+            self.writer.cancel()
         self.close_code = code
         await self.close(code=code)
 
