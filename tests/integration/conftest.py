@@ -1,5 +1,6 @@
 """Integration tier: a real redis-server and the app started through entrypoint.sh."""
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -107,6 +108,14 @@ class AppServer:
             if line.startswith(name + " ") or line.startswith(name + "{"):
                 total += float(line.rsplit(" ", 1)[1])
         return total
+
+    async def until_metric(self, name, value, timeout=5):
+        """Wait for a metric (or one labelled series) to reach `value`: the server counts a close when
+        its consumer handles the disconnect, just after the client has seen it."""
+        deadline = time.monotonic() + timeout
+        while self.metric(name) != value:
+            assert time.monotonic() < deadline, f"{name} is {self.metric(name)}, expected {value}"
+            await asyncio.sleep(0.05)
 
     def log(self):
         return self.log_path.read_text(errors="replace")

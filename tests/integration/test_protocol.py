@@ -64,20 +64,15 @@ class RawClient:
         """Send what the protocol wants sent (handshake, pongs); a silent client never calls this."""
         self.writer.write(b"".join(self.protocol.data_to_send()))
 
-    async def events(self, timeout):
-        """Read until the server closes the connection; return every event received."""
+    async def events(self, timeout, count=None):
+        """Read until at least `count` events arrived, or else until the server closes the connection."""
         events = []
         async with asyncio.timeout(timeout):
-            while data := await self.reader.read(65536):
+            while count is None or len(events) < count:
+                data = await self.reader.read(4096)
+                if not data:
+                    break
                 self.protocol.receive_data(data)
-                events.extend(self.protocol.events_received())
-        return events
-
-    async def first_events(self, count, timeout=5):
-        events = []
-        async with asyncio.timeout(timeout):
-            while len(events) < count:
-                self.protocol.receive_data(await self.reader.read(4096))
                 events.extend(self.protocol.events_received())
         return events
 
@@ -85,26 +80,11 @@ class RawClient:
         self.writer.close()
 
 
-def sample(server, series):
-    """The value of one labelled series, e.g. 'ws_errors_total{kind="slow_consumer"}'; 0 if absent."""
-    _, text = server.get("/metrics")
-    prefix = series + " "
-    return sum(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))
-
-
-async def until_sample(server, series, value, timeout=5):
-    """The server counts a close when its consumer handles the disconnect, just after the client sees it."""
-    deadline = time.monotonic() + timeout
-    while sample(server, series) != value:
-        assert time.monotonic() < deadline, f"{series} is {sample(server, series)}, expected {value}"
-        await asyncio.sleep(0.05)
-
-
 async def test_a_client_that_stops_reading_is_closed_with_1013_and_the_room_loses_nothing(make_server):
     server = make_server(OUTBOUND_QUEUE_MAX="20", RATE_LIMIT_PER_SECOND="100000", RATE_LIMIT_BURST="100000")
     url = f"{server.ws_url}/ws/rooms/flow/"
     slow = await RawClient.connect(url, rcvbuf=4096)
-    response, welcome = await slow.first_events(2)
+    response, welcome = await slow.events(5, count=2)
     assert isinstance(response, Response) and response.status_code == 101
     assert json.loads(welcome.data)["type"] == "welcome"
     async with (
@@ -115,7 +95,7 @@ async def test_a_client_that_stops_reading_is_closed_with_1013_and_the_room_lose
         body = "x" * 4000
         sent, last = 0, {}
         # Kernel buffers take a few MB before the server's transport pauses: send until the bound trips.
-        while sample(server, 'ws_errors_total{kind="slow_consumer"}') == 0:
+        while server.metric('ws_errors_total{kind="slow_consumer"}') == 0:
             assert sent < 5000, "the slow client was never closed"
             for _ in range(100):
                 await sender.send(json.dumps({"type": "message", "body": body}))
@@ -130,7 +110,7 @@ async def test_a_client_that_stops_reading_is_closed_with_1013_and_the_room_lose
     print(f"sent {sent}, the slow client got {len(frames)} before its close")
     assert 0 < len(frames) < sent, "the slow client should have received part of the room's messages"
     assert slow.protocol.close_rcvd is not None and slow.protocol.close_rcvd.code == 1013
-    await until_sample(server, "ws_active_connections", 0)
+    await server.until_metric("ws_active_connections", 0)
     slow.close()
 
 
@@ -146,12 +126,12 @@ async def test_a_client_that_never_answers_pings_is_closed_with_1011(make_server
         assert Opcode.PING in [getattr(event, "opcode", None) for event in events]
         assert silent.protocol.close_rcvd is not None and silent.protocol.close_rcvd.code == 1011
         assert 1.5 < waited < 4, f"closed after {waited:.1f}s; expected interval + timeout = 2 s"
-        await until_sample(server, 'ws_connections_closed_total{code="1011"}', 1)
+        await server.until_metric('ws_connections_closed_total{code="1011"}', 1)
         await asyncio.sleep(1.5)
         await alive.send(json.dumps({"type": "ping"}))
         assert json.loads(await asyncio.wait_for(alive.recv(), 5)) == {"type": "pong"}
     silent.close()
-    await until_sample(server, "ws_active_connections", 0)
+    await server.until_metric("ws_active_connections", 0)
 
 
 async def test_an_oversized_frame_is_refused_with_1009(make_server):
@@ -162,5 +142,5 @@ async def test_an_oversized_frame_is_refused_with_1009(make_server):
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await asyncio.wait_for(ws.recv(), 5)
     assert closed.value.rcvd.code == 1009
-    await until_sample(server, 'ws_connections_closed_total{code="1009"}', 1)
-    await until_sample(server, "ws_active_connections", 0)
+    await server.until_metric('ws_connections_closed_total{code="1009"}', 1)
+    await server.until_metric("ws_active_connections", 0)
