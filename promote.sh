@@ -167,6 +167,9 @@ remove_color() {
 on_exit() {
   local status=$?
   trap - EXIT INT TERM
+  # A signal's trap runs inside the command it interrupted, with that command's redirections
+  # (wait_for sends its checks to /dev/null): report on the script's own stdout and stderr.
+  exec 1>&7 2>&8
   [[ $STATE == none || $STATE == released ]] && exit "$status"
   echo "ERROR: promotion failed at state '$STATE'; restoring $ACTIVE" >&2
   if [[ $STATE == switched || $STATE == draining ]]; then
@@ -191,6 +194,7 @@ promote() {
   find_colors
   step "image"
   prepare_image
+  exec 7>&1 8>&2
   trap on_exit EXIT
   trap 'exit 130' INT TERM
   step "deploy $IDLE with $IMAGE ($REPLICAS replicas)"
