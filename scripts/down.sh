@@ -9,12 +9,7 @@ set -Eeuo pipefail
 readonly VOLUMES=${VOLUMES:-0}
 readonly DOWN_TIMEOUT=${DOWN_TIMEOUT:-90}
 
-main() {
-  docker info >/dev/null 2>&1 || die "no Docker engine answers"
-  if [[ $(docker info --format '{{.Swarm.LocalNodeState}}') != active ]]; then
-    log "no swarm: nothing to remove"
-    return
-  fi
+remove_stacks() {
   local stack
   for stack in "$(color_stack blue)" "$(color_stack green)" "$INFRA_STACK"; do
     if stack_exists "$stack"; then
@@ -29,9 +24,22 @@ main() {
     wait_for 30 "network $NETWORK to be removed" docker network rm "$NETWORK"
   fi
   if [[ $VOLUMES == 1 ]]; then
-    log "removing volumes and secrets"
-    docker volume ls -q --filter "label=com.docker.stack.namespace=$INFRA_STACK" | xargs -r docker volume rm >/dev/null
+    log "removing secrets"
     docker secret ls -q --filter name=wsapp_ | xargs -r docker secret rm >/dev/null
+  fi
+}
+
+main() {
+  docker info >/dev/null 2>&1 || die "no Docker engine answers"
+  if [[ $(docker info --format '{{.Swarm.LocalNodeState}}') == active ]]; then
+    remove_stacks
+  else
+    log "no swarm: no stack to remove"
+  fi
+  # Volumes belong to the engine, not the swarm: they outlive `docker swarm leave`.
+  if [[ $VOLUMES == 1 ]]; then
+    log "removing volumes"
+    docker volume ls -q --filter "label=com.docker.stack.namespace=$INFRA_STACK" | xargs -r docker volume rm >/dev/null
   fi
   log "down"
 }
