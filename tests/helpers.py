@@ -3,7 +3,9 @@
 import os
 import random
 import shutil
+import signal
 import socket
+import subprocess
 
 import pytest
 
@@ -35,3 +37,21 @@ def free_port():
                 continue
             return port
     raise RuntimeError("no free port below the ephemeral range")
+
+
+def start_interruptible(args, **kwargs):
+    """Start a script that the test will interrupt as Ctrl-C does, output collected.
+
+    A process started in the background by a non-interactive shell (`cmd &`) ignores SIGINT, its
+    children inherit that, and bash cannot trap a signal that was ignored when it started. The
+    child gets the default disposition back, so the script's INT trap runs as it does for a user.
+    """
+    return subprocess.Popen(args, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def reap(process):
+    """Kill a process that is still running and collect it, closing its pipe."""
+    if process.poll() is None:
+        process.kill()
+    process.communicate()

@@ -3,7 +3,6 @@
 import asyncio
 import json
 import signal
-import subprocess
 import time
 
 import pytest
@@ -21,7 +20,7 @@ from tests.e2e.conftest import (
     wait_until,
 )
 from tests.e2e.load import Traffic
-from tests.helpers import ROOT
+from tests.helpers import ROOT, reap, start_interruptible
 
 # The first test builds every image on a fresh machine (about 3 minutes here).
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -129,16 +128,14 @@ def test_interrupting_a_release_restores_the_old_color(system, derived_image):
     before = version()["color"]
     idle = "green" if before == "blue" else "blue"
     image = derived_image("wsapp-e2e:never-healthy", 'ENTRYPOINT ["sleep", "infinity"]')
-    promote = subprocess.Popen(["./promote.sh", "--image", image], cwd=ROOT, env=ENV,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    promote = start_interruptible(["./promote.sh", "--image", image], cwd=ROOT, env=ENV)
     try:
         wait_until(lambda: f"wsapp-{idle}" in stacks(), 60, "the new color's stack")
         time.sleep(3)
         promote.send_signal(signal.SIGINT)
         output, _ = promote.communicate(timeout=120)
     finally:
-        if promote.poll() is None:
-            promote.kill()
+        reap(promote)
     assert promote.returncode == 130, output
     assert f"{before} serves, as before the promotion" in output
     assert version()["color"] == before

@@ -8,11 +8,10 @@ a health check runs with its output sent to /dev/null.
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, reap, start_interruptible
 
 FAKE_DOCKER = r"""#!/usr/bin/env bash
 # Test double of the docker CLI: blue is active, green comes and goes with stack deploy/rm.
@@ -44,8 +43,7 @@ def test_interrupt_during_a_health_check_restores_and_says_so(tmp_path):
     (tmp_path / "active").write_text("blue\n")
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "LOCK_FILE": str(tmp_path / "lock"),
            "HEALTH_TIMEOUT": "60"}
-    promote = subprocess.Popen([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    promote = start_interruptible([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env)
     try:
         checking = tmp_path / "checking"
         deadline = time.monotonic() + 20
@@ -55,8 +53,7 @@ def test_interrupt_during_a_health_check_restores_and_says_so(tmp_path):
         promote.send_signal(signal.SIGINT)  # lands while `docker service ps` (1 s) runs
         output, _ = promote.communicate(timeout=30)
     finally:
-        if promote.poll() is None:
-            promote.kill()
+        reap(promote)
     assert promote.returncode == 130, output
     assert "promotion failed at state 'deployed'; restoring blue" in output
     assert "blue serves, as before the promotion." in output
