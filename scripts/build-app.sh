@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # build-app.sh [TAG]: build the app image from the working tree on the best available base.
 set -Eeuo pipefail
-# shellcheck source=scripts/lib.sh
+# shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 main() {

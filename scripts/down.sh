@@ -3,7 +3,7 @@
 # kept unless VOLUMES=1. The swarm itself is left as it is.
 set -Eeuo pipefail
 [[ -n ${TRACE:-} ]] && set -x
-# shellcheck source=scripts/lib.sh
+# shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 readonly VOLUMES=${VOLUMES:-0}

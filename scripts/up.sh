@@ -3,7 +3,7 @@
 # already there is left as it is.
 set -Eeuo pipefail
 [[ -n ${TRACE:-} ]] && set -x
-# shellcheck source=scripts/lib.sh
+# shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 readonly HTTP_PORT=${HTTP_PORT:-80}
