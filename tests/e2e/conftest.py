@@ -3,7 +3,6 @@
 import json
 import os
 import subprocess
-import time
 import urllib.request
 
 import pytest
@@ -91,10 +90,3 @@ def derived_image():
     yield build
     for tag in built:
         subprocess.run(["docker", "image", "rm", "-f", tag], capture_output=True, timeout=60)
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.5)

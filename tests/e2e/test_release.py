@@ -17,10 +17,9 @@ from tests.e2e.conftest import (
     run,
     stacks,
     version,
-    wait_until,
 )
 from tests.e2e.load import Traffic
-from tests.helpers import ROOT, reap, start_interruptible
+from tests.helpers import ROOT, reap, start_interruptible, wait_until
 
 # The first test builds every image on a fresh machine (about 3 minutes here).
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]

@@ -8,10 +8,8 @@ a health check runs with its output sent to /dev/null.
 
 import os
 import signal
-import time
-from pathlib import Path
 
-from tests.helpers import ROOT, reap, start_interruptible
+from tests.helpers import ROOT, reap, start_interruptible, wait_until
 
 FAKE_DOCKER = r"""#!/usr/bin/env bash
 # Test double of the docker CLI: blue is active, green comes and goes with stack deploy/rm.
@@ -46,9 +44,8 @@ def test_interrupt_during_a_health_check_restores_and_says_so(tmp_path):
     promote = start_interruptible([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env)
     try:
         checking = tmp_path / "checking"
-        deadline = time.monotonic() + 20
-        while not checking.exists() and promote.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: checking.exists() or promote.poll() is not None, 20,
+                   "promote.sh to check the new color's health", interval=0.05)
         assert checking.exists(), "promote.sh never checked the new color's health"
         promote.send_signal(signal.SIGINT)  # lands while `docker service ps` (1 s) runs
         output, _ = promote.communicate(timeout=30)
@@ -58,6 +55,6 @@ def test_interrupt_during_a_health_check_restores_and_says_so(tmp_path):
     assert "promotion failed at state 'deployed'; restoring blue" in output
     assert "blue serves, as before the promotion." in output
     assert not (tmp_path / "green").exists()
-    calls = Path(tmp_path / "calls").read_text()
+    calls = (tmp_path / "calls").read_text()
     assert "stack rm wsapp-green" in calls
     assert "switch-color green" not in calls
