@@ -4,9 +4,13 @@ import asyncio
 import json
 
 import pytest
+from channels.routing import URLRouter
 from django.test import override_settings
+from django.urls import re_path
 
-from rooms import lifecycle, metrics
+from rooms import draining, metrics, routing
+from rooms.consumers import RoomConsumer
+from rooms.faults import FaultInjectingRoomConsumer
 from rooms.sessions import SESSIONS
 
 pytestmark = pytest.mark.asyncio
@@ -147,14 +151,14 @@ async def test_over_max_connections_new_handshakes_are_refused(connect):
 async def test_drain_sends_reconnect_then_1012_and_refuses_new_handshakes(connect):
     _, alice = await connect()
     _, bob = await connect()
-    lifecycle.start_drain(0.2)
+    draining.start_drain(0.2)
     for communicator in (alice, bob):
         notice = await communicator.receive_json_from(timeout=2)
         assert notice["type"] == "reconnect"
         assert await communicator.receive_output(timeout=2) == {"type": "websocket.close", "code": 1012}
     connected, _ = await connect(welcome=False)
     assert not connected
-    lifecycle.stop_drain()
+    draining.stop_drain()
     assert (await connect())[0]
 
 
@@ -166,9 +170,14 @@ async def test_active_connections_gauge_follows_the_registry(connect):
     assert metrics.ACTIVE_CONNECTIONS._value.get() == len(SESSIONS)
 
 
+async def test_production_routes_rooms_to_the_consumer_without_fault_injection():
+    assert routing.room_consumer is RoomConsumer
+
+
 @override_settings(FAULT_ERROR_SHARE=0.5)
 async def test_fault_injection_fails_the_configured_share_of_messages(connect):
-    _, alice = await connect("/ws/rooms/faults/")
+    app = URLRouter([re_path(r"^ws/rooms/(?P<room>\w+)/$", FaultInjectingRoomConsumer.as_asgi())])
+    _, alice = await connect("/ws/rooms/faults/", app=app)
     kinds = []
     for _ in range(4):
         await send(alice, {"type": "message", "body": "x"})
