@@ -107,7 +107,7 @@ class RoomConsumer(DatabaseFreeConsumer):
             return
         try:
             data = json.loads(text_data)
-        except ValueError:
+        except Exception:  # not only ValueError: deep nesting raises RecursionError
             self.error(Error.INVALID_JSON, "the frame is not valid JSON")
             return
         if not isinstance(data, dict):
@@ -119,7 +119,9 @@ class RoomConsumer(DatabaseFreeConsumer):
         elif kind == "message":
             await self.on_message(data)
         else:
-            self.error(Error.UNKNOWN_TYPE, f"unknown message type {kind!r}; use 'message' or 'ping'")
+            # Named back only if short: repr() of a deeply nested value can itself raise.
+            shown = repr(kind) if isinstance(kind, str) and len(kind) <= 64 else "of that kind"
+            self.error(Error.UNKNOWN_TYPE, f"unknown message type {shown}; use 'message' or 'ping'")
 
     async def on_message(self, data):
         body = data.get("body")

@@ -200,3 +200,40 @@ async def test_a_client_gone_before_accept_leaves_no_session_or_room_member(conn
         await connect("/ws/rooms/vanished/")
     assert SESSIONS == before
     assert not get_hub().rooms.get("vanished")
+
+
+@pytest.mark.parametrize("frame", ["[" * 5000, '{"type": ' + "[" * 900 + "]" * 900 + "}", "1" * 5000])
+async def test_a_frame_that_does_not_parse_is_invalid_json_whatever_the_parser_raises(connect, frame):
+    _, alice = await connect()
+    await alice.send_to(text_data=frame)
+    error = await alice.receive_json_from()
+    assert error["error"] in ("invalid_json", "unknown_type")
+    await assert_usable(alice)
+
+
+async def test_a_deeply_nested_type_is_unknown_type_without_naming_it(connect):
+    _, alice = await connect()
+    await alice.send_to(text_data='{"type": ' + "[" * 500 + "]" * 500 + "}")
+    error = await alice.receive_json_from()
+    assert error["error"] == "unknown_type" and "[[" not in error["detail"]
+    await assert_usable(alice)
+
+
+async def test_whatever_a_consumer_raises_the_client_gets_1011_and_nothing_is_left(connect, monkeypatch):
+    from rooms.hub import get_hub
+
+    async def broken(self, data):  # test double: a bug in a handler
+        raise KeyError("bug")
+
+    monkeypatch.setattr(RoomConsumer, "on_message", broken)
+    _, alice = await connect("/ws/rooms/broken/")
+    session = alice.welcome["session"]
+    closed = metrics.CONNECTIONS_CLOSED.labels("1011")._value.get()
+    faults = metrics.ERRORS.labels("consumer")._value.get()
+    await send(alice, {"type": "message", "body": "x"})
+    assert await alice.receive_output() == {"type": "websocket.close", "code": 1011}
+    await alice.wait()  # the application returned: its cleanup ran
+    assert session not in SESSIONS and not get_hub().rooms.get("broken")
+    assert metrics.ACTIVE_CONNECTIONS._value.get() == len(SESSIONS)
+    assert metrics.CONNECTIONS_CLOSED.labels("1011")._value.get() == closed + 1
+    assert metrics.ERRORS.labels("consumer")._value.get() == faults + 1
