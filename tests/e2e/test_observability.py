@@ -10,9 +10,9 @@ import urllib.request
 import pytest
 import websockets
 
-from tests.e2e.conftest import BASE_URL, ENV, WS_URL, active_service, docker, run, stacks, version
+from tests.e2e.helpers import BASE_URL, ENV, WS_URL, active_service, docker, run, stacks, version
 from tests.e2e.load import ORIGIN, Traffic
-from tests.unit.test_observability import DASHBOARDS, dashboard_queries
+from tests.helpers import DASHBOARDS, dashboard_queries
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 

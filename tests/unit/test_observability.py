@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import ROOT, require_command
+from tests.helpers import DASHBOARDS, ROOT, dashboard_queries, require_command
 
 PROMETHEUS = Path(ROOT, "observability", "prometheus")
 GRAFANA = Path(ROOT, "observability", "grafana")
-DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 
 
 def promtool(*args):
@@ -50,16 +49,6 @@ def test_datasource_and_provider_have_fixed_uids_and_paths():
     assert [d["uid"] for d in datasources["datasources"]] == ["wsapp-prometheus"]
     provider = yaml.safe_load((GRAFANA / "provisioning/dashboards/provider.yml").read_text())
     assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
-
-
-def dashboard_queries(dashboard):
-    """(where, expr) of every panel target and every annotation of a dashboard."""
-    for panel in dashboard["panels"]:
-        for target in panel.get("targets", []):
-            yield f"panel {panel['title']!r} {target['refId']}", target["expr"]
-    for annotation in dashboard.get("annotations", {}).get("list", []):
-        if "expr" in annotation:
-            yield f"annotation {annotation['name']!r}", annotation["expr"]
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
