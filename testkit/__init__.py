@@ -12,7 +12,17 @@ from testkit.processes import (
     Process,
     RedisServer,
     free_port,
+    port_answers,
     wait_until,
 )
 
-__all__ = ["ROOT", "AppServer", "MissingCommand", "Process", "RedisServer", "free_port", "wait_until"]
+__all__ = [
+    "ROOT",
+    "AppServer",
+    "MissingCommand",
+    "Process",
+    "RedisServer",
+    "free_port",
+    "port_answers",
+    "wait_until",
+]

@@ -67,8 +67,14 @@ class Process:
 
     def __init__(self, args, env=None, log=None, preexec_fn=None):
         self.log = log
-        self.proc = subprocess.Popen([str(arg) for arg in args], env=env, stdout=log,
-                                     stderr=subprocess.STDOUT, cwd=ROOT, preexec_fn=preexec_fn)
+        self.proc = subprocess.Popen(
+            [str(arg) for arg in args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            preexec_fn=preexec_fn,
+        )
 
     @property
     def pid(self):
@@ -110,9 +116,17 @@ class RedisServer:
         binary = command("redis-server", "a real Redis is started")
         args = [binary, "--port", self.port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         self.process = Process([*self.prefix, *args], log=self.log)
-        wait_until(lambda: redis_answers(self.port) or not self.process.running(), 10,
-                   "redis-server to answer PING", interval=0.05)
-        assert self.process.running(), f"redis-server on port {self.port} exited at start"
+        try:
+            wait_until(
+                lambda: redis_answers(self.port) or not self.process.running(),
+                10,
+                "redis-server to answer PING",
+                interval=0.05,
+            )
+            assert self.process.running(), f"redis-server on port {self.port} exited at start"
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self):
         if self.process is not None:
@@ -127,8 +141,9 @@ class AppServer:
     before the command (e.g. taskset); `env` overrides the environment below.
     """
 
-    def __init__(self, redis_url, workdir, workers=2, python=sys.executable, prefix=(), preexec_fn=None,
-                 **env):
+    def __init__(
+        self, redis_url, workdir, workers=2, python=sys.executable, prefix=(), preexec_fn=None, **env
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
@@ -146,16 +161,24 @@ class AppServer:
             DJANGO_SECRET_KEY="integration-tests",
             PROMETHEUS_MULTIPROC_DIR=str(Path(workdir) / f"metrics-{self.port}"),
             GRACEFUL_TIMEOUT="5",
-            **env,
         )
+        self.env.update(env)
         self.log_path = Path(workdir) / f"app-{self.port}.log"
         self.process = None
 
     def start(self):
         with open(self.log_path, "ab") as log:
-            self.process = Process([*self.prefix, os.path.join(ROOT, "entrypoint.sh")], env=self.env, log=log,
-                                   preexec_fn=self.preexec_fn)
-        self.wait_ready()
+            self.process = Process(
+                [*self.prefix, os.path.join(ROOT, "entrypoint.sh")],
+                env=self.env,
+                log=log,
+                preexec_fn=self.preexec_fn,
+            )
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
 
     def wait_ready(self, timeout=STARTUP_SECONDS):
         deadline = time.monotonic() + timeout
