@@ -35,7 +35,7 @@ def query(expr):
 
 def app_targets(color):
     return [t for t in prometheus("/api/v1/targets", state="active")["activeTargets"]
-            if t["labels"]["job"] == f"app-{color}"]
+            if t["labels"]["job"] == "app" and t["labels"].get("color") == color]
 
 
 async def eventually(check, timeout, what):

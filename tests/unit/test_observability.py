@@ -31,6 +31,20 @@ def test_promtool_rule_unit_tests_pass():
     assert "SUCCESS" in promtool("test", "rules", "tests.yml")
 
 
+def test_one_app_job_finds_both_colors_and_labels_each_with_its_color():
+    """As Prometheus applies the relabel (an anchored regex, replacement $1) to each DNS name."""
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    jobs = [job for job in config["scrape_configs"] if "dns_sd_configs" in job]
+    assert [job["job_name"] for job in jobs] == ["app"]
+    names = [name for sd in jobs[0]["dns_sd_configs"] for name in sd["names"]]
+    assert names == ["tasks.wsapp-blue_app", "tasks.wsapp-green_app"]
+    (relabel,) = jobs[0]["relabel_configs"]
+    assert relabel["source_labels"] == ["__meta_dns_name"] and relabel["target_label"] == "color"
+    assert relabel.get("replacement", "$1") == "$1"
+    colors = [re.fullmatch(relabel["regex"], name)[1] for name in names]
+    assert colors == ["blue", "green"]
+
+
 def test_every_alert_has_a_for_clause_a_severity_and_a_summary():
     groups = yaml.safe_load((PROMETHEUS / "rules.yml").read_text())["groups"]
     alerts = [rule for group in groups for rule in group["rules"] if "alert" in rule]
