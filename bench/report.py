@@ -70,24 +70,17 @@ def fanout_rows(r, key, label, p99_target):
     return rows
 
 
+def compared(r, label, key, field, minimum):
+    """A row comparing the service with the baseline, met when the service reaches `minimum` of it."""
+    s, b = r["service", key][field], r["baseline", key][field]
+    share = s / b if b else None
+    shown = "-" if share is None else f"{share:.0%}"
+    return row(label, fmt(s), fmt(b), shown, f">= {minimum:.0%}", share is not None and share >= minimum)
+
+
 def table(r, sizes):
     """The rows of the report, from run()'s results."""
-
-    def ratio(key, field):
-        s, b = r["service", key][field], r["baseline", key][field]
-        return s / b if b else None
-
-    rt = ratio("rt", "roundtrips_per_s")
-    rows = [
-        row(
-            "Round trips/s, 100 conns, ping->pong",
-            fmt(r["service", "rt"]["roundtrips_per_s"]),
-            fmt(r["baseline", "rt"]["roundtrips_per_s"]),
-            f"{rt:.0%}",
-            ">= 50%",
-            rt >= 0.5,
-        )
-    ]
+    rows = [compared(r, "Round trips/s, 100 conns, ping->pong", "rt", "roundtrips_per_s", 0.5)]
     for field in ("p50_ms", "p99_ms"):
         rows.append(
             row(
@@ -112,15 +105,9 @@ def table(r, sizes):
             per_conn["service"] <= 24,
         )
     )
-    hs = ratio("hs", "handshakes_per_s")
     rows.append(
-        row(
-            f"Handshakes/s, {sizes.handshakes:,} conns (100 in flight)",
-            fmt(r["service", "hs"]["handshakes_per_s"]),
-            fmt(r["baseline", "hs"]["handshakes_per_s"]),
-            f"{hs:.0%}",
-            ">= 60%",
-            hs >= 0.6,
+        compared(
+            r, f"Handshakes/s, {sizes.handshakes:,} conns (100 in flight)", "hs", "handshakes_per_s", 0.6
         )
     )
     cap = r["service", "hold"][2]

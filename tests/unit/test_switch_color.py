@@ -5,6 +5,8 @@ switches a real one): the include is replaced by a rename inside its own directo
 import os
 import subprocess
 
+import pytest
+
 from tests.helpers import ROOT
 
 FAKE = r"""#!/bin/sh
@@ -33,10 +35,16 @@ def include(color):
     return f'map "" $active_color {{ default "{color}"; }}\n'
 
 
-def test_switch_renames_within_the_include_directory_and_reloads(tmp_path):
-    active = tmp_path / "active"
-    active.mkdir()
-    (active / "color.conf").write_text(include("blue"))
+@pytest.fixture
+def active(tmp_path):
+    """The include directory, with blue active."""
+    directory = tmp_path / "active"
+    directory.mkdir()
+    (directory / "color.conf").write_text(include("blue"))
+    return directory
+
+
+def test_switch_renames_within_the_include_directory_and_reloads(tmp_path, active):
     result = switch(tmp_path, "green")
     assert result.returncode == 0, result.stderr
     assert (active / "color.conf").read_text() == include("green")
@@ -47,10 +55,7 @@ def test_switch_renames_within_the_include_directory_and_reloads(tmp_path):
     assert switch(tmp_path).stdout == "green\n"
 
 
-def test_a_failed_check_keeps_the_previous_color_without_reloading(tmp_path):
-    active = tmp_path / "active"
-    active.mkdir()
-    (active / "color.conf").write_text(include("blue"))
+def test_a_failed_check_keeps_the_previous_color_without_reloading(tmp_path, active):
     result = switch(tmp_path, "green", NGINX_T_FAILS="1")
     assert result.returncode == 1
     assert "nginx -t failed; kept blue" in result.stderr
@@ -58,9 +63,7 @@ def test_a_failed_check_keeps_the_previous_color_without_reloading(tmp_path):
     assert "nginx -s reload" not in (tmp_path / "calls").read_text()
 
 
-def test_an_unknown_color_is_refused(tmp_path):
-    (tmp_path / "active").mkdir()
-    (tmp_path / "active" / "color.conf").write_text(include("blue"))
+def test_an_unknown_color_is_refused(tmp_path, active):
     result = switch(tmp_path, "red")
     assert result.returncode == 64
     assert "COLOR must be blue or green" in result.stderr
