@@ -1,4 +1,4 @@
-"""config.wsprotocol: the shared fan-out frame, keepalive and shutdown."""
+"""wsserver.protocol: the shared fan-out frame, keepalive and shutdown."""
 
 import asyncio
 
@@ -10,7 +10,7 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 from websockets.uri import parse_uri
 
-from config.wsprotocol import WebSocketProtocol, text_frame
+from wsserver.protocol import WebSocketProtocol, text_frame
 
 
 @pytest.mark.parametrize("length", [0, 125, 126, 65535, 65536])

@@ -1,4 +1,4 @@
-"""The WebSocket protocol Uvicorn runs (`--ws config.wsprotocol:WebSocketProtocol`).
+"""The WebSocket protocol Uvicorn runs (`--ws wsserver.protocol:WebSocketProtocol`).
 
 Uvicorn's sans-I/O implementation (websockets' ServerProtocol, no tasks of its own) costs far less
 per connection and per frame than its legacy `websockets` one. As of Uvicorn 0.38 it lacks what
@@ -20,16 +20,16 @@ this service needs, added here:
   extensions: a compressed stream differs per connection.
 """
 
-
 import asyncio
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
+from wsserver import SEND_TEXT_NOWAIT
+
 CLOSE_KEEPALIVE_TIMEOUT = 1011
 CLOSE_TIMEOUT = 10.0  # seconds a closed connection may take to flush before it is aborted
-SEND_TEXT_NOWAIT = "wsapp.send_text_nowait"
 
 _last_text = None
 _last_frame = b""

@@ -1,0 +1,8 @@
+"""The WebSocket server protocol Uvicorn runs (`--ws wsserver.protocol:WebSocketProtocol`).
+
+This module holds only what the application needs to know about it, so that importing the name of
+the extension does not import Uvicorn. The protocol is in `protocol.py`.
+"""
+
+# ASGI scope extension: a synchronous send of a text frame to an idle connection (see protocol.py).
+SEND_TEXT_NOWAIT = "wsapp.send_text_nowait"
