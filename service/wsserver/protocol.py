@@ -23,7 +23,8 @@ this service needs, added here:
 import asyncio
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.frames import Frame, Opcode
+from websockets.exceptions import ProtocolError
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.protocol import State
 
 from wsserver import SEND_TEXT_NOWAIT
@@ -176,6 +177,16 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self.abort_later()
 
     def handle_parser_exception(self):
+        conn = self.conn
+        if conn.close_rcvd is not None and isinstance(conn.parser_exc, ProtocolError):
+            # A close frame inside a fragmented message: websockets fails the connection with 1002,
+            # but RFC 6455 lets control frames come between fragments, and a close is answered with
+            # its own code (Autobahn 7.1.5). Only this error is raised after a close was parsed.
+            conn.data_to_send()  # drop websockets' 1002 close frame
+            received = conn.close_rcvd
+            payload = b"" if received.code == CloseCode.NO_STATUS_RCVD else received.serialize()
+            self.transport.write(Frame(Opcode.CLOSE, payload).serialize(mask=False))
+            conn.close_sent = received
         super().handle_parser_exception()
         self.abort_later()
 
@@ -211,13 +222,28 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     async def send(self, message):
         kind = message["type"]
+        if kind == "websocket.send" and self.is_open():
+            await self.writable.wait()
+            if self.is_open():
+                self.send_data(message)
+                return
         if kind == "websocket.close" and self.is_open():
             self.writable.set()  # a close does not wait for a slow client: it is written, then aborted
             self.abort_later()
-        if kind == "websocket.send" and message.get("text") is not None and self.is_open():
-            await self.writable.wait()
-            if self.send_text_nowait(message["text"]):
-                return
         await super().send(message)
         if kind == "websocket.accept":
             self.request = self.response = None  # only needed to answer the handshake
+
+    def send_data(self, message):
+        """One message, empty ones included: Uvicorn's send drops them (`if text_data:`, Autobahn 1.2.1)."""
+        text = message.get("text")
+        if text is None:
+            data = message.get("bytes")
+            if data is None:
+                raise RuntimeError("ASGI 'websocket.send' needs 'text' or 'bytes', got neither")
+            self.conn.send_binary(data)
+        elif self.send_text_nowait(text):
+            return
+        else:
+            self.conn.send_text(text.encode())
+        self.transport.write(b"".join(self.conn.data_to_send()))
