@@ -190,6 +190,24 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         super().handle_parser_exception()
         self.abort_later()
 
+    def send_receive_event_to_app(self):
+        """Uvicorn's, replaced whole (no extra call per message), with one change: invalid UTF-8 from a
+        client closes the connection with 1007 without logging a traceback at ERROR, which let any
+        client fill the server's log."""
+        if self.curr_msg_data_type == "text":
+            try:
+                self.queue.put_nowait({"type": "websocket.receive", "text": self.bytes.decode()})
+            except UnicodeDecodeError:
+                self.logger.debug("%s - invalid UTF-8 in a text message, closing with 1007", self.client)
+                self.conn.send_close(CloseCode.INVALID_DATA)
+                self.handle_parser_exception()
+                return
+        else:
+            self.queue.put_nowait({"type": "websocket.receive", "bytes": self.bytes})
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
     def shutdown(self):
         if self.handshake_complete and (self.close_sent or self.conn.state is not State.OPEN):
             self.transport.close()  # closing already; websockets refuses a second close frame

@@ -1,6 +1,7 @@
 """wsserver.protocol: the shared fan-out frame, keepalive and shutdown."""
 
 import asyncio
+import logging
 
 import pytest
 from uvicorn.config import Config
@@ -11,6 +12,7 @@ from websockets.frames import Close, Frame, Opcode
 from websockets.streams import StreamReader
 from websockets.uri import parse_uri
 
+from tests.echo_app import app as echo
 from wsserver.protocol import WebSocketProtocol, text_frame
 
 
@@ -120,18 +122,6 @@ async def test_a_silent_client_is_closed_with_1011_and_shutdown_then_still_works
     protocol.connection_lost(None)
 
 
-async def echo(scope, receive, send):
-    """The application of the Autobahn run (tests/integration/test_autobahn.py): every message back."""
-    while True:
-        message = await receive()
-        if message["type"] == "websocket.connect":
-            await send({"type": "websocket.accept"})
-        elif message["type"] == "websocket.receive":
-            await send({"type": "websocket.send", "text": message.get("text"), "bytes": message.get("bytes")})
-        else:
-            return
-
-
 async def answer(protocol, transport, client, *frames):
     """Send `frames` from the client (after the handshake), then the events the client received."""
     for _ in range(100):  # the echo application runs as a task: let it accept
@@ -180,4 +170,15 @@ async def test_a_close_inside_a_fragmented_message_is_answered_with_its_own_code
     assert [(frame.opcode, Close.parse(frame.data).code) for frame in frames] == [(Opcode.CLOSE, 1000)]
     assert transport.closing
     assert received[-1] == {"type": "websocket.disconnect", "code": 1000, "reason": ""}
+    protocol.connection_lost(None)
+
+
+async def test_invalid_utf8_is_closed_with_1007_without_logging_an_error(caplog, monkeypatch):
+    """Bad input from a client is not a server fault: Uvicorn logs it with a traceback at ERROR."""
+    protocol, transport, client = opened(echo)
+    monkeypatch.setattr(logging.getLogger("uvicorn"), "propagate", True)  # to caplog, on the root
+    frames = await answer(protocol, transport, client, (Opcode.TEXT, b"\xed\xa0\x80", True))
+    assert [(frame.opcode, Close.parse(frame.data).code) for frame in frames] == [(Opcode.CLOSE, 1007)]
+    assert transport.closing
+    assert [record for record in caplog.records if record.levelno >= logging.WARNING] == []
     protocol.connection_lost(None)
