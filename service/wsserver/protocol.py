@@ -242,8 +242,11 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         kind = message["type"]
         if kind == "websocket.send" and self.is_open():
             await self.writable.wait()
-            if self.is_open():
-                self.send_data(message)
+            text = message.get("text")
+            if text is not None and self.send_text_nowait(text):
+                return
+            if self.is_open():  # binary, deflate on, or still open after waiting
+                self.send_data(text, message.get("bytes"))
                 return
         if kind == "websocket.close" and self.is_open():
             self.writable.set()  # a close does not wait for a slow client: it is written, then aborted
@@ -252,16 +255,12 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         if kind == "websocket.accept":
             self.request = self.response = None  # only needed to answer the handshake
 
-    def send_data(self, message):
+    def send_data(self, text, data):
         """One message, empty ones included: Uvicorn's send drops them (`if text_data:`, Autobahn 1.2.1)."""
-        text = message.get("text")
-        if text is None:
-            data = message.get("bytes")
-            if data is None:
-                raise RuntimeError("ASGI 'websocket.send' needs 'text' or 'bytes', got neither")
-            self.conn.send_binary(data)
-        elif self.send_text_nowait(text):
-            return
-        else:
+        if text is not None:
             self.conn.send_text(text.encode())
+        elif data is not None:
+            self.conn.send_binary(data)
+        else:
+            raise RuntimeError("ASGI 'websocket.send' needs 'text' or 'bytes', got neither")
         self.transport.write(b"".join(self.conn.data_to_send()))
