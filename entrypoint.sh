@@ -16,7 +16,7 @@ readonly RELOAD=${RELOAD:-}
 # Uvicorn logs three INFO lines per WebSocket; at warning, handshakes are about 7% cheaper.
 readonly UVICORN_LOG_LEVEL=${UVICORN_LOG_LEVEL:-warning}
 # Uvicorn's sans-I/O WebSocket protocol with flow control, keepalive and shared fan-out frames.
-readonly UVICORN_WS=${UVICORN_WS:-config.wsprotocol:WebSocketProtocol}
+readonly UVICORN_WS=${UVICORN_WS:-wsserver.protocol:WebSocketProtocol}
 readonly WS_PING_INTERVAL=${WS_PING_INTERVAL:-20}
 readonly WS_PING_TIMEOUT=${WS_PING_TIMEOUT:-20}
 # Off: compressing small JSON frames per connection costs CPU on every fan-out and ~40 KiB a socket.

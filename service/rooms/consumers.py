@@ -11,7 +11,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from config.wsprotocol import SEND_TEXT_NOWAIT
+from wsserver import SEND_TEXT_NOWAIT
 
 from . import lifecycle, metrics
 from .hub import HubUnavailable, get_hub
@@ -82,7 +82,7 @@ class RoomConsumer(DatabaseFreeConsumer):
         self.outbox = ()  # a deque once something has to wait: most connections never need one
         self.outbox_max = settings.OUTBOUND_QUEUE_MAX  # read once: Django's settings proxy is slow per frame
         self.writer = None
-        # Offered by config.wsprotocol; absent under other servers and in tests with a communicator.
+        # Offered by wsserver.protocol; absent under other servers and in tests with a communicator.
         self.send_nowait = self.scope.get("extensions", {}).get(SEND_TEXT_NOWAIT)
         self.open = False
         self.closing = False
