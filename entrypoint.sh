@@ -14,7 +14,7 @@ readonly RELOAD=${RELOAD:-}
 # Uvicorn logs three INFO lines per WebSocket; at warning, handshakes are about 7% cheaper.
 readonly UVICORN_LOG_LEVEL=${UVICORN_LOG_LEVEL:-warning}
 # Uvicorn's sans-I/O WebSocket protocol with flow control, keepalive and shared fan-out frames.
-readonly UVICORN_WS=${UVICORN_WS:-config.wsprotocol:WebSocketProtocol}
+readonly UVICORN_WS=${UVICORN_WS:-wsserver.protocol:WebSocketProtocol}
 # Off: compressing small JSON frames per connection costs CPU on every fan-out and ~40 KiB a socket.
 readonly WS_PER_MESSAGE_DEFLATE=${WS_PER_MESSAGE_DEFLATE:-false}
 export PROMETHEUS_MULTIPROC_DIR=${PROMETHEUS_MULTIPROC_DIR:-/tmp/wsapp-metrics}

@@ -9,7 +9,7 @@ from collections import deque
 from channels.exceptions import StopConsumer
 from django.conf import settings
 
-from config.wsprotocol import SEND_TEXT_NOWAIT
+from wsserver import SEND_TEXT_NOWAIT
 
 from . import metrics
 from .generic import DatabaseFreeConsumer
@@ -42,7 +42,7 @@ class RoomConsumer(DatabaseFreeConsumer):
         self.outbox_max = settings.OUTBOUND_QUEUE_MAX  # read once: Django's settings proxy is slow per frame
         self.outbox_bytes_max = settings.OUTBOUND_QUEUE_BYTES
         self.writer = None
-        # Offered by config.wsprotocol; absent under other servers and in tests with a communicator.
+        # Offered by wsserver.protocol; absent under other servers and in tests with a communicator.
         self.send_nowait = self.scope.get("extensions", {}).get(SEND_TEXT_NOWAIT)
         self.open = False
         self.closing = False
