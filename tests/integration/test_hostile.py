@@ -11,7 +11,18 @@ import websockets
 from hypothesis import HealthCheck, given, settings
 
 from tests.helpers import AppServer
-from tests.hostile import CLOSE, PING, PONG, TEXT, VIOLATIONS, frame, message_frames, wire_cases
+from tests.hostile import (
+    CLOSE,
+    PING,
+    PONG,
+    TEXT,
+    VALID_CLOSE_CODES,
+    VIOLATIONS,
+    close_payload,
+    frame,
+    message_frames,
+    wire_cases,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -107,9 +118,11 @@ def expected(case):
 
 
 def parser_close(action):
-    """The close code of a frame that websockets' parser refuses as it reads it, or None."""
+    """The close code the server answers a frame with as the parser reads it, or None."""
     if action[0] == "violation":
         return 1002
+    if action[0] == "close":
+        return action[1] if action[1] in VALID_CLOSE_CODES else 1002
     if action[0] == "message":
         _, data = action[1]
         if len(data.encode() if isinstance(data, str) else data) > MAX_MESSAGE_BYTES:
@@ -125,6 +138,10 @@ def wire(action):
         return message_frames(TEXT, action[1], action[2], False)
     if kind in ("ping", "pong"):
         return [frame(PING if kind == "ping" else PONG, action[1])]
+    if kind == "close":
+        _, code, reason, mid_message = action
+        close = frame(CLOSE, close_payload(code, reason))
+        return [frame(TEXT, b'{"type":', fin=False), close] if mid_message else [close]
     _, (opcode, data), pieces, ping_between = action
     payload = data.encode() if opcode == "text" else data
     return message_frames(TEXT if opcode == "text" else 0x2, payload, pieces, ping_between)
