@@ -56,22 +56,15 @@ def server_args(args):
 def wait_redis(args):
     import redis
 
-    timeout = args.timeout
-    if timeout is None:
-        settings = load_settings()
-        if settings is None:
-            return 2
-        timeout = settings.REDIS_WAIT_SECONDS
-    print(f"waiting up to {timeout:g}s for Redis", file=sys.stderr)
     client = redis.Redis.from_url(os.environ["REDIS_URL"], socket_connect_timeout=1, socket_timeout=1)
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + args.timeout
     while True:
         try:
             client.ping()
             return 0
         except (redis.RedisError, OSError) as exc:
             if time.monotonic() > deadline:
-                print(f"Redis at REDIS_URL did not answer within {timeout:g}s: {exc}", file=sys.stderr)
+                print(f"Redis at REDIS_URL did not answer: {exc}", file=sys.stderr)
                 return 1
             time.sleep(0.5)
 
@@ -132,6 +125,12 @@ def main(argv=None):
     if args.command == "server-args":
         return server_args(args)
     if args.command == "wait-redis":
+        if args.timeout is None:  # the setting's default and validation, as for the server's options
+            settings = load_settings()
+            if settings is None:
+                return 2
+            args.timeout = settings.REDIS_WAIT_SECONDS
+        print(f"waiting up to {args.timeout:g}s for Redis", file=sys.stderr)
         return wait_redis(args)
     if args.command == "probe":
         return probe(args)
