@@ -61,9 +61,11 @@ async def test_autobahn_fuzzingclient_section(echo_server, section):
         async with asyncio.timeout(SECTION_TIMEOUT.get(section, DEFAULT_TIMEOUT)):
             results = await run_fuzzingclient(echo_server, cases=[f"{section}.*"])
     except FailureError as failure:
-        failed = [f"{r.case_id}: {r.behavior.value}/{r.behavior_close.value}: {r.result} {r.result_close}"
+        failed = [f"{r.case_id} {r.description}: {r.behavior.value}/{r.behavior_close.value}: "
+                  + " ".join(dict.fromkeys([r.result, r.result_close]))
                   for r in failure.results if not r.passed]
-        pytest.fail(f"Autobahn section {section}: {len(failed)} case(s) failed:\n" + "\n".join(failed))
+        pytest.fail(f"Autobahn section {section}: {len(failed)} case(s) failed:\n" + "\n".join(failed),
+                    pytrace=False)
     verdicts = Counter(r.behavior.value for r in results)
     print(f"Autobahn section {section}: {len(results)} cases in {time.monotonic() - started:.1f} s: "
           f"{dict(verdicts)}")
