@@ -17,7 +17,7 @@ from websockets.frames import Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
-from tests.integration.conftest import AppServer
+from tests.helpers import AppServer
 
 pytestmark = pytest.mark.integration
 
