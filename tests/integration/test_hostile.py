@@ -1,5 +1,5 @@
 """Hostile input against the service as it runs: entrypoint.sh, Uvicorn with the project's protocol
-(config.wsprotocol) and a real Redis. The fuzzing client writes raw frames on a plain socket."""
+(wsserver.protocol) and a real Redis. The fuzzing client writes raw frames on a plain socket."""
 
 import asyncio
 import json
