@@ -1,4 +1,4 @@
-"""The WebSocket protocol the service runs (config.wsprotocol) against clients that misbehave.
+"""The WebSocket protocol the service runs (wsserver.protocol) against clients that misbehave.
 
 Real sockets, a real server (entrypoint.sh, one worker) and Redis. The misbehaving clients speak
 through websockets' sans-I/O ClientProtocol over a plain socket, so that they can do what a
