@@ -17,8 +17,7 @@ from collections import Counter
 import pytest
 from kosoku import FailureError, run_fuzzingclient
 
-from tests.helpers import ROOT, free_port
-from tests.integration.conftest import Process
+from tests.helpers import ROOT, Process, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ import pytest
 import websockets
 from hypothesis import HealthCheck, given, settings
 
+from tests.helpers import AppServer
 from tests.hostile import CLOSE, PING, PONG, TEXT, VIOLATIONS, frame, message_frames, wire_cases
-from tests.integration.conftest import AppServer
 
 pytestmark = pytest.mark.integration
 
