@@ -9,7 +9,6 @@ permessage-deflate, which the service turns off.
 
 import asyncio
 import os
-import socket
 import sys
 import time
 from collections import Counter
@@ -17,7 +16,8 @@ from collections import Counter
 import pytest
 from kosoku import FailureError, run_fuzzingclient
 
-from tests.helpers import ROOT, Process, free_port
+from testkit import port_answers
+from tests.helpers import ROOT, Process, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -38,15 +38,12 @@ def echo_server(tmp_path_factory):
             "--log-level", "warning"]
     with open(log_path, "wb") as log:
         server = Process(args, env=env, log=log)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert server.proc.poll() is None, f"uvicorn exited:\n{log_path.read_text()}"
-            assert time.monotonic() < deadline, f"uvicorn did not listen within 15 s:\n{log_path.read_text()}"
-            time.sleep(0.1)
+    try:
+        wait_until(lambda: port_answers(port) or not server.running(), 15, f"uvicorn to listen on {port}")
+        assert server.running(), f"uvicorn exited:\n{log_path.read_text()}"
+    except AssertionError:
+        server.stop()
+        raise
     yield f"ws://127.0.0.1:{port}"
     server.stop()
     log_text = log_path.read_text()
@@ -60,9 +57,11 @@ async def test_autobahn_fuzzingclient_section(echo_server, section):
         async with asyncio.timeout(SECTION_TIMEOUT.get(section, DEFAULT_TIMEOUT)):
             results = await run_fuzzingclient(echo_server, cases=[f"{section}.*"])
     except FailureError as failure:
-        failed = [f"{r.case_id}: {r.behavior.value}/{r.behavior_close.value}: {r.result} {r.result_close}"
+        failed = [f"{r.case_id} {r.description}: {r.behavior.value}/{r.behavior_close.value}: "
+                  + " ".join(dict.fromkeys([r.result, r.result_close]))
                   for r in failure.results if not r.passed]
-        pytest.fail(f"Autobahn section {section}: {len(failed)} case(s) failed:\n" + "\n".join(failed))
+        pytest.fail(f"Autobahn section {section}: {len(failed)} case(s) failed:\n" + "\n".join(failed),
+                    pytrace=False)
     verdicts = Counter(r.behavior.value for r in results)
     print(f"Autobahn section {section}: {len(results)} cases in {time.monotonic() - started:.1f} s: "
           f"{dict(verdicts)}")

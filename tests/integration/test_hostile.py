@@ -1,5 +1,5 @@
 """Hostile input against the service as it runs: entrypoint.sh, Uvicorn with the project's protocol
-(config.wsprotocol) and a real Redis. The fuzzing client writes raw frames on a plain socket."""
+(wsserver.protocol) and a real Redis. The fuzzing client writes raw frames on a plain socket."""
 
 import asyncio
 import json
@@ -10,7 +10,7 @@ import pytest
 import websockets
 from hypothesis import HealthCheck, given, settings
 
-from tests.helpers import AppServer
+from testkit.processes import AppServer
 from tests.hostile import CLOSE, PING, PONG, TEXT, VIOLATIONS, frame, message_frames, wire_cases
 
 pytestmark = pytest.mark.integration

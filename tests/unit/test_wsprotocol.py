@@ -146,9 +146,14 @@ async def test_an_empty_message_is_echoed(opcode, deflate):
     protocol.connection_lost(None)
 
 
-async def test_a_close_inside_a_fragmented_message_is_answered_with_its_own_code():
+@pytest.mark.parametrize(
+    "payload, code, reason",
+    [(Close(1000, "").serialize(), 1000, ""), (Close(4000, "bye").serialize(), 4000, "bye"), (b"", 1005, "")],
+    ids=["normal", "with-reason", "empty"],
+)
+async def test_a_close_inside_a_fragmented_message_is_answered_with_its_own_code(payload, code, reason):
     """Autobahn 7.1.5: websockets fails the connection with 1002; RFC 6455 lets a control frame come
-    between fragments, and a close is answered by a close with its code."""
+    between fragments, and a close is answered by a close with its code (an empty one by an empty one)."""
     received = []
 
     async def recording_echo(scope, receive, send):
@@ -164,12 +169,12 @@ async def test_a_close_inside_a_fragmented_message_is_answered_with_its_own_code
         transport,
         client,
         (Opcode.TEXT, b"fragment1", False),
-        (Opcode.CLOSE, Close(1000, "").serialize(), True),
+        (Opcode.CLOSE, payload, True),
         (Opcode.CONT, b"fragment2", True),
     )
-    assert [(frame.opcode, Close.parse(frame.data).code) for frame in frames] == [(Opcode.CLOSE, 1000)]
+    assert [(frame.opcode, frame.data) for frame in frames] == [(Opcode.CLOSE, payload)]
     assert transport.closing
-    assert received[-1] == {"type": "websocket.disconnect", "code": 1000, "reason": ""}
+    assert received[-1] == {"type": "websocket.disconnect", "code": code, "reason": reason}
     protocol.connection_lost(None)
 
 
