@@ -16,7 +16,8 @@ CHANNEL_PREFIX = "wsapp:room:"  # + room: pub/sub channel of the room's frames
 SEQ_PREFIX = "wsapp:seq:"  # + room: the room's last seq
 HEARTBEAT_CHANNEL = "wsapp:heartbeat"
 
-# WebSocket close codes the service sends or counts (RFC 6455, section 7.4.1).
+# WebSocket close codes the service sends or counts (RFC 6455, section 7.4.1). The WebSocket layer
+# (wsserver.protocol) keeps its own (1011 on a keepalive timeout): a server does not import its app.
 CLOSE_ABNORMAL = 1006  # counted for a connection that ended without a close frame; never sent
 CLOSE_POLICY_VIOLATION = 1008  # rate limit: too many limited frames in a row
 CLOSE_SERVER_ERROR = 1011  # a fault of the service while handling this connection
