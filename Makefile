@@ -87,17 +87,17 @@ soak: bench-deps  ## Locust soak against HOST (default http://localhost:$HTTP_PO
 
 soak-promote: bench-deps  ## soak while ./promote.sh runs SOAK_PROMOTIONS times; fails on a failed request, a close other than 1012, or a message lost or duplicated
 	mkdir -p $(SOAK_REPORTS)
-	rm -f $(SOAK_REPORTS)/soak-promote_delivery.json
-	DELIVERY_REPORT=$(SOAK_REPORTS)/soak-promote_delivery.json \
-	$(LOCUST_SOAK) --run-time $(SOAK_PROMOTE_LIMIT)s --csv $(SOAK_REPORTS)/soak-promote \
+	rm -f $(SOAK_REPORTS)/soak-promote_delivery.json $(SOAK_REPORTS)/soak-promote.stop
+	DELIVERY_REPORT=$(SOAK_REPORTS)/soak-promote_delivery.json SOAK_STOP_FILE=$(SOAK_REPORTS)/soak-promote.stop \
+	timeout $$(($(SOAK_PROMOTE_LIMIT) + 60)) $(LOCUST_SOAK) --run-time $(SOAK_PROMOTE_LIMIT)s --csv $(SOAK_REPORTS)/soak-promote \
 		--html $(SOAK_REPORTS)/soak-promote.html & locust=$$!; \
 	sleep $(SOAK_PROMOTE_WARMUP); promoted=0; \
 	for i in $$(seq $(SOAK_PROMOTIONS)); do \
 		echo "==> promotion $$i of $(SOAK_PROMOTIONS)"; ./promote.sh || { promoted=$$?; break; }; \
 		sleep $(SOAK_PROMOTE_SETTLE); \
 	done; \
-	kill -TERM $$locust; wait $$locust; \
-	sleep 2; $(BENCH_VENV)/bin/python loadtest/check_report.py $(SOAK_REPORTS)/soak-promote_stats.csv \
+	touch $(SOAK_REPORTS)/soak-promote.stop; wait $$locust; \
+	$(BENCH_VENV)/bin/python loadtest/check_report.py $(SOAK_REPORTS)/soak-promote_stats.csv \
 		$(SOAK_REPORTS)/soak-promote_delivery.json; \
 	soaked=$$?; \
 	echo "==> promote.sh exit $$promoted, soak report exit $$soaked (reports in $(SOAK_REPORTS)/soak-promote*)"; \

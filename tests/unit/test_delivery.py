@@ -1,5 +1,7 @@
 """The delivery check the soak and the e2e traffic rely on (loadtest/delivery.py)."""
 
+import json
+
 from loadtest.delivery import Receipt, new_totals
 
 
@@ -47,3 +49,16 @@ def test_an_ahead_resync_starts_again_from_its_from_without_loss():
     receipt.resync({"reason": "ahead", "from": 1, "seq": 1})
     assert receipt.message(1) is None
     assert receipt.totals["lost"] == 0 and receipt.totals["resync_ahead"] == 1
+
+
+def test_the_soak_report_fails_on_a_lost_or_duplicated_message(tmp_path):
+    from loadtest import check_report
+
+    stats = tmp_path / "stats.csv"
+    stats.write_text("Type,Name,Request Count,Failure Count\nWS,message,10,0\n,Aggregated,10,0\n")
+    clean = dict(new_totals(), received=10, sent=10, max_handover_ms=5)
+    for name, value, expected in (("lost", 0, 0), ("lost", 1, 1), ("duplicated", 2, 1), ("received", 0, 1)):
+        delivery = tmp_path / "delivery.json"
+        delivery.write_text(json.dumps(dict(clean, **{name: value})))
+        assert check_report.main(str(stats), str(delivery)) == expected, (name, value)
+    assert check_report.main(str(stats), str(tmp_path / "missing.json")) == 1
