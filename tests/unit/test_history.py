@@ -8,7 +8,7 @@ import sys
 import pytest
 from django.test import override_settings
 
-from rooms import lifecycle, resume
+from rooms import draining, resume
 from rooms.hub import get_hub
 from rooms.sessions import SESSIONS
 from tests.helpers import ROOT
@@ -178,11 +178,11 @@ async def test_drain_notice_carries_the_last_seq_sent_and_retry_ms(connect):
     await say(alice, "3")
     assert (await bob.receive_json_from())["seq"] == 3
     _, carol = await connect("/ws/rooms/h-drain-quiet/")
-    lifecycle.start_drain(0.1)
+    draining.start_drain(0.1)
     for communicator, seq in ((alice, 3), (bob, 3), (carol, 0)):
         notice = await communicator.receive_json_from(timeout=2)
         assert notice == {"type": "reconnect", "reason": "release", "color": "dev", "seq": seq,
-                          "retry_ms": lifecycle.RECONNECT_RETRY_MS}
+                          "retry_ms": draining.RECONNECT_RETRY_MS}
         assert await communicator.receive_output(timeout=2) == {"type": "websocket.close", "code": 1012}
 
 
