@@ -130,7 +130,7 @@ class Backlog(NamedTuple):
 class BaseHub:
     def __init__(self):
         self.rooms = {}  # room -> set of members; a member has deliver(frame)
-        self.fanned_out = {}  # room -> seq of the last frame handed to its members here
+        self.fanned_out = {}  # room -> the last frame handed to its members here (for its seq)
 
     def last_seq(self, room):
         """The seq of the last frame handed to the room's local members (0 if none)."""
