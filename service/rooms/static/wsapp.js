@@ -106,11 +106,8 @@ export class RoomClient extends EventTarget {
   send(body) {
     if (typeof body !== "string") throw new TypeError("RoomClient.send: body must be a string");
     if (this.state === "closed" || this.state === "idle") return false;
-    if (this.state === "open" && this.ws.readyState === OPEN && this.notice === null) {
-      this.transmit(body);
-    } else {
-      this.queued.push(body);
-    }
+    this.queued.push(body); // behind anything a reconnect still has to resend: order is kept
+    this.settle();
     return true;
   }
 
