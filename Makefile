@@ -79,6 +79,9 @@ bench-deps: $(BENCH_VENV)/.installed  ## create .venv-bench (Locust, picows, py-
 bench: bench-deps  ## benchmark the service (.venv from `make deps`) against a bare websockets server
 	$(BENCH_VENV)/bin/python -m bench
 
+bench-smoke: bench-deps  ## every bench phase, much smaller (about 30 s): shows it runs, measures nothing
+	$(BENCH_VENV)/bin/python -m bench --smoke
+
 soak: bench-deps  ## Locust soak against HOST (default http://localhost:$HTTP_PORT) for SOAK_SECONDS
 	mkdir -p $(SOAK_REPORTS)
 	timeout $$(($(SOAK_SECONDS) + 60)) $(LOCUST_SOAK) --run-time $(SOAK_SECONDS)s \
@@ -95,4 +98,4 @@ soak-promote: bench-deps  ## soak while ./promote.sh runs; fails on any failed r
 	soaked=$$?; \
 	echo "==> promote.sh exit $$promoted, soak report exit $$soaked (reports in $(SOAK_REPORTS)/soak-promote*)"; \
 	[[ $$promoted -eq 0 && $$soaked -eq 0 ]]
-.PHONY: bench-deps bench soak soak-promote
+.PHONY: bench-deps bench bench-smoke soak soak-promote

@@ -80,7 +80,7 @@ find_colors() {
   stack_exists "$(color_stack "$ACTIVE")" || die "the active color $ACTIVE is not deployed; run make up"
   ACTIVE_IMAGE=$(service_image "$ACTIVE")
   if [[ -z $REPLICAS ]]; then
-    REPLICAS=$(docker service inspect --format '{{.Spec.Mode.Replicated.Replicas}}' "$(color_service "$ACTIVE")")
+    REPLICAS=$(service_replicas "$(color_service "$ACTIVE")")
   fi
   log "active: $ACTIVE ($ACTIVE_IMAGE, $REPLICAS replicas); releasing to $IDLE"
   if stack_exists "$(color_stack "$IDLE")"; then
@@ -100,18 +100,8 @@ prepare_image() {
       die "image $IMAGE is neither present nor pullable"
     return
   fi
-  local version
-  version=$(new_version)
-  IMAGE=wsapp:$version
-  build_app_image "$IMAGE" "$version"
-}
-
-deploy_color() {
-  local color=$1 image=$2
-  STATE=deployed
-  APP_IMAGE=$image APP_VERSION=${image##*:} REPLICAS=$REPLICAS \
-    docker stack deploy --detach=true --resolve-image never -c "$ROOT_DIR/stack/app.yml" \
-    -c "$ROOT_DIR/stack/$color.yml" "$(color_stack "$color")" >/dev/null
+  IMAGE=$(working_tree_tag)
+  build_app_image "$IMAGE"
 }
 
 wait_healthy() {
@@ -171,15 +161,15 @@ on_exit() {
   # (wait_for sends its checks to /dev/null): report on the script's own stdout and stderr.
   exec 1>&7 2>&8
   [[ $STATE == none || $STATE == released ]] && exit "$status"
-  echo "ERROR: promotion failed at state '$STATE'; restoring $ACTIVE" >&2
+  error "promotion failed at state '$STATE'; restoring $ACTIVE"
   if [[ $STATE == switched || $STATE == draining ]]; then
     if [[ $STATE == draining ]]; then
-      control undrain "$ACTIVE" || echo "ERROR: undrain of $ACTIVE failed" >&2
+      control undrain "$ACTIVE" || error "undrain of $ACTIVE failed"
     fi
-    docker exec "$(nginx_container)" switch-color "$ACTIVE" >&2 || echo "ERROR: switching back failed" >&2
+    docker exec "$(nginx_container)" switch-color "$ACTIVE" >&2 || error "switching back failed"
   fi
   if stack_exists "$(color_stack "$IDLE")"; then
-    remove_color "$IDLE" || echo "ERROR: could not remove $(color_stack "$IDLE"); remove it by hand" >&2
+    remove_color "$IDLE" || error "could not remove $(color_stack "$IDLE"); remove it by hand"
   fi
   echo "$ACTIVE serves, as before the promotion." >&2
   exit $((status == 0 ? 1 : status))
@@ -198,7 +188,8 @@ promote() {
   trap on_exit EXIT
   trap 'exit 130' INT TERM
   step "deploy $IDLE with $IMAGE ($REPLICAS replicas)"
-  deploy_color "$IDLE" "$IMAGE"
+  STATE=deployed
+  deploy_color "$IDLE" "$IMAGE" "$REPLICAS"
   step "wait for every replica of $IDLE to be healthy (at most ${HEALTH_TIMEOUT}s)"
   wait_healthy "$IDLE"
   step "smoke tests through the preview route"
@@ -231,7 +222,7 @@ rollback() {
     die "the previous color $previous no longer runs; release the old image with --image instead"
   ACTIVE=$current
   ACTIVE_IMAGE=$(service_image "$current")
-  REPLICAS=$(docker service inspect --format '{{.Spec.Mode.Replicated.Replicas}}' "$(color_service "$previous")")
+  REPLICAS=$(service_replicas "$(color_service "$previous")")
   step "rollback: $current -> $previous"
   wait_healthy "$previous"
   control undrain "$previous"
@@ -253,11 +244,8 @@ status() {
       echo "$color: not deployed"
       continue
     fi
-    local replicas healthy
-    replicas=$(docker service ls --filter "name=$service" --format '{{.Replicas}}')
-    healthy=$(docker service ps "$service" --filter desired-state=running --format '{{.CurrentState}}' |
-      grep -c '^Running') || true
-    echo "$color: image $(service_image "$color"), replicas $replicas, healthy $healthy"
+    echo "$color: image $(service_image "$color"), replicas $(service_replicas "$service")," \
+      "healthy $(running_tasks "$service")"
   done
 }
 

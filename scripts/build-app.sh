@@ -6,7 +6,7 @@ set -Eeuo pipefail
 
 main() {
   local tag=${1:-wsapp:dev}
-  build_app_image "$tag" "${tag##*:}"
+  build_app_image "$tag"
   log "built $tag"
 }
 

@@ -161,7 +161,7 @@ def watch(args):
         "ratio": f"color:ws_server_error_ratio:rate1m{color}",
         "rate": f"color:ws_messages_received:rate1m{color}",
         "ready": f"sum(ws_ready{color} == bool 1)",
-        "up": f'sum(up{{job="app-{args.color}"}})',
+        "up": f'sum(up{{job="app",color="{args.color}"}})',
     }
     print(f"watching {args.color} for {args.seconds:g}s: error ratio <= {args.max_error_ratio:g} "
           f"(at >= {args.min_rate:g} messages/s), {args.replicas} replicas ready "

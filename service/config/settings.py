@@ -10,7 +10,7 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
-from rooms.names import CHANNEL_LAYER_PREFIX
+from rooms.names import CHANNEL_LAYER_PREFIX, DEFAULT_PORT
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -19,7 +19,7 @@ def env_str(name, default=""):
     return os.environ.get(name, default).strip()
 
 
-def env_int(name, default, minimum=0):
+def env_int(name, default, minimum=0, maximum=None):
     raw = env_str(name)
     if not raw:
         return default
@@ -29,6 +29,8 @@ def env_int(name, default, minimum=0):
         raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from None
     if value < minimum:
         raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ImproperlyConfigured(f"{name} must be at most {maximum}, got {value}")
     return value
 
 
@@ -95,7 +97,7 @@ MIDDLEWARE = [
 ]
 ROOT_URLCONF = "config.urls"
 ASGI_APPLICATION = "config.asgi.application"
-DATABASES = {}  # the service keeps no database; see rooms.consumers.DatabaseFreeConsumer
+DATABASES = {}  # the service keeps no database; see rooms.generic.DatabaseFreeConsumer
 TEMPLATES = []
 USE_TZ = True
 TIME_ZONE = "UTC"
@@ -144,7 +146,7 @@ else:
 
 # WebSocket limits.
 MAX_BODY_CHARS = env_int("MAX_BODY_CHARS", 4096, minimum=1)
-WS_MAX_MESSAGE_BYTES = env_int("WS_MAX_MESSAGE_BYTES", 65536, minimum=1024)
+WS_MAX_MESSAGE_BYTES = env_int("WS_MAX_MESSAGE_BYTES", 65536, minimum=1024)  # Uvicorn's --ws-max-size
 RATE_LIMIT_PER_SECOND = env_float("RATE_LIMIT_PER_SECOND", 20.0, minimum=0.1)
 RATE_LIMIT_BURST = env_int("RATE_LIMIT_BURST", 40, minimum=1)
 # Consecutive rate-limited frames tolerated before the connection is closed with 1008.
@@ -155,8 +157,20 @@ OUTBOUND_QUEUE_MAX = env_int("OUTBOUND_QUEUE_MAX", 1000, minimum=1)
 # Fault injection for testing release gates: this share of chat messages is answered with an
 # "internal" error instead of being published. Never set it in production.
 FAULT_ERROR_SHARE = env_float("FAULT_ERROR_SHARE", 0.0, minimum=0.0)
-GRACEFUL_TIMEOUT = env_int("GRACEFUL_TIMEOUT", 8, minimum=0)  # whole seconds, as Uvicorn takes it
 # Allocations between young garbage collections (CPython's default is 700). Every connection keeps
 # a few hundred objects alive, so at the default a handshake storm spends much of its time in the
 # collector; see docs/performance.md. Reference counting still frees everything without cycles.
 GC_GEN0_THRESHOLD = env_int("GC_GEN0_THRESHOLD", 50000, minimum=100)
+
+# The server. entrypoint.sh validates nothing itself: it runs `python -m rooms.ctl server-args`,
+# which imports these settings (so a bad value fails here, with its name) and prints Uvicorn's options.
+PORT = env_int("PORT", DEFAULT_PORT, minimum=1, maximum=65535)
+WEB_CONCURRENCY = env_int("WEB_CONCURRENCY", 1, minimum=1)
+if WEB_CONCURRENCY > 1 and not REDIS_URL:
+    raise ImproperlyConfigured(
+        f"WEB_CONCURRENCY={WEB_CONCURRENCY} needs REDIS_URL: without Redis, rooms exist only inside "
+        "one process"
+    )
+GRACEFUL_TIMEOUT = env_int("GRACEFUL_TIMEOUT", 8, minimum=0)  # whole seconds, as Uvicorn takes it
+WS_PING_INTERVAL = env_float("WS_PING_INTERVAL", 20.0, minimum=0.0)  # 0: no keepalive
+WS_PING_TIMEOUT = env_float("WS_PING_TIMEOUT", 20.0, minimum=0.0)

@@ -1,5 +1,7 @@
 """Operator commands, run as `python -m rooms.ctl COMMAND` inside the image or on a host.
 
+  server-args                  validate every setting (config.settings) and print the options
+                               entrypoint.sh gives Uvicorn, one per line
   wait-redis --timeout S       wait until REDIS_URL answers PING
   probe                        container healthcheck: exit 0 if /readyz says ready, draining, or
                                not ready after having been ready (a Redis outage: restarting
@@ -14,7 +16,33 @@ import os
 import sys
 import time
 
-from .names import DRAIN, UNDRAIN
+from .names import DEFAULT_PORT, DRAIN, UNDRAIN
+
+
+def server_args(args):
+    """Settings are validated once, by Django's settings module; the shell only passes them on."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    import django
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        django.setup()
+    except ImproperlyConfigured as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    from django.conf import settings
+
+    options = {
+        "--port": settings.PORT,
+        "--workers": settings.WEB_CONCURRENCY,
+        "--ws-max-size": settings.WS_MAX_MESSAGE_BYTES,
+        "--ws-ping-interval": settings.WS_PING_INTERVAL,
+        "--ws-ping-timeout": settings.WS_PING_TIMEOUT,
+        "--timeout-graceful-shutdown": settings.GRACEFUL_TIMEOUT,
+    }
+    for option, value in options.items():
+        print(f"{option}\n{value}")
+    return 0
 
 
 def wait_redis(args):
@@ -38,7 +66,7 @@ def probe(args):
     import urllib.error
     import urllib.request
 
-    url = f"http://127.0.0.1:{os.environ.get('PORT', '8000')}/readyz"
+    url = f"http://127.0.0.1:{os.environ.get('PORT') or DEFAULT_PORT}/readyz"
     try:
         with urllib.request.urlopen(url, timeout=args.timeout) as response:
             return 0 if response.status == 200 else 1
@@ -75,6 +103,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m rooms.ctl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("server-args")
     p = sub.add_parser("wait-redis")
     p.add_argument("--timeout", type=float, default=30.0)
     p = sub.add_parser("probe")
@@ -85,6 +114,8 @@ def main(argv=None):
     p = sub.add_parser("undrain")
     p.add_argument("color")
     args = parser.parse_args(argv)
+    if args.command == "server-args":
+        return server_args(args)
     if args.command == "wait-redis":
         return wait_redis(args)
     if args.command == "probe":

@@ -20,12 +20,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from . import metrics
+from .names import CHANNEL_PREFIX, HEARTBEAT_CHANNEL, SEQ_PREFIX, Error
 
 log = logging.getLogger(__name__)
 
-CHANNEL_PREFIX = "wsapp:room:"
-SEQ_PREFIX = "wsapp:seq:"
-HEARTBEAT_CHANNEL = "wsapp:heartbeat"
 HEARTBEAT_SECONDS = 2.0
 HEARTBEAT_STALE_SECONDS = 10.0
 SUBSCRIBE_TIMEOUT = 5.0
@@ -171,7 +169,7 @@ class RedisHub(BaseHub):
             try:
                 await self.pubsub.unsubscribe(CHANNEL_PREFIX + room)
             except Exception:  # the listener notices a broken connection and resubscribes
-                metrics.ERRORS.labels("redis").inc()
+                metrics.ERRORS.labels(Error.REDIS).inc()
 
     async def publish(self, room, session, body):
         head, tail = frame_parts(room, session, body, time.time())
@@ -199,7 +197,7 @@ class RedisHub(BaseHub):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                metrics.ERRORS.labels("redis").inc()
+                metrics.ERRORS.labels(Error.REDIS).inc()
                 log.warning("room subscriber lost Redis (%s); retrying in %.1fs", exc, delay)
             finally:
                 self.pubsub = None

@@ -8,7 +8,7 @@ import time
 import pytest
 import websockets
 
-from tests.e2e.conftest import (
+from tests.e2e.helpers import (
     BASE_URL,
     ENV,
     WS_URL,
