@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import BASE_URL, run, version
+from tests.e2e.helpers import BASE_URL, run, version
 from tests.helpers import ROOT, require_command
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
