@@ -23,6 +23,7 @@ export const BACKOFF_CAP_MS = 15000;
 const ROOM_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
 // Closes after which reconnecting would only repeat the problem: the server said no.
 const FINAL_CLOSES = new Set([CLOSE_NORMAL, CLOSE_POLICY_VIOLATION]);
+const CONNECTING = 0;
 const OPEN = 1;
 
 function defaultBase() {
@@ -94,7 +95,7 @@ export class RoomClient extends EventTarget {
     // A connection that fails before opening is reported as error, then close 1006, by browsers;
     // Node 20's WebSocket reports only the error for a refused connection. Treat it as that close.
     ws.onerror = () => {
-      if (this.ws === ws && ws.readyState !== OPEN) {
+      if (this.ws === ws && ws.readyState === CONNECTING) {
         this.closed(CLOSE_ABNORMAL, "connection failed");
         ws.close();
       }
