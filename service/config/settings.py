@@ -157,6 +157,10 @@ MAX_CONNECTIONS = env_int("MAX_CONNECTIONS", 10000, minimum=1)
 # of escaped emoji is 49 KB) would pin 49 MB; 1 MiB is 21 such frames, or thousands of small ones.
 OUTBOUND_QUEUE_MAX = env_int("OUTBOUND_QUEUE_MAX", 1000, minimum=1)
 OUTBOUND_QUEUE_BYTES = env_int("OUTBOUND_QUEUE_BYTES", 2**20, minimum=65536)
+# Room history for resuming clients (?since=): the newest ROOM_HISTORY_MAX messages of a room, none
+# older than ROOM_HISTORY_SECONDS. A room's Redis keys expire that long after its last activity.
+ROOM_HISTORY_MAX = env_int("ROOM_HISTORY_MAX", 1000, minimum=1)
+ROOM_HISTORY_SECONDS = env_int("ROOM_HISTORY_SECONDS", 600, minimum=1)
 # Fault injection for testing release gates: this share of chat messages is answered with an
 # "internal" error instead of being published. Never set it in production.
 FAULT_ERROR_SHARE = env_float("FAULT_ERROR_SHARE", 0.0, minimum=0.0)

@@ -11,7 +11,7 @@ from django.conf import settings
 
 from wsserver import SEND_TEXT_NOWAIT
 
-from . import metrics
+from . import metrics, resume
 from .generic import DatabaseFreeConsumer
 from .hub import HubUnavailable, get_hub
 from .names import CLOSE_POLICY_VIOLATION, CLOSE_SERVER_ERROR, CLOSE_TRY_AGAIN_LATER, Error
@@ -31,6 +31,8 @@ class RoomConsumer(DatabaseFreeConsumer):
     close_code = None
     writer = None
     outbox_bytes = 0  # what the outbox holds; frames are JSON text, ASCII (json.dumps escapes the rest)
+    seq = 0  # the room's seq when this connection joined (its welcome's)
+    skip_to = None  # while set, room messages up to this seq are dropped: the backlog had them
 
     async def connect(self):
         self.room = self.scope["url_route"]["kwargs"]["room"]
@@ -50,11 +52,20 @@ class RoomConsumer(DatabaseFreeConsumer):
         self.strikes = 0
         self.bucket = TokenBucket(settings.RATE_LIMIT_PER_SECOND, settings.RATE_LIMIT_BURST)
         try:
+            since = resume.parse_since(self.scope.get("query_string", b""))
+        except resume.InvalidSince as exc:
+            await self.refuse_since(str(exc))
+            return
+        # Join first, then read the room: live frames queue in the outbox meanwhile (see rooms.resume).
+        try:
             await get_hub().join(self.room, self)
+            backlog = await get_hub().backlog(self.room, since)
         except HubUnavailable as exc:
             log.warning("handshake refused: %s", exc)
+            await get_hub().leave(self.room, self)
             await self.refuse("unavailable")
             return
+        self.seq = backlog.seq
         self.session_id = secrets.token_urlsafe(9)
         client = self.scope.get("client") or ("", 0)
         register(Session(self.session_id, self.room, f"{client[0]}:{client[1]}", self))
@@ -65,15 +76,34 @@ class RoomConsumer(DatabaseFreeConsumer):
             "session": self.session_id,
             "color": settings.COLOR,
             "replica": settings.REPLICA,
+            "version": settings.APP_VERSION,
+            "seq": backlog.seq,
         }
+        resync = resume.resync(self.room, since, backlog)
         try:
             await self.accept()
             await self.send(text_data=json.dumps(welcome))
+            if resync is not None:
+                await self.send(text_data=json.dumps(resync))
+            for frame in backlog.frames:
+                await self.send(text_data=frame)
         except Exception as exc:  # the client left while the room was being joined
             log.info("handshake not completed: %r", exc)
             raise StopConsumer from exc  # DatabaseFreeConsumer runs disconnect()
+        # Live frames up to the backlog's seq, queued while joining or still on their way from Redis,
+        # were in the backlog: drop them (rooms.resume).
+        self.skip_to = backlog.seq
+        if self.outbox:
+            self.outbox = deque(resume.after_seq(self.outbox, backlog.seq))
         self.open = True
         self.kick()
+
+    async def refuse_since(self, detail):
+        metrics.ERRORS.labels(Error.INVALID_SINCE).inc()
+        await self.accept()
+        error = {"type": "error", "error": Error.INVALID_SINCE, "detail": detail}
+        await self.send(text_data=json.dumps(error))
+        await self.close(code=CLOSE_POLICY_VIOLATION)
 
     async def server_fault(self):
         metrics.ERRORS.labels(Error.CONSUMER).inc()
@@ -149,6 +179,8 @@ class RoomConsumer(DatabaseFreeConsumer):
     def deliver(self, frame):
         """Queue a frame for this client; a client that falls too far behind is closed."""
         if self.closing:
+            return
+        if self.skip_to is not None and resume.seen(frame, self):
             return
         if self.open and self.writer is None and not self.outbox and self.send_nowait:
             if self.send_nowait(frame):  # idle and writable: written already, no task needed

@@ -6,6 +6,7 @@ import logging
 
 from django.conf import settings
 
+from .hub import get_hub
 from .names import CLOSE_SERVICE_RESTART
 from .readiness import STATE
 from .sessions import SESSIONS
@@ -14,6 +15,9 @@ from .tasks import spawn
 log = logging.getLogger(__name__)
 
 DRAIN_SPREAD = 0.8  # share of the drain window over which connections are released
+# Upper bound of the random wait a released client should take before reconnecting: the drain
+# already spreads releases over the window; this only keeps one release's clients apart.
+RECONNECT_RETRY_MS = 250
 
 
 def start_drain(seconds):
@@ -35,8 +39,19 @@ def stop_drain():
 async def drain(seconds):
     sessions = list(SESSIONS.values())
     gap = seconds * DRAIN_SPREAD / max(1, len(sessions))
-    notice = json.dumps({"type": "reconnect", "reason": "release", "color": settings.COLOR})
     for session in sessions:
         if session.id in SESSIONS:
-            spawn(session.consumer.release(CLOSE_SERVICE_RESTART, notice))
+            consumer = session.consumer
+            spawn(consumer.release(CLOSE_SERVICE_RESTART, reconnect_notice(consumer.room, consumer.seq)))
         await asyncio.sleep(gap)
+
+
+def reconnect_notice(room, joined_seq):
+    """The drain notice: what a client needs to resume (docs/protocol.md, "History and resume").
+
+    Queued after every frame already handed to the connection, so the last seq it will have been
+    sent is the last one fanned out in its room here, or its welcome's seq if none came since.
+    """
+    seq = max(joined_seq, get_hub().last_seq(room))
+    return json.dumps({"type": "reconnect", "reason": "release", "color": settings.COLOR, "seq": seq,
+                       "retry_ms": RECONNECT_RETRY_MS})

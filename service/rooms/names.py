@@ -14,12 +14,13 @@ UNDRAIN = "control.undrain"
 # Redis keys and pub/sub channels of the room hub.
 CHANNEL_PREFIX = "wsapp:room:"  # + room: pub/sub channel of the room's frames
 SEQ_PREFIX = "wsapp:seq:"  # + room: the room's last seq
+HISTORY_PREFIX = "wsapp:history:"  # + room: Stream of the room's kept frames (docs/protocol.md)
 HEARTBEAT_CHANNEL = "wsapp:heartbeat"
 
 # WebSocket close codes the service sends or counts (RFC 6455, section 7.4.1). The WebSocket layer
 # (wsserver.protocol) keeps its own (1011 on a keepalive timeout): a server does not import its app.
 CLOSE_ABNORMAL = 1006  # counted for a connection that ended without a close frame; never sent
-CLOSE_POLICY_VIOLATION = 1008  # rate limit: too many limited frames in a row
+CLOSE_POLICY_VIOLATION = 1008  # rate limit: too many limited frames in a row; a malformed since
 CLOSE_SERVER_ERROR = 1011  # a fault of the service while handling this connection
 CLOSE_SERVICE_RESTART = 1012  # drained for a release: reconnect at once
 CLOSE_TRY_AGAIN_LATER = 1013  # slow consumer: the client fell too far behind
@@ -37,6 +38,7 @@ class Error(StrEnum):
     UNKNOWN_TYPE = "unknown_type"
     INVALID_BODY = "invalid_body"
     BODY_TOO_LONG = "body_too_long"
+    INVALID_SINCE = "invalid_since"
     SLOW_CONSUMER = "slow_consumer"
     # Server-side: the release gate and the alerts count these (observability/prometheus/rules.yml).
     INTERNAL = "internal"

@@ -31,7 +31,7 @@ async def test_welcome_names_room_session_color_and_replica(connect):
     assert connected
     welcome = alice.welcome
     assert welcome["type"] == "welcome" and welcome["room"] == "lobby"
-    assert set(welcome) == {"type", "room", "session", "color", "replica"}
+    assert set(welcome) == {"type", "room", "session", "color", "replica", "version", "seq"}
     assert welcome["session"] in SESSIONS
 
 
