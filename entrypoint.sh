@@ -8,7 +8,6 @@ set -Eeuo pipefail
 
 readonly HOST=${HOST:-0.0.0.0}
 readonly REDIS_URL=${REDIS_URL:-}
-readonly REDIS_WAIT_SECONDS=${REDIS_WAIT_SECONDS:-30}
 readonly PYTHON=${PYTHON:-python3}
 readonly RELOAD=${RELOAD:-}
 # Uvicorn logs three INFO lines per WebSocket; at warning, handshakes are about 7% cheaper.
@@ -40,8 +39,7 @@ main() {
   mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
 
   if [[ -n $REDIS_URL ]]; then
-    log "waiting up to ${REDIS_WAIT_SECONDS}s for Redis"
-    "$PYTHON" -m rooms.ctl wait-redis --timeout "$REDIS_WAIT_SECONDS" || die "Redis did not answer within ${REDIS_WAIT_SECONDS}s"
+    "$PYTHON" -m rooms.ctl wait-redis || die "Redis did not answer (see above)"
   fi
 
   local -a args=(config.asgi:application --host "$HOST" "${settings_args[@]}"

@@ -107,9 +107,21 @@ def _utf8(data):
     return True
 
 
+# A client's close: echoed with its code (also between the fragments of a message: RFC 6455 lets
+# control frames come there), or refused with 1002 if the code may not be sent (section 7.4).
+VALID_CLOSE_CODES = [1000, 1001, 1003, 1007, 1008, 1011, 3000, 4000, 4999]
+INVALID_CLOSE_CODES = [0, 999, 1004, 1005, 1006, 1015, 2000, 2999, 5000, 65535]
+
+
+def close_payload(code, reason):
+    return code.to_bytes(2, "big") + reason.encode()
+
+
 wire_messages = st.tuples(messages, st.integers(1, 4), st.booleans()).map(lambda m: ("message", *m))
-wire_actions = st.one_of(  # messages weighted up: any violation or invalid UTF-8 ends the connection
-    wire_messages, wire_messages, wire_messages, wire_messages,
+wire_closes = st.tuples(st.sampled_from(VALID_CLOSE_CODES + INVALID_CLOSE_CODES),
+                        st.text(alphabet="abc xyz", max_size=20), st.booleans()).map(lambda c: ("close", *c))
+wire_actions = st.one_of(  # messages weighted up: a close, violation or invalid UTF-8 ends the connection
+    wire_messages, wire_messages, wire_messages, wire_messages, wire_messages, wire_messages, wire_closes,
     st.tuples(invalid_utf8, st.integers(1, 3)).map(lambda m: ("invalid_utf8", *m)),
     st.binary(max_size=125).map(lambda data: ("ping", data)),
     st.binary(max_size=125).map(lambda data: ("pong", data)),

@@ -152,8 +152,11 @@ RATE_LIMIT_BURST = env_int("RATE_LIMIT_BURST", 40, minimum=1)
 # Consecutive rate-limited frames tolerated before the connection is closed with 1008.
 RATE_LIMIT_STRIKES = env_int("RATE_LIMIT_STRIKES", 20, minimum=1)
 MAX_CONNECTIONS = env_int("MAX_CONNECTIONS", 10000, minimum=1)
-# Frames queued for one client before it is closed as a slow consumer (1013).
+# What may wait for one client before it is closed as a slow consumer (1013): frames, and bytes.
+# Room frames are shared between members, but a queue of 1000 of the largest (a 4096-character body
+# of escaped emoji is 49 KB) would pin 49 MB; 1 MiB is 21 such frames, or thousands of small ones.
 OUTBOUND_QUEUE_MAX = env_int("OUTBOUND_QUEUE_MAX", 1000, minimum=1)
+OUTBOUND_QUEUE_BYTES = env_int("OUTBOUND_QUEUE_BYTES", 2**20, minimum=65536)
 # Room history for resuming clients (?since=): the newest ROOM_HISTORY_MAX messages of a room, none
 # older than ROOM_HISTORY_SECONDS. A room's Redis keys expire that long after its last activity.
 ROOM_HISTORY_MAX = env_int("ROOM_HISTORY_MAX", 1000, minimum=1)
@@ -176,5 +179,6 @@ if WEB_CONCURRENCY > 1 and not REDIS_URL:
         "one process"
     )
 GRACEFUL_TIMEOUT = env_int("GRACEFUL_TIMEOUT", 8, minimum=0)  # whole seconds, as Uvicorn takes it
+REDIS_WAIT_SECONDS = env_float("REDIS_WAIT_SECONDS", 30.0, minimum=0.0)  # `rooms.ctl wait-redis` at start
 WS_PING_INTERVAL = env_float("WS_PING_INTERVAL", 20.0, minimum=0.0)  # 0: no keepalive
 WS_PING_TIMEOUT = env_float("WS_PING_TIMEOUT", 20.0, minimum=0.0)

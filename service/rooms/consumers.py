@@ -30,6 +30,7 @@ class RoomConsumer(DatabaseFreeConsumer):
     closing = False  # class defaults: a fault before connect() set them still closes cleanly
     close_code = None
     writer = None
+    outbox_bytes = 0  # what the outbox holds; frames are JSON text, ASCII (json.dumps escapes the rest)
     seq = 0  # the room's seq when this connection joined (its welcome's)
     skip_to = None  # while set, room messages up to this seq are dropped: the backlog had them
 
@@ -41,6 +42,7 @@ class RoomConsumer(DatabaseFreeConsumer):
             return
         self.outbox = ()  # a deque once something has to wait: most connections never need one
         self.outbox_max = settings.OUTBOUND_QUEUE_MAX  # read once: Django's settings proxy is slow per frame
+        self.outbox_bytes_max = settings.OUTBOUND_QUEUE_BYTES
         self.writer = None
         # Offered by wsserver.protocol; absent under other servers and in tests with a communicator.
         self.send_nowait = self.scope.get("extensions", {}).get(SEND_TEXT_NOWAIT)
@@ -183,14 +185,17 @@ class RoomConsumer(DatabaseFreeConsumer):
         if self.open and self.writer is None and not self.outbox and self.send_nowait:
             if self.send_nowait(frame):  # idle and writable: written already, no task needed
                 return
-        if len(self.outbox) >= self.outbox_max:
+        if self.outbox and (len(self.outbox) >= self.outbox_max
+                            or self.outbox_bytes + len(frame) > self.outbox_bytes_max):
             self.outbox = ()
+            self.outbox_bytes = 0
             metrics.ERRORS.labels(Error.SLOW_CONSUMER).inc()
             spawn(self.close_with(CLOSE_TRY_AGAIN_LATER))
             return
         if not self.outbox:
             self.outbox = deque()
         self.outbox.append(frame)
+        self.outbox_bytes += len(frame)
         self.kick()
 
     def kick(self):
@@ -200,11 +205,14 @@ class RoomConsumer(DatabaseFreeConsumer):
     async def flush(self):
         try:
             while self.outbox:
-                await self.send(text_data=self.outbox.popleft())
+                frame = self.outbox.popleft()
+                self.outbox_bytes -= len(frame)
+                await self.send(text_data=frame)
         except Exception:
             metrics.ERRORS.labels(Error.SEND).inc()
         finally:
             self.outbox = ()
+            self.outbox_bytes = 0
             self.writer = None
 
     async def close_with(self, code):

@@ -2,7 +2,7 @@
 
   server-args                  validate every setting (config.settings) and print the options
                                entrypoint.sh gives Uvicorn, one per line
-  wait-redis --timeout S       wait until REDIS_URL answers PING
+  wait-redis [--timeout S]     wait until REDIS_URL answers PING (default: REDIS_WAIT_SECONDS)
   probe                        container healthcheck: exit 0 if /readyz says ready, draining, or
                                not ready after having been ready (a Redis outage: restarting
                                replicas would not fix it and would cut every WebSocket)
@@ -19,8 +19,8 @@ import time
 from .names import DEFAULT_PORT, DRAIN, UNDRAIN
 
 
-def server_args(args):
-    """Settings are validated once, by Django's settings module; the shell only passes them on."""
+def load_settings():
+    """Django's settings, validated (the one place that does), or None after saying what is wrong."""
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     import django
     from django.core.exceptions import ImproperlyConfigured
@@ -29,9 +29,17 @@ def server_args(args):
         django.setup()
     except ImproperlyConfigured as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+        return None
     from django.conf import settings
 
+    return settings
+
+
+def server_args(args):
+    """The shell only passes the settings on: it neither validates them nor knows their defaults."""
+    settings = load_settings()
+    if settings is None:
+        return 2
     options = {
         "--port": settings.PORT,
         "--workers": settings.WEB_CONCURRENCY,
@@ -105,7 +113,7 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("server-args")
     p = sub.add_parser("wait-redis")
-    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--timeout", type=float)
     p = sub.add_parser("probe")
     p.add_argument("--timeout", type=float, default=2.0)
     p = sub.add_parser("drain")
@@ -117,6 +125,12 @@ def main(argv=None):
     if args.command == "server-args":
         return server_args(args)
     if args.command == "wait-redis":
+        if args.timeout is None:  # the setting's default and validation, as for the server's options
+            settings = load_settings()
+            if settings is None:
+                return 2
+            args.timeout = settings.REDIS_WAIT_SECONDS
+        print(f"waiting up to {args.timeout:g}s for Redis", file=sys.stderr)
         return wait_redis(args)
     if args.command == "probe":
         return probe(args)

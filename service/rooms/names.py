@@ -17,7 +17,8 @@ SEQ_PREFIX = "wsapp:seq:"  # + room: the room's last seq
 HISTORY_PREFIX = "wsapp:history:"  # + room: Stream of the room's kept frames (docs/protocol.md)
 HEARTBEAT_CHANNEL = "wsapp:heartbeat"
 
-# WebSocket close codes the service sends or counts (RFC 6455, section 7.4.1).
+# WebSocket close codes the service sends or counts (RFC 6455, section 7.4.1). The WebSocket layer
+# (wsserver.protocol) keeps its own (1011 on a keepalive timeout): a server does not import its app.
 CLOSE_ABNORMAL = 1006  # counted for a connection that ended without a close frame; never sent
 CLOSE_POLICY_VIOLATION = 1008  # rate limit: too many limited frames in a row; a malformed since
 CLOSE_SERVER_ERROR = 1011  # a fault of the service while handling this connection

@@ -10,8 +10,19 @@ import pytest
 import websockets
 from hypothesis import HealthCheck, given, settings
 
-from testkit.processes import AppServer
-from tests.hostile import CLOSE, PING, PONG, TEXT, VIOLATIONS, frame, message_frames, wire_cases
+from tests.helpers import AppServer
+from tests.hostile import (
+    CLOSE,
+    PING,
+    PONG,
+    TEXT,
+    VALID_CLOSE_CODES,
+    VIOLATIONS,
+    close_payload,
+    frame,
+    message_frames,
+    wire_cases,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -39,11 +50,15 @@ async def test_a_deeply_nested_frame_is_invalid_json_and_the_session_is_unregist
 class WireClient:
     """A blocking socket that speaks WebSocket frames as written, valid or not."""
 
-    def __init__(self, port):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    def __init__(self, port, rcvbuf=None, path="/ws/rooms/fuzz/"):
+        self.sock = socket.socket()
+        if rcvbuf:  # before connecting, so that the window is small from the start
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(5)
+        self.sock.connect(("127.0.0.1", port))
         self.buffer = b""
         self.sock.sendall(
-            b"GET /ws/rooms/fuzz/ HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
             b"Sec-WebSocket-Version: 13\r\nOrigin: http://localhost\r\n\r\n"
         )
@@ -103,9 +118,11 @@ def expected(case):
 
 
 def parser_close(action):
-    """The close code of a frame that websockets' parser refuses as it reads it, or None."""
+    """The close code the server answers a frame with as the parser reads it, or None."""
     if action[0] == "violation":
         return 1002
+    if action[0] == "close":
+        return action[1] if action[1] in VALID_CLOSE_CODES else 1002
     if action[0] == "message":
         _, data = action[1]
         if len(data.encode() if isinstance(data, str) else data) > MAX_MESSAGE_BYTES:
@@ -121,17 +138,22 @@ def wire(action):
         return message_frames(TEXT, action[1], action[2], False)
     if kind in ("ping", "pong"):
         return [frame(PING if kind == "ping" else PONG, action[1])]
+    if kind == "close":
+        _, code, reason, mid_message = action
+        close = frame(CLOSE, close_payload(code, reason))
+        return [frame(TEXT, b'{"type":', fin=False), close] if mid_message else [close]
     _, (opcode, data), pieces, ping_between = action
     payload = data.encode() if opcode == "text" else data
     return message_frames(TEXT if opcode == "text" else 0x2, payload, pieces, ping_between)
 
 
-def rss(pid):
+def rss(pid, field="VmRSS"):
+    """Resident memory of a process in bytes (VmHWM: its peak so far)."""
     with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for pid {pid}")
+    raise AssertionError(f"no {field} for pid {pid}")
 
 
 @pytest.fixture
@@ -187,3 +209,52 @@ def test_hostile_frames_get_an_answer_or_a_specific_close_and_leave_nothing(fuzz
     print(f"\n{EXAMPLES} hostile clients in {elapsed:.1f}s, closes {seen['closes']}, "
           f"answers {seen['answers']}, server RSS {before / 2**20:.1f} -> {after / 2**20:.1f} MiB")
     assert after - before < MEMORY_GROWTH_LIMIT
+
+
+SLOW_CLIENTS = 5
+BIG_MESSAGES = 600
+BIG_BODY = "\U0001F600" * 4096  # 49 KB once JSON-escaped: the largest frame a body can make
+
+
+@pytest.mark.parametrize("queue_bytes", [None, str(2**30)], ids=["default", "frames-only"])
+async def test_clients_that_stop_reading_do_not_grow_the_process(redis_server, tmp_path, queue_bytes):
+    """Five clients stop reading in a room of 49 KB messages. With the default OUTBOUND_QUEUE_BYTES
+    they are closed with 1013 once 1 MiB waits for them; bounded by frames only (the control case),
+    each could pin 1000 frames, 49 MB."""
+    env = {"RATE_LIMIT_PER_SECOND": "10000", "RATE_LIMIT_BURST": "10000"}
+    if queue_bytes:
+        env["OUTBOUND_QUEUE_BYTES"] = queue_bytes
+    server = AppServer(redis_server.url, tmp_path, workers=1, **env)
+    server.start()
+    slow = []
+    try:
+        pid = server.process.pid
+        slow = [WireClient(server.port, rcvbuf=4096, path="/ws/rooms/big/") for _ in range(SLOW_CLIENTS)]
+        for client in slow:
+            assert json.loads(client.next_frame()[1])["type"] == "welcome"
+        before = rss(pid)
+        async with websockets.connect(f"{server.ws_url}/ws/rooms/big/", origin=ORIGIN, max_size=2**20) as ws:
+            assert json.loads(await asyncio.wait_for(ws.recv(), 15))["type"] == "welcome"
+            frame = json.dumps({"type": "message", "body": BIG_BODY})
+
+            async def receive_all():  # the sender keeps reading, or it would be a slow consumer too
+                for _ in range(BIG_MESSAGES):
+                    assert json.loads(await ws.recv())["type"] == "message"
+
+            reader = asyncio.create_task(receive_all())
+            for _ in range(BIG_MESSAGES):
+                await ws.send(frame)
+            await asyncio.wait_for(reader, 120)
+        after, peak = rss(pid), rss(pid, "VmHWM")
+        slow_closed = server.metric('ws_errors_total{kind="slow_consumer"}')
+        print(f"\nOUTBOUND_QUEUE_BYTES={queue_bytes or 'default'}: RSS {before / 2**20:.1f} MiB before, "
+              f"{after / 2**20:.1f} after, peak {peak / 2**20:.1f}; {slow_closed:.0f} slow consumers closed")
+        if queue_bytes is None:
+            assert slow_closed == SLOW_CLIENTS
+            assert peak - before < 16 * 2**20
+        else:  # the measurement sees what the byte bound prevents
+            assert peak - before > 16 * 2**20
+    finally:
+        for client in slow:
+            client.close()
+        server.stop()

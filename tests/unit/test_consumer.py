@@ -140,6 +140,23 @@ async def test_slow_consumer_is_closed_with_1013_and_the_room_loses_nothing(conn
     assert metrics.ERRORS.labels("slow_consumer")._value.get() == before + 1
 
 
+@override_settings(OUTBOUND_QUEUE_BYTES=65536)
+async def test_a_slow_consumer_is_closed_by_bytes_long_before_the_frame_count(connect):
+    _, slow = await connect("/ws/rooms/slowbytes/")
+    _, fast = await connect("/ws/rooms/slowbytes/")
+    stuck = asyncio.Event()
+
+    async def never_returns(**_):  # test double: a client that stopped reading
+        await stuck.wait()
+
+    SESSIONS[slow.welcome["session"]].consumer.send = never_returns
+    body = "\U0001F600" * 4096  # 49 KB once JSON-escaped: the largest frame a body can make
+    for _ in range(4):
+        await send(fast, {"type": "message", "body": body})
+        assert (await fast.receive_json_from())["body"] == body
+    assert await slow.receive_output() == {"type": "websocket.close", "code": 1013}
+
+
 @override_settings(MAX_CONNECTIONS=2)
 async def test_over_max_connections_new_handshakes_are_refused(connect):
     SESSIONS.clear()

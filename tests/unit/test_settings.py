@@ -35,6 +35,7 @@ def test_server_args_are_the_validated_settings_with_their_defaults():
         ({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY must be at least 1, got 0"),
         ({"WEB_CONCURRENCY": "2"}, "WEB_CONCURRENCY=2 needs REDIS_URL"),
         ({"WS_PING_TIMEOUT": "soon"}, "WS_PING_TIMEOUT must be a number, got 'soon'"),
+        ({"REDIS_WAIT_SECONDS": "-1"}, "REDIS_WAIT_SECONDS must be at least 0.0, got -1.0"),
     ],
 )
 def test_entrypoint_refuses_a_bad_setting_naming_it_before_starting_anything(env, message):
