@@ -49,6 +49,7 @@ test("a new client starts at the room's seq and sees every later message once, i
   await until(() => alice.messages.length === 3, "alice's own messages");
   const bob = track(await joined({ room }));
   assert.equal(bob.of("open")[0].seq, alice.lastSeq, "welcome carries the room's current seq");
+  assert.equal(bob.of("open")[0].version, "it", "and the version the page shows");
   assert.equal(bob.lastSeq, alice.lastSeq);
   const later = await sendAll(alice, "later", 5);
   await until(() => bob.messages.length === 5, "bob: 5 messages");
