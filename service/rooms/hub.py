@@ -129,19 +129,29 @@ class Backlog(NamedTuple):
 
 class BaseHub:
     def __init__(self):
-        self.rooms = {}  # room -> set of members; a member has deliver(frame)
-        self.fanned_out = {}  # room -> the last frame handed to its members here (for its seq)
+        self.rooms = {}  # room -> set of members; a member has deliver(frame) and resume(frame, seq)
+        self.fanned_out = {}  # room -> the seq of the last frame handed to its members here
 
     def last_seq(self, room):
         """The seq of the last frame handed to the room's local members (0 if none)."""
-        frame = self.fanned_out.get(room)
-        return 0 if frame is None else frame_seq(frame)
+        return self.fanned_out.get(room, 0)
 
     def fan_out(self, room, frame):
         members = self.rooms.get(room)
         if not members:
             return
-        self.fanned_out[room] = frame  # parsed only when asked: a drain notice needs it
+        seq, last = frame_seq(frame), self.fanned_out.get(room)
+        if last is not None and seq != last + 1:
+            # Frames were missed (the subscription was down while the room published) or the
+            # counter went back (its keys were lost): members would see a silent gap or drop what
+            # follows as seen. They resume from what they have instead (docs/protocol.md).
+            log.warning("room %r: seq %d after %d; its %d members here resume", room, seq, last, len(members))
+            metrics.ERRORS.labels(Error.REDIS).inc()  # Redis lost a subscription or keys
+            for member in tuple(members):
+                member.resume(frame, seq)
+            self.fanned_out[room] = seq
+            return
+        self.fanned_out[room] = seq
         metrics.BROADCAST_DELAY.observe(max(0.0, time.time() - frame_ts(frame)))
         for member in tuple(members):
             member.deliver(frame)

@@ -1,0 +1,74 @@
+"""Adversarial checks of the resume seam with a real Redis and the app under Uvicorn (2 workers)."""
+
+import asyncio
+import time
+
+import pytest
+import websockets
+
+from rooms.hub import PUBLISH_SCRIPT, frame_parts
+from rooms.names import CHANNEL_PREFIX, HISTORY_PREFIX, SEQ_PREFIX
+from tests.integration import test_history
+from tests.integration.test_history import recv, say
+
+# The fixtures of test_history, shared.
+connect, make_server, store = test_history.connect, test_history.make_server, test_history.store
+
+pytestmark = pytest.mark.integration
+
+
+async def read_consecutive(ws, last, final):
+    """Read message frames after `last` up to `final`; a frame out of sequence fails the test.
+
+    Returns (last seq read, the reconnect notice or None); stops early at a close 1012."""
+    notice = None
+    while last < final:
+        try:
+            frame = (await recv(ws))[0]
+        except websockets.ConnectionClosed as closed:
+            assert closed.rcvd.code == 1012, closed
+            return last, notice
+        if frame["type"] == "reconnect":
+            notice = frame
+            continue
+        assert frame["type"] == "message", frame
+        assert frame["seq"] == last + 1, f"a silent gap or reset: {last} then {frame['seq']}"
+        last = frame["seq"]
+    return last, notice
+
+
+async def test_messages_the_subscriber_missed_make_members_resume_not_see_a_gap(connect, make_server, store):
+    """Redis drops the process's pub/sub connection (CLIENT KILL, an output-buffer limit, a failover)
+    while the room keeps publishing through the other connection: the messages published until the
+    subscriber is back never reach the members live. They must be told to resume, not skip them."""
+    server = make_server()
+    alice = await connect(server, "missed")
+    bob = await connect(server, "missed")
+    await say(alice, "first")
+    assert (await recv(bob))[0]["seq"] == 1
+    # Messages of another replica, published as the hub does. The first ones in one transaction with
+    # the kill, so that no subscriber is back before they are published.
+    keys = [prefix + "missed" for prefix in (SEQ_PREFIX, HISTORY_PREFIX, CHANNEL_PREFIX)]
+    subscribers = store.pubsub_numsub(keys[2])[0][1]
+
+    def publish(pipe, body):
+        pipe.eval(PUBLISH_SCRIPT, len(keys), *keys, *frame_parts("missed", "other", body, 0), 1000, 600)
+
+    with store.pipeline(transaction=True) as pipe:
+        pipe.client_kill_filter(_type="pubsub")
+        for n in range(5):
+            publish(pipe, f"lost {n}")
+        pipe.execute()
+    deadline = time.monotonic() + 5
+    while store.pubsub_numsub(keys[2])[0][1] < subscribers:
+        assert time.monotonic() < deadline, "the subscribers did not come back"
+        await asyncio.sleep(0.05)
+    for n in range(5):
+        publish(store, f"live {n}")
+    final = int(store.get("wsapp:seq:missed"))
+    assert final == 11
+    last, notice = await read_consecutive(bob, 1, final)
+    assert last < final and notice is not None, "the loss went unnoticed"
+    assert notice["seq"] == last
+    bob = await connect(server, "missed", f"?since={last}")
+    assert (await read_consecutive(bob, last, final))[0] == final
