@@ -122,6 +122,9 @@ class RoomConsumer(DatabaseFreeConsumer):
 
     async def disconnect(self, code):
         if self.session_id is None:
+            # Refused, or failed before its welcome: it may have joined the room all the same.
+            if hasattr(self, "room"):
+                await get_hub().leave(self.room, self)
             return
         self.closing = True
         if self.writer is not None:

@@ -281,17 +281,21 @@ class RedisHub(BaseHub):
 
     async def join(self, room, member):
         members = self.rooms.get(room)
-        if members is None:
+        first = members is None
+        if first:
             members = self.rooms[room] = set()
             self.subscribed[room] = asyncio.Event()
-            if self.pubsub is not None:
-                await self.pubsub.subscribe(CHANNEL_PREFIX + room)
         members.add(member)
         try:
+            if first and self.pubsub is not None:
+                await self.pubsub.subscribe(CHANNEL_PREFIX + room)
             await asyncio.wait_for(self.subscribed[room].wait(), SUBSCRIBE_TIMEOUT)
         except (TimeoutError, KeyError):
             await self.leave(room, member)
             raise HubUnavailable(f"no subscription to room {room!r} within {SUBSCRIBE_TIMEOUT}s") from None
+        except (aioredis.RedisError, OSError) as exc:  # the subscriber's connection broke: it resubscribes
+            await self.leave(room, member)
+            raise HubUnavailable(f"subscribing to room {room!r} failed: {exc}") from exc
 
     async def leave(self, room, member):
         members = self.rooms.get(room)
