@@ -1,6 +1,7 @@
 """Adversarial checks of the resume seam with a real Redis and the app under Uvicorn (2 workers)."""
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -72,3 +73,31 @@ async def test_messages_the_subscriber_missed_make_members_resume_not_see_a_gap(
     assert notice["seq"] == last
     bob = await connect(server, "missed", f"?since={last}")
     assert (await read_consecutive(bob, last, final))[0] == final
+
+
+async def test_many_clients_resuming_a_full_history_at_once_are_not_closed_slow(connect, make_server, store):
+    """A replay is sent before the outbox bounds apply: twenty clients asking at once for a full
+    history (1000 messages, 2 MB each) while the room goes on get all of it, none closed 1013."""
+    server = make_server(RATE_LIMIT_PER_SECOND="100000", RATE_LIMIT_BURST="100000")
+    keys = [prefix + "full" for prefix in (SEQ_PREFIX, HISTORY_PREFIX, CHANNEL_PREFIX)]
+    with store.pipeline(transaction=False) as pipe:
+        for n in range(1000):
+            frame = frame_parts("full", "other", f"{n:04}" * 500, 0)
+            pipe.eval(PUBLISH_SCRIPT, len(keys), *keys, *frame, 1000, 600)
+        pipe.execute()
+    alice = await connect(server, "full")
+    clients = [await connect(server, "full", "?since=0", welcome=False) for _ in range(20)]
+
+    async def talk():
+        for n in range(50):
+            await alice.send(json.dumps({"type": "message", "body": f"live {n}"}))
+            await asyncio.sleep(0.01)
+
+    async def read_all(ws):
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "welcome"
+        return (await read_consecutive(ws, 0, 1050))
+
+    talking = asyncio.create_task(talk())
+    results = await asyncio.gather(*(read_all(ws) for ws in clients))
+    await talking
+    assert results == [(1050, None)] * 20
