@@ -20,7 +20,6 @@ it costs one Redis operation and one consumer dispatch per member per message (d
 import asyncio
 import json
 import logging
-import math
 import time
 from collections import deque
 from typing import NamedTuple
@@ -181,10 +180,18 @@ class LocalHub(BaseHub):
         pass
 
     async def join(self, room, member):
-        if room not in self.rooms and self.expires.get(room, math.inf) < self.clock():
-            for table in (self.seq, self.history, self.expires):  # idle too long: as if its keys expired
-                table.pop(room, None)
+        if room not in self.rooms:
+            self._forget_idle()
         self.rooms.setdefault(room, set()).add(member)
+
+    def _forget_idle(self):
+        """Drop every room without members idle too long, as if its keys had expired (one pass over
+        the idle rooms per new room joined: enough for development and tests)."""
+        now = self.clock()
+        idle = [room for room, expires in self.expires.items() if expires < now and room not in self.rooms]
+        for room in idle:
+            for table in (self.seq, self.history, self.expires):
+                table.pop(room, None)
 
     async def leave(self, room, member):
         members = self.rooms.get(room)

@@ -1,8 +1,11 @@
 """What a failed join leaves behind: nothing may stay in the hub once the client is gone."""
 
+import json
+
 import pytest
 import redis.exceptions
 from channels.testing import WebsocketCommunicator
+from django.test import override_settings
 
 from config.asgi import application
 from rooms.hub import HubUnavailable, LocalHub, RedisHub, get_hub
@@ -40,3 +43,21 @@ async def test_a_subscribe_that_fails_is_unavailable_and_leaves_no_room():
     with pytest.raises(HubUnavailable):  # the consumer refuses the handshake, not 1011
         await hub.join("leak-subscribe", object())
     assert hub.rooms == {} and hub.subscribed == {}, "an empty room is kept alive (and its seq key) forever"
+
+
+@override_settings(ROOM_HISTORY_SECONDS=10)
+async def test_the_local_hub_forgets_idle_rooms_nobody_comes_back_to(connect, monkeypatch):
+    """Each room's seq and history went only when that same room was joined again: a process that
+    sees many short-lived rooms kept every one of them."""
+    hub = get_hub()
+    now = [5000.0]
+    monkeypatch.setattr(hub, "clock", lambda: now[0])
+    for n in range(5):
+        _, client = await connect(f"/ws/rooms/leak-idle-{n}/")
+        await client.send_to(text_data=json.dumps({"type": "message", "body": "x"}))
+        assert (await client.receive_json_from())["seq"] == 1
+        await client.disconnect()
+    now[0] += 11
+    _, other = await connect("/ws/rooms/leak-idle-other/")
+    leaked = [room for room in (*hub.seq, *hub.history, *hub.expires) if room.startswith("leak-idle-")]
+    assert leaked == []
