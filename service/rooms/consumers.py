@@ -234,11 +234,13 @@ class RoomConsumer(DatabaseFreeConsumer):
             self.writer.cancel()
         await self.close(code=code)
 
-    async def release(self, code, notice):
+    async def release(self, code):
         """Send what is queued and a last notice, then close: used when draining."""
         if self.closing:
             return
-        self.deliver(notice)
+        # Built as it is queued, not when the drain picked this connection: frames fanned out in
+        # between are queued before it, and its seq must count them.
+        self.deliver(draining.reconnect_notice(self.room, self.seq))
         self.closing = True
         await self.flush_and_close(code)
 

@@ -44,7 +44,7 @@ async def drain(seconds):
     for session in sessions:
         if session.id in SESSIONS:
             consumer = session.consumer
-            spawn(consumer.release(CLOSE_SERVICE_RESTART, reconnect_notice(consumer.room, consumer.seq)))
+            spawn(consumer.release(CLOSE_SERVICE_RESTART))
         await asyncio.sleep(gap)
 
 

@@ -2,13 +2,17 @@
 
 import asyncio
 import json
+import os
+import subprocess
 import time
 
 import pytest
+import redis.asyncio
 import websockets
 
 from rooms.hub import PUBLISH_SCRIPT, frame_parts
 from rooms.names import CHANNEL_PREFIX, HISTORY_PREFIX, SEQ_PREFIX
+from tests.helpers import ROOT
 from tests.integration import test_history
 from tests.integration.test_history import recv, say
 
@@ -101,3 +105,43 @@ async def test_many_clients_resuming_a_full_history_at_once_are_not_closed_slow(
     results = await asyncio.gather(*(read_all(ws) for ws in clients))
     await talking
     assert results == [(1050, None)] * 20
+
+
+async def test_the_drain_notice_seq_is_the_last_message_sent_before_it_in_a_busy_room(connect, make_server):
+    """The notice's seq must be the last seq this connection was sent, even while the room keeps
+    publishing as the replica drains: frames fanned out between the drain choosing a connection and
+    the notice being queued come before the notice."""
+    server = make_server(RATE_LIMIT_PER_SECOND="100000", RATE_LIMIT_BURST="100000")
+    clients = [await connect(server, "busy-drain") for _ in range(60)]
+    stop = asyncio.Event()
+
+    async def publish_fast():
+        # Through Redis as another replica would, so the room goes on after this replica closes.
+        keys = [prefix + "busy-drain" for prefix in (SEQ_PREFIX, HISTORY_PREFIX, CHANNEL_PREFIX)]
+        client = redis.asyncio.Redis.from_url(server.env["REDIS_URL"])
+        n = 0
+        while not stop.is_set():
+            n += 1
+            frame = frame_parts("busy-drain", "x", str(n), 0)
+            await client.eval(PUBLISH_SCRIPT, len(keys), *keys, *frame, 1000, 600)
+        await client.aclose()
+
+    async def until_notice(ws):
+        last = ws.welcome["seq"]
+        while True:
+            frame = (await recv(ws))[0]
+            if frame["type"] == "reconnect":
+                return last, frame["seq"]
+            last = frame["seq"]
+
+    publishing = asyncio.create_task(publish_fast())
+    await asyncio.sleep(0.2)
+    env = {k: v for k, v in server.env.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    drain = [env["PYTHON"], "-m", "rooms.ctl", "drain", "blue", "--seconds", "1"]
+    await asyncio.to_thread(subprocess.run, drain, cwd=os.path.join(ROOT, "service"), env=env, check=True,
+                            timeout=30)
+    results = await asyncio.gather(*(until_notice(ws) for ws in clients))
+    stop.set()
+    await publishing
+    wrong = [(last, said) for last, said in results if last != said]
+    assert not wrong, f"{len(wrong)} of 60 notices say another seq than the last sent: {wrong[:5]}"

@@ -1,5 +1,6 @@
 """What a failed join leaves behind: nothing may stay in the hub once the client is gone."""
 
+import asyncio
 import json
 
 import pytest
@@ -8,6 +9,7 @@ from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 
 from config.asgi import application
+from rooms import draining
 from rooms.hub import HubUnavailable, LocalHub, RedisHub, get_hub
 from rooms.sessions import SESSIONS
 from tests.unit.conftest import ORIGIN
@@ -61,3 +63,17 @@ async def test_the_local_hub_forgets_idle_rooms_nobody_comes_back_to(connect, mo
     _, other = await connect("/ws/rooms/leak-idle-other/")
     leaked = [room for room in (*hub.seq, *hub.history, *hub.expires) if room.startswith("leak-idle-")]
     assert leaked == []
+
+
+async def test_a_message_fanned_out_as_the_drain_picks_a_connection_counts_in_its_notice(connect):
+    """The drain chose the connection (and, before, built its notice) a loop step before the notice
+    was queued; a message fanned out in that step went out before the notice, with a higher seq."""
+    _, alice = await connect("/ws/rooms/drain-race/")
+    await alice.send_to(text_data=json.dumps({"type": "message", "body": "1"}))
+    assert (await alice.receive_json_from())["seq"] == 1
+    draining.start_drain(1.0)
+    await asyncio.sleep(0)  # the drain task's first step: it picks alice and spawns her release
+    assert await get_hub().publish("drain-race", "other", "2") == 2  # fanned out before the release runs
+    assert (await alice.receive_json_from())["seq"] == 2
+    notice = await alice.receive_json_from()
+    assert (notice["type"], notice["seq"]) == ("reconnect", 2)
