@@ -12,9 +12,10 @@ import websockets
 
 from rooms.hub import PUBLISH_SCRIPT, frame_parts
 from rooms.names import CHANNEL_PREFIX, HISTORY_PREFIX, SEQ_PREFIX
-from tests.helpers import ROOT
+from tests.helpers import ROOT, AppServer
 from tests.integration import test_history
 from tests.integration.test_history import recv, say
+from tests.integration.test_hostile import BIG_BODY, BIG_MESSAGES, SLOW_CLIENTS, WireClient, rss
 
 # The fixtures of test_history, shared.
 connect, make_server, store = test_history.connect, test_history.make_server, test_history.store
@@ -145,3 +146,34 @@ async def test_the_drain_notice_seq_is_the_last_message_sent_before_it_in_a_busy
     await publishing
     wrong = [(last, said) for last, said in results if last != said]
     assert not wrong, f"{len(wrong)} of 60 notices say another seq than the last sent: {wrong[:5]}"
+
+
+async def test_slow_clients_replayed_a_big_history_do_not_grow_the_process(redis_server, tmp_path, store):
+    """Five clients ask for a full history of 49 KB messages (?since=0) and stop reading. Live frames
+    are bounded by OUTBOUND_QUEUE_BYTES (1 MiB); the replay is not: each connection holds every kept
+    frame until its client reads them."""
+    server = AppServer(redis_server.url, tmp_path, workers=1)
+    server.start()
+    slow = []
+    try:
+        keys = [prefix + "big-replay" for prefix in (SEQ_PREFIX, HISTORY_PREFIX, CHANNEL_PREFIX)]
+        with store.pipeline(transaction=False) as pipe:
+            for _ in range(BIG_MESSAGES):
+                frame = frame_parts("big-replay", "other", BIG_BODY, 0)
+                pipe.eval(PUBLISH_SCRIPT, len(keys), *keys, *frame, 1000, 600)
+            pipe.execute()
+        pid = server.process.pid
+        before = rss(pid)
+        slow = [WireClient(server.port, rcvbuf=4096, path="/ws/rooms/big-replay/?since=0")
+                for _ in range(SLOW_CLIENTS)]
+        for client in slow:
+            assert json.loads(client.next_frame()[1])["type"] == "welcome"
+        await asyncio.sleep(2)
+        peak = rss(pid, "VmHWM")
+        print(f"\nreplay of {BIG_MESSAGES} x 49 KB to {SLOW_CLIENTS} clients that stop reading: "
+              f"RSS {before / 2**20:.1f} MiB before, peak {peak / 2**20:.1f}")
+        assert peak - before < 16 * 2**20
+    finally:
+        for client in slow:
+            client.close()
+        server.stop()
