@@ -3,6 +3,7 @@
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import time
 
@@ -176,4 +177,33 @@ async def test_slow_clients_replayed_a_big_history_do_not_grow_the_process(redis
     finally:
         for client in slow:
             client.close()
+        server.stop()
+
+
+async def test_a_connected_client_whose_rooms_keys_expired_resumes_instead_of_dropping_news(
+        redis_server, tmp_path, store, connect):
+    """keep_alive refreshes a room's seq key while it has members, but a process stalled longer
+    than ROOM_HISTORY_SECONDS (here: stopped) lets it expire, and the counter starts again at 1.
+    A connected client that had seq 3 would drop 1, 2, 3 as already seen: it must be told to resume."""
+    server = AppServer(redis_server.url, tmp_path, workers=1, ROOM_HISTORY_SECONDS="1")
+    server.start()
+    try:
+        alice = await connect(server, "expired")
+        await say(alice, "1", "2", "3")
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 5
+            while store.exists(SEQ_PREFIX + "expired"):
+                assert time.monotonic() < deadline, "the seq key did not expire"
+                await asyncio.sleep(0.1)
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        keys = [prefix + "expired" for prefix in (SEQ_PREFIX, HISTORY_PREFIX, CHANNEL_PREFIX)]
+        store.eval(PUBLISH_SCRIPT, len(keys), *keys, *frame_parts("expired", "other", "news", 0), 1000, 1)
+        notice = (await recv(alice))[0]
+        assert (notice["type"], notice["reason"], notice["seq"]) == ("reconnect", "resume", 3)
+        alice = await connect(server, "expired", "?since=3")
+        resync, news = await recv(alice, 2)
+        assert (resync["reason"], resync["from"], news["seq"], news["body"]) == ("ahead", 1, 1, "news")
+    finally:
         server.stop()
