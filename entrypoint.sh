@@ -21,6 +21,9 @@ readonly WS_PING_INTERVAL=${WS_PING_INTERVAL:-20}
 readonly WS_PING_TIMEOUT=${WS_PING_TIMEOUT:-20}
 # Off: compressing small JSON frames per connection costs CPU on every fan-out and ~40 KiB a socket.
 readonly WS_PER_MESSAGE_DEFLATE=${WS_PER_MESSAGE_DEFLATE:-false}
+# Peers whose X-Forwarded-For/-Proto Uvicorn believes: the proxy only (the stack sets the overlay
+# network's subnet). Any other peer's headers are ignored, so a client cannot choose its address.
+readonly FORWARDED_ALLOW_IPS=${FORWARDED_ALLOW_IPS:-127.0.0.1}
 export PROMETHEUS_MULTIPROC_DIR=${PROMETHEUS_MULTIPROC_DIR:-/tmp/wsapp-metrics}
 export DJANGO_SETTINGS_MODULE=${DJANGO_SETTINGS_MODULE:-config.settings}
 
@@ -36,6 +39,8 @@ main() {
   [[ $WEB_CONCURRENCY =~ ^[1-9][0-9]*$ ]] || die "WEB_CONCURRENCY must be a positive integer, got '$WEB_CONCURRENCY'"
   [[ $PORT =~ ^[0-9]+$ ]] || die "PORT must be a number, got '$PORT'"
   [[ $GRACEFUL_TIMEOUT =~ ^[0-9]+$ ]] || die "GRACEFUL_TIMEOUT must be whole seconds, got '$GRACEFUL_TIMEOUT'"
+  [[ $FORWARDED_ALLOW_IPS != *"*"* ]] ||
+    die "FORWARDED_ALLOW_IPS must list the proxy's addresses or networks, not '*' (any client could forge its address)"
   if [[ -z $REDIS_URL && $WEB_CONCURRENCY -gt 1 ]]; then
     die "WEB_CONCURRENCY=$WEB_CONCURRENCY needs REDIS_URL: without Redis, rooms exist only inside one process"
   fi
@@ -55,7 +60,7 @@ main() {
     --loop uvloop --http httptools --ws "$UVICORN_WS" --ws-max-size "$WS_MAX_MESSAGE_BYTES"
     --ws-ping-interval "$WS_PING_INTERVAL" --ws-ping-timeout "$WS_PING_TIMEOUT"
     --ws-per-message-deflate "$WS_PER_MESSAGE_DEFLATE"
-    --timeout-graceful-shutdown "$GRACEFUL_TIMEOUT" --proxy-headers --forwarded-allow-ips '*'
+    --timeout-graceful-shutdown "$GRACEFUL_TIMEOUT" --proxy-headers --forwarded-allow-ips "$FORWARDED_ALLOW_IPS"
     --no-access-log --log-level "$UVICORN_LOG_LEVEL" --lifespan on)
   if [[ -n $RELOAD ]]; then
     args+=(--reload)

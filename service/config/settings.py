@@ -11,6 +11,8 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from rooms.names import CHANNEL_LAYER_PREFIX
+from rooms.redis_url import RedisUrlError
+from rooms.redis_url import redis_url as redis_url_with_password
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -78,10 +80,11 @@ def secret_key():
 
 
 def redis_url():
-    url = env_str("REDIS_URL")
-    if url and not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ImproperlyConfigured(f"REDIS_URL is not a redis://, rediss:// or unix:// URL: {url!r}")
-    return url
+    """REDIS_URL, with the password from REDIS_PASSWORD_FILE (a Swarm secret) when that is set."""
+    try:
+        return redis_url_with_password()
+    except RedisUrlError as exc:
+        raise ImproperlyConfigured(str(exc)) from None
 
 
 DEBUG = env_bool("DJANGO_DEBUG")

@@ -15,20 +15,43 @@ import sys
 import time
 
 from .names import DRAIN, UNDRAIN
+from .redis_url import RedisUrlError, redacted, redis_url
+
+# Redis commands read REDIS_URL and REDIS_PASSWORD_FILE (rooms.redis_url), as the service does.
+
+
+def configured_url():
+    """The Redis URL to use, or None after printing what is wrong."""
+    try:
+        url = redis_url()
+    except RedisUrlError as exc:
+        print(exc, file=sys.stderr)
+        return None
+    if not url:
+        print("REDIS_URL must be set: control messages travel through the Redis channel layer",
+              file=sys.stderr)
+        return None
+    return url
 
 
 def wait_redis(args):
     import redis
 
-    client = redis.Redis.from_url(os.environ["REDIS_URL"], socket_connect_timeout=1, socket_timeout=1)
+    url = configured_url()
+    if url is None:
+        return 2
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
     deadline = time.monotonic() + args.timeout
     while True:
         try:
             client.ping()
             return 0
+        except redis.AuthenticationError as exc:  # waiting does not fix a wrong password
+            print(f"Redis at {redacted(url)} refused the password: {exc}", file=sys.stderr)
+            return 1
         except (redis.RedisError, OSError) as exc:
             if time.monotonic() > deadline:
-                print(f"Redis at REDIS_URL did not answer: {exc}", file=sys.stderr)
+                print(f"Redis at {redacted(url)} did not answer: {exc}", file=sys.stderr)
                 return 1
             time.sleep(0.5)
 
@@ -56,10 +79,8 @@ def control(args, message):
 
     from .names import CHANNEL_LAYER_PREFIX, control_group
 
-    url = os.environ.get("REDIS_URL")
-    if not url:
-        print("REDIS_URL must be set: control messages travel through the Redis channel layer",
-              file=sys.stderr)
+    url = configured_url()
+    if url is None:
         return 2
     layer = RedisChannelLayer(hosts=[url], prefix=CHANNEL_LAYER_PREFIX)
 
