@@ -65,6 +65,7 @@ SOAK_SECONDS ?= 120
 SOAK_PROMOTE_WARMUP ?= 20
 SOAK_PROMOTE_SETTLE ?= 15
 SOAK_PROMOTE_LIMIT ?= 900
+SOAK_PROMOTIONS ?= 1
 SOAK_REPORTS := loadtest/reports
 LOCUST_SOAK := $(LOCUST) -f loadtest/locustfile.py,loadtest/shapes/soak.py --headless --host $(HOST) \
 	--users $(SOAK_USERS) --spawn-rate $(SOAK_SPAWN_RATE) --only-summary
@@ -79,20 +80,29 @@ bench-deps: $(BENCH_VENV)/.installed  ## create .venv-bench (Locust, picows, py-
 bench: bench-deps  ## benchmark the service (.venv from `make deps`) against a bare websockets server
 	$(BENCH_VENV)/bin/python -m bench
 
+bench-smoke: bench-deps  ## every bench phase, much smaller (about 30 s): shows it runs, measures nothing
+	$(BENCH_VENV)/bin/python -m bench --smoke
+
 soak: bench-deps  ## Locust soak against HOST (default http://localhost:$HTTP_PORT) for SOAK_SECONDS
 	mkdir -p $(SOAK_REPORTS)
 	timeout $$(($(SOAK_SECONDS) + 60)) $(LOCUST_SOAK) --run-time $(SOAK_SECONDS)s \
 		--csv $(SOAK_REPORTS)/soak --html $(SOAK_REPORTS)/soak.html
 
-soak-promote: bench-deps  ## soak while ./promote.sh runs; fails on any failed request or close other than 1012
+soak-promote: bench-deps  ## soak while ./promote.sh runs SOAK_PROMOTIONS times; fails on a failed request, a close other than 1012, or a message lost or duplicated
 	mkdir -p $(SOAK_REPORTS)
-	$(LOCUST_SOAK) --run-time $(SOAK_PROMOTE_LIMIT)s --csv $(SOAK_REPORTS)/soak-promote \
+	rm -f $(SOAK_REPORTS)/soak-promote_delivery.json $(SOAK_REPORTS)/soak-promote.stop
+	DELIVERY_REPORT=$(SOAK_REPORTS)/soak-promote_delivery.json SOAK_STOP_FILE=$(SOAK_REPORTS)/soak-promote.stop \
+	timeout $$(($(SOAK_PROMOTE_LIMIT) + 60)) $(LOCUST_SOAK) --run-time $(SOAK_PROMOTE_LIMIT)s --csv $(SOAK_REPORTS)/soak-promote \
 		--html $(SOAK_REPORTS)/soak-promote.html & locust=$$!; \
-	sleep $(SOAK_PROMOTE_WARMUP); \
-	./promote.sh; promoted=$$?; \
-	sleep $(SOAK_PROMOTE_SETTLE); kill -TERM $$locust; wait $$locust; \
-	sleep 2; $(BENCH_VENV)/bin/python loadtest/check_report.py $(SOAK_REPORTS)/soak-promote_stats.csv; \
+	sleep $(SOAK_PROMOTE_WARMUP); promoted=0; \
+	for i in $$(seq $(SOAK_PROMOTIONS)); do \
+		echo "==> promotion $$i of $(SOAK_PROMOTIONS)"; ./promote.sh || { promoted=$$?; break; }; \
+		sleep $(SOAK_PROMOTE_SETTLE); \
+	done; \
+	touch $(SOAK_REPORTS)/soak-promote.stop; wait $$locust; \
+	$(BENCH_VENV)/bin/python loadtest/check_report.py $(SOAK_REPORTS)/soak-promote_stats.csv \
+		$(SOAK_REPORTS)/soak-promote_delivery.json; \
 	soaked=$$?; \
 	echo "==> promote.sh exit $$promoted, soak report exit $$soaked (reports in $(SOAK_REPORTS)/soak-promote*)"; \
 	[[ $$promoted -eq 0 && $$soaked -eq 0 ]]
-.PHONY: bench-deps bench soak soak-promote
+.PHONY: bench-deps bench bench-smoke soak soak-promote

@@ -109,17 +109,8 @@ prepare_image() {
       die "image $IMAGE is neither present nor pullable"
     return
   fi
-  local version
-  version=$(new_version)
-  IMAGE=wsapp:$version
-  build_app_image "$IMAGE" "$version"
-}
-
-deploy_color() {
-  local color=$1 image=$2
-  STATE=deployed
-  APP_IMAGE=$image APP_VERSION=${image##*:} docker stack deploy --detach=true --resolve-image never -c "$ROOT_DIR/stack/app.yml" \
-    -c "$ROOT_DIR/stack/$color.yml" "$(color_stack "$color")" >/dev/null
+  IMAGE=$(working_tree_tag)
+  build_app_image "$IMAGE"
 }
 
 wait_healthy() {
@@ -250,7 +241,8 @@ promote() {
   trap on_exit EXIT
   trap_signals
   step "deploy $IDLE with $IMAGE ($REPLICAS replicas)"
-  deploy_color "$IDLE" "$IMAGE"
+  STATE=deployed
+  deploy_color "$IDLE" "$IMAGE" "$REPLICAS"
   step "wait for every replica of $IDLE to be healthy (at most ${HEALTH_TIMEOUT}s)"
   wait_healthy "$IDLE"
   step "smoke tests through the preview route"
@@ -303,7 +295,7 @@ rollback() {
     die "the previous color $previous no longer runs; release the old image with --image instead"
   ACTIVE=$current
   ACTIVE_IMAGE=$(service_image "$current")
-  REPLICAS=$(docker service inspect --format '{{.Spec.Mode.Replicated.Replicas}}' "$(color_service "$previous")")
+  REPLICAS=$(service_replicas "$(color_service "$previous")")
   exec 7>&1 8>&2
   trap on_rollback_exit EXIT
   trap_signals
@@ -330,11 +322,8 @@ status() {
       echo "$color: not deployed"
       continue
     fi
-    local replicas healthy
-    replicas=$(docker service ls --filter "name=$service" --format '{{.Replicas}}')
-    healthy=$(docker service ps "$service" --filter desired-state=running --format '{{.CurrentState}}' |
-      grep -c '^Running') || true
-    echo "$color: image $(service_image "$color"), replicas $replicas, healthy $healthy"
+    echo "$color: image $(service_image "$color"), replicas $(service_replicas "$service")," \
+      "healthy $(running_tasks "$service")"
   done
 }
 

@@ -2,9 +2,17 @@
 
 Every WebSocket exchange is reported through Locust's request event with its real round trip:
 `connect` (handshake to `welcome`), `ping` (ping to pong) and `message` (send to the sender's own
-broadcast coming back). Failures: connection errors, `error` frames, gaps in `seq`, messages or
-pongs that never come back, and any close by the server other than 1012 (reported as `close CODE`).
-A 1012 is the service's "reconnect at once": it is reported as a success and the user reconnects.
+broadcast coming back, through a replay if the connection was released meanwhile). Failures:
+connection errors, `error` frames, messages lost, duplicated or out of order (`seq lost` ...), a
+`resync`, messages or pongs that never come back, and any close by the server other than 1012
+(reported as `close CODE`). A 1012 is the service's "reconnect at once": it is reported as a success
+and the user reconnects after random(0, retry_ms) ms, resuming with `?since=<last seq seen>`.
+
+Delivery (loadtest/delivery.py): each chat user checks that every message of its room reached it
+exactly once and in order across its reconnects. `handover` requests time how long a user went
+without room messages across a release: from the last message on the released connection to the
+first (replayed or live) on the next. At the end the totals are printed and, with DELIVERY_REPORT
+set, written there as JSON for loadtest/check_report.py.
 
 Run with a shape from loadtest/shapes/, e.g. (see `make soak`):
 
@@ -14,12 +22,13 @@ Run with a shape from loadtest/shapes/, e.g. (see `make soak`):
 Settings (environment): ROOM_SIZE (chat users per room, 10), MESSAGE_INTERVAL (mean seconds
 between a chat user's frames, 1), REPLY_TIMEOUT (seconds before a message or pong counts as lost,
 10), HTTP_USERS (users polling /version, 2), WS_ORIGIN (the Origin header, http://localhost),
-ROOM_PREFIX (soak).
+ROOM_PREFIX (soak), DELIVERY_REPORT (path of the JSON delivery totals, none by default).
 """
 
 import itertools
 import json
 import os
+import random
 import struct
 import time
 from collections import Counter, deque
@@ -28,20 +37,26 @@ import gevent
 import websocket
 from locust import HttpUser, User, between, events, task
 
+from delivery import Receipt, new_totals  # locust puts this file's directory on sys.path
+
 ORIGIN = os.environ.get("WS_ORIGIN", "http://localhost")
 ROOM_SIZE = int(os.environ.get("ROOM_SIZE", "10"))
 ROOM_PREFIX = os.environ.get("ROOM_PREFIX", "soak")
 MESSAGE_INTERVAL = float(os.environ.get("MESSAGE_INTERVAL", "1"))
 REPLY_TIMEOUT = float(os.environ.get("REPLY_TIMEOUT", "10"))
 HTTP_USERS = int(os.environ.get("HTTP_USERS", "2"))
+DELIVERY_REPORT = os.environ.get("DELIVERY_REPORT", "")
 CONNECT_TIMEOUT = 10.0
-RETRY_SECONDS = 1.0  # as the demo page: reconnect at once on 1012, after 1 s otherwise
+RETRY_SECONDS = 1.0  # after a close other than 1012
+RETRY_MS = 250  # the jitter window after 1012 when the reconnect notice names none
 CLOSE_NORMAL = 1000
 CLOSE_RESTART = 1012
 CLOSE_ABNORMAL = 1006
 WS = "WS"
 
 SERVER_CLOSES = Counter()  # close code sent by the server (1006: dropped without one) -> count
+DELIVERY = new_totals()  # summed over every chat user (loadtest/delivery.py)
+DELIVERY["sent"] = DELIVERY["unpublished_at_1012"] = DELIVERY["max_handover_ms"] = 0
 _user_numbers = itertools.count()
 
 
@@ -57,7 +72,7 @@ class WebSocketUser(User):
     """A user holding one WebSocket; subclasses set `path()` and send with `send_json`.
 
     A receiver greenlet reads every frame and reports the exchanges it completes. Connect in
-    on_start, close in on_stop; the server's 1012 makes it reconnect at once.
+    on_start, close in on_stop; the server's 1012 makes it resume at once (after a short jitter).
     """
 
     abstract = True
@@ -68,10 +83,15 @@ class WebSocketUser(User):
         self.receiver = None
         self.stopping = False
         self.session = None
-        self.last_seq = None
+        self.receipt = Receipt(DELIVERY)
+        self.connection = 0  # number of the current connection
+        self.released = set()  # numbers of connections the server closed with 1012
         self.pings = deque()  # send times of pings without a pong, in order
-        self.pending = {}  # body -> send time of own messages not yet broadcast back
+        self.pending = {}  # body -> (send time, connection) of own messages not yet broadcast back
         self.draining = False
+        self.retry_ms = RETRY_MS
+        self.last_message_at = None
+        self.handover_from = None  # set at a 1012: when the released connection's last message came
 
     def path(self):
         raise NotImplementedError
@@ -102,12 +122,12 @@ class WebSocketUser(User):
         )
 
     def connect(self):
-        """Open the socket and read `welcome`; retry until connected or stopped."""
+        """Open the socket (resuming from the last seq seen) and read `welcome`; retry until connected."""
         while not self.stopping:
             started = time.perf_counter()
             try:
                 ws = websocket.create_connection(
-                    ws_url(self.host, self.path()),
+                    ws_url(self.host, self.path() + self.receipt.query()),
                     origin=ORIGIN,
                     timeout=CONNECT_TIMEOUT,
                     enable_multithread=True,
@@ -125,9 +145,10 @@ class WebSocketUser(User):
                 continue
             ws.settimeout(None)  # quiet rooms are normal: wait for frames as long as it takes
             self.report("connect", started)
-            self.ws, self.session, self.last_seq, self.draining = ws, welcome["session"], None, False
+            self.receipt.welcome(welcome)
+            self.ws, self.session, self.draining = ws, welcome["session"], False
+            self.connection += 1
             self.pings.clear()
-            self.pending.clear()
             self.receiver = gevent.spawn(self.receive_loop, ws)
             return
 
@@ -152,9 +173,9 @@ class WebSocketUser(User):
         self.ws = None
         if code == CLOSE_RESTART:
             self.report(f"close {code}")
-            if self.pending:
-                # Published or not, their broadcast went to the old connection: not a loss (no history).
-                self.report("message unconfirmed at 1012", length=len(self.pending))
+            self.released.add(self.connection)
+            self.handover_from = self.last_message_at or time.perf_counter()
+            gevent.sleep(random.uniform(0, self.retry_ms / 1000))
         else:
             self.report(f"close {code}", exception=ProtocolError(f"server closed with {code}"))
             self.expire(0)
@@ -167,31 +188,47 @@ class WebSocketUser(User):
             if self.pings:
                 self.report("ping", self.pings.popleft(), length=length)
         elif kind == "message":
-            self.check_seq(frame["seq"])
-            if frame.get("session") == self.session:
-                started = self.pending.pop(frame.get("body"), None)
-                if started is not None:
-                    self.report("message", started, length=length)
+            self.on_message(frame, length)
+        elif kind == "resync":
+            reason = self.receipt.resync(frame)
+            self.report(f"resync {reason}", exception=ProtocolError(f"resync: {frame!r}"))
         elif kind == "error":
             self.report(f"error {frame.get('error')}", exception=ProtocolError(frame.get("detail")))
         elif kind == "reconnect":
             self.draining = True  # the close with 1012 follows: stop sending until reconnected
+            self.retry_ms = frame.get("retry_ms", RETRY_MS)
 
-    def check_seq(self, seq):
-        last, self.last_seq = self.last_seq, seq
-        if last is not None and seq != last + 1:
-            what = "seq reset" if seq <= last else "seq gap"
-            self.report(what, exception=ProtocolError(f"after seq {last} came {seq}"))
+    def on_message(self, frame, length):
+        self.last_message_at = time.perf_counter()
+        if self.handover_from is not None:
+            self.report("handover", self.handover_from)
+            handover_ms = (self.last_message_at - self.handover_from) * 1000
+            DELIVERY["max_handover_ms"] = max(DELIVERY["max_handover_ms"], round(handover_ms))
+            self.handover_from = None
+        problem = self.receipt.message(frame["seq"])
+        if problem is not None:
+            self.report(f"seq {problem}", exception=ProtocolError(f"seq {frame['seq']}: {problem}"))
+        if frame.get("session") is not None and frame.get("body") in self.pending:
+            started, _ = self.pending.pop(frame["body"])
+            self.report("message", started, length=length)
 
     def expire(self, timeout=REPLY_TIMEOUT):
-        """Report pings and messages that did not come back within `timeout` as lost."""
+        """Report pings and messages that did not come back within `timeout` as lost.
+
+        A message sent on a connection that was then released may have reached the server after
+        it stopped reading: it was never published, which is not a loss of a room message.
+        """
         deadline = time.perf_counter() - timeout
         while self.pings and self.pings[0] <= deadline:
             self.report("ping", self.pings.popleft(), ProtocolError("no pong"))
-        for body, started in list(self.pending.items()):
+        for body, (started, connection) in list(self.pending.items()):
             if started <= deadline:
                 del self.pending[body]
-                self.report("message", started, ProtocolError("own broadcast never came back"))
+                if connection in self.released:
+                    DELIVERY["unpublished_at_1012"] += 1
+                    self.report("message unpublished at 1012")
+                else:
+                    self.report("message", started, ProtocolError("own broadcast never came back"))
 
     def send_json(self, data):
         """Send a frame if connected and not being drained; returns the send time, or None."""
@@ -227,7 +264,8 @@ class ChatUser(WebSocketUser):
         body = f"{self.number}:{next(self.sent)}"
         started = self.send_json({"type": "message", "body": body})
         if started is not None:
-            self.pending[body] = started
+            self.pending[body] = (started, self.connection)
+            DELIVERY["sent"] += 1
 
     @task(1)
     def ping(self):
@@ -253,8 +291,14 @@ class VersionUser(HttpUser):
 
 
 @events.quitting.add_listener
-def fail_on_unexpected_closes(environment, **_kwargs):
-    """Print the server's close codes; any other than 1012 makes the run fail."""
+def fail_on_unexpected_closes_or_lost_messages(environment, **_kwargs):
+    """Print the server's close codes and the delivery totals; a close other than 1012, or any
+    message lost, duplicated or out of order, makes the run fail."""
     print(f"server close codes: {dict(SERVER_CLOSES) or 'none'}")
-    if set(SERVER_CLOSES) - {CLOSE_RESTART}:
+    print("delivery: " + json.dumps(dict(DELIVERY), sort_keys=True))
+    if DELIVERY_REPORT:
+        with open(DELIVERY_REPORT, "w") as report:
+            json.dump(dict(DELIVERY, closes={str(k): v for k, v in SERVER_CLOSES.items()}), report, indent=1)
+    if set(SERVER_CLOSES) - {CLOSE_RESTART} or DELIVERY["lost"] or DELIVERY["duplicated"] \
+            or DELIVERY["out_of_order"]:
         environment.process_exit_code = 1

@@ -3,8 +3,9 @@
 # switch-color COLOR: make COLOR the active color. Writes the include, checks the whole
 # configuration with `nginx -t`, restores the previous include if the check fails, and
 # reloads gracefully (never a restart). `switch-color` with no argument prints the color.
+# Self-contained (no scripts/lib.sh): it runs inside the Nginx container, under /bin/sh.
 set -eu
-dir=/etc/nginx/active
+dir=${ACTIVE_DIR:-/etc/nginx/active}  # overridable for tests/unit/test_switch_color.py
 current=$(sed -n 's/.*default "\(.*\)";.*/\1/p' "$dir/color.conf")
 if [ $# -eq 0 ]; then
   echo "$current"
@@ -14,11 +15,13 @@ case "$1" in
   blue|green) ;;
   *) echo "switch-color: COLOR must be blue or green, got '$1'" >&2; exit 64 ;;
 esac
-cp "$dir/color.conf" /tmp/color.conf.previous
-printf 'map "" $active_color { default "%s"; }\n' "$1" > /tmp/color.conf.next
-mv /tmp/color.conf.next "$dir/color.conf"
+# Temporary files beside the include (same file system, so each mv is an atomic rename), named so
+# that nginx.conf's `include /etc/nginx/active/*.conf` does not read them.
+cp "$dir/color.conf" "$dir/color.conf.previous"
+printf 'map "" $active_color { default "%s"; }\n' "$1" > "$dir/color.conf.next"
+mv "$dir/color.conf.next" "$dir/color.conf"
 if ! nginx -t -q; then
-  mv /tmp/color.conf.previous "$dir/color.conf"
+  mv "$dir/color.conf.previous" "$dir/color.conf"
   echo "switch-color: nginx -t failed; kept $current" >&2
   exit 1
 fi

@@ -1,153 +1,135 @@
 #!/usr/bin/env bash
-#
-# Resolve the container images the stack uses. For each image: use it if it
-# is present locally, else try a bounded `docker pull`, else build a local
-# Debian-based stand-in (wsapp-local/*). Grafana has no stand-in: when it is
-# unavailable GRAFANA_REPLICAS=0.
-#
-# Usage: see usage() below.
-
+# images.sh resolve|clean: the container images the stacks use. For each image: use it if it is
+# present locally, else try a bounded `docker pull`, else build a local Debian-based stand-in
+# (wsapp-local/*). Grafana has no stand-in: when it is unavailable, GRAFANA_REPLICAS=0.
 set -Eeuo pipefail
+[[ -n ${TRACE:-} ]] && set -x
+# shellcheck source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-ROOT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-readonly ROOT_DIR
-readonly LOCAL_PREFIX="wsapp-local"
-readonly LOCAL_BASE="${LOCAL_PREFIX}/debian-python:bookworm"
-
-PYTHON_BASE_IMAGE="${PYTHON_BASE_IMAGE:-python:3.11-slim-bookworm}"
-NGINX_IMAGE="${NGINX_IMAGE:-nginx:1.27}"
-REDIS_IMAGE="${REDIS_IMAGE:-redis:7.2}"
-PROMETHEUS_IMAGE="${PROMETHEUS_IMAGE:-prom/prometheus:v2.53.0}"
-GRAFANA_IMAGE="${GRAFANA_IMAGE:-grafana/grafana:11.2.0}"
-PULL_TIMEOUT="${PULL_TIMEOUT:-20}"
-LOCAL_IMAGES="${LOCAL_IMAGES:-0}"
+readonly LOCAL_PREFIX=wsapp-local
+readonly LOCAL_BASE=$LOCAL_PREFIX/debian-python:bookworm
+readonly PYTHON_BASE_IMAGE=${PYTHON_BASE_IMAGE:-python:3.11-slim-bookworm}
+readonly NGINX_IMAGE=${NGINX_IMAGE:-nginx:1.27}
+readonly REDIS_IMAGE=${REDIS_IMAGE:-redis:7.2}
+readonly PROMETHEUS_IMAGE=${PROMETHEUS_IMAGE:-prom/prometheus:v2.53.0}
+readonly GRAFANA_IMAGE=${GRAFANA_IMAGE:-grafana/grafana:11.2.0}
+readonly PULL_TIMEOUT=${PULL_TIMEOUT:-20}
+readonly LOCAL_IMAGES=${LOCAL_IMAGES:-0}
 
 usage() {
-  cat >&2 <<USAGE
-Usage: $(basename "$0") COMMAND
+  cat <<USAGE
+Usage: scripts/images.sh COMMAND
 
 Commands:
-  resolve   Make every image available; print 'export NAME=value' lines
-            (sourceable) on stdout, logs on stderr.
-            e.g. scripts/images.sh resolve > .images.env && . ./.images.env
-  clean     Remove the locally built ${LOCAL_PREFIX}/* images.
+  resolve   Make every image available; print 'export NAME=value' lines (sourceable) on
+            stdout, logs on stderr. e.g. scripts/images.sh resolve >.images.env && . ./.images.env
+  clean     Remove the locally built $LOCAL_PREFIX/* images.
   help      Show this help.
 
-Environment (defaults):
-  PYTHON_BASE_IMAGE  python:3.11-slim-bookworm
-  NGINX_IMAGE        nginx:1.27
-  REDIS_IMAGE        redis:7.2
-  PROMETHEUS_IMAGE   prom/prometheus:v2.53.0
-  GRAFANA_IMAGE      grafana/grafana:11.2.0
-  PULL_TIMEOUT       20 (seconds per docker pull)
-  LOCAL_IMAGES       0 (1 = never pull; use local images or build stand-ins)
+Settings (environment):
+  PYTHON_BASE_IMAGE=$PYTHON_BASE_IMAGE
+  NGINX_IMAGE=$NGINX_IMAGE
+  REDIS_IMAGE=$REDIS_IMAGE
+  PROMETHEUS_IMAGE=$PROMETHEUS_IMAGE
+  GRAFANA_IMAGE=$GRAFANA_IMAGE
+  PULL_TIMEOUT=$PULL_TIMEOUT       seconds per docker pull
+  LOCAL_IMAGES=$LOCAL_IMAGES        1: never pull; use local images or build stand-ins
 USAGE
 }
 
-log() {
-  echo "==> $(date +%H:%M:%S) $*" >&2
-}
-
-die() {
-  log "ERROR: $*"
-  exit 1
-}
-
-image_exists() {
-  docker image inspect "$1" >/dev/null 2>&1
-}
-
-# Succeeds when the image is present locally or could be pulled.
+# available IMAGE: the image is present locally or could be pulled.
 available() {
-  local image="$1"
-  if image_exists "${image}"; then
-    log "${image}: present locally"
+  local image=$1
+  if image_exists "$image"; then
+    log "$image: present locally"
     return 0
   fi
-  if [[ "${LOCAL_IMAGES}" == "1" ]]; then
-    log "${image}: not present, LOCAL_IMAGES=1 so not pulling"
+  if [[ $LOCAL_IMAGES == 1 ]]; then
+    log "$image: not present, LOCAL_IMAGES=1 so not pulling"
     return 1
   fi
-  log "${image}: pulling (timeout ${PULL_TIMEOUT}s)"
-  if timeout "${PULL_TIMEOUT}" docker pull --quiet "${image}" >&2; then
+  log "$image: pulling (timeout ${PULL_TIMEOUT}s)"
+  if timeout "$PULL_TIMEOUT" docker pull --quiet "$image" >&2; then
     return 0
   fi
-  log "${image}: pull failed"
+  log "$image: pull failed"
   return 1
 }
 
 build_base() {
-  if image_exists "${LOCAL_BASE}"; then
-    log "${LOCAL_BASE}: present (cached)"
+  if image_exists "$LOCAL_BASE"; then
+    log "$LOCAL_BASE: present (cached)"
     return 0
   fi
-  log "${LOCAL_BASE}: building with debootstrap"
-  "${ROOT_DIR}/docker/base/build.sh" "${LOCAL_BASE}"
+  log "$LOCAL_BASE: building with debootstrap"
+  "$ROOT_DIR/docker/base/build.sh" "$LOCAL_BASE"
 }
 
-# Builds wsapp-local/NAME:bookworm from docker/NAME unless present and built from the same
-# Dockerfile (a label records its hash, so a changed Dockerfile rebuilds the stand-in).
+# build_local NAME: build wsapp-local/NAME:bookworm from docker/NAME unless present and built from
+# the same Dockerfile (a label records its hash, so a changed Dockerfile rebuilds the stand-in).
 build_local() {
-  local name="$1"
-  local image="${LOCAL_PREFIX}/${name}:bookworm"
+  local name=$1
+  local image=$LOCAL_PREFIX/$name:bookworm
   local hash
-  hash="$(sha256sum "${ROOT_DIR}/docker/${name}/Dockerfile" | cut -c1-16)"
-  if image_exists "${image}" && [[ "$(docker image inspect --format \
-    '{{index .Config.Labels "com.wsapp.dockerfile"}}' "${image}")" == "${hash}" ]]; then
-    log "${image}: present (cached)"
+  hash=$(sha256sum "$ROOT_DIR/docker/$name/Dockerfile" | cut -c1-16) || return
+  if image_exists "$image" && [[ $(docker image inspect --format \
+    '{{index .Config.Labels "com.wsapp.dockerfile"}}' "$image") == "$hash" ]]; then
+    log "$image: present (cached)"
     return 0
   fi
-  build_base
-  log "${image}: building from docker/${name}"
-  docker build --build-arg "BASE_IMAGE=${LOCAL_BASE}" --label "com.wsapp.dockerfile=${hash}" \
-    -t "${image}" "${ROOT_DIR}/docker/${name}" >&2
+  build_base || return
+  log "$image: building from docker/$name"
+  docker build --build-arg "BASE_IMAGE=$LOCAL_BASE" --label "com.wsapp.dockerfile=$hash" \
+    -t "$image" "$ROOT_DIR/docker/$name" >&2
 }
 
-# Prints the image to use for NAME (python, nginx, redis, prometheus).
+# resolve_one NAME IMAGE: print the image to use for NAME (python, nginx, redis, prometheus).
+# It runs in a command substitution, where set -e does not apply: failures return explicitly.
 resolve_one() {
-  local name="$1" image="$2"
-  if available "${image}"; then
-    echo "${image}"
-  elif [[ "${name}" == "python" ]]; then
-    build_base
-    log "${image}: using stand-in ${LOCAL_BASE}"
-    echo "${LOCAL_BASE}"
+  local name=$1 image=$2
+  if available "$image"; then
+    echo "$image"
+  elif [[ $name == python ]]; then
+    build_base || return
+    log "$image: using stand-in $LOCAL_BASE"
+    echo "$LOCAL_BASE"
   else
-    build_local "${name}"
-    log "${image}: using stand-in ${LOCAL_PREFIX}/${name}:bookworm"
-    echo "${LOCAL_PREFIX}/${name}:bookworm"
+    build_local "$name" || return
+    log "$image: using stand-in $LOCAL_PREFIX/$name:bookworm"
+    echo "$LOCAL_PREFIX/$name:bookworm"
   fi
 }
 
 resolve() {
   local python nginx redis prometheus replicas
-  python="$(resolve_one python "${PYTHON_BASE_IMAGE}")"
-  nginx="$(resolve_one nginx "${NGINX_IMAGE}")"
-  redis="$(resolve_one redis "${REDIS_IMAGE}")"
-  prometheus="$(resolve_one prometheus "${PROMETHEUS_IMAGE}")"
-  if available "${GRAFANA_IMAGE}"; then
-    replicas="${GRAFANA_REPLICAS:-1}"
+  python=$(resolve_one python "$PYTHON_BASE_IMAGE")
+  nginx=$(resolve_one nginx "$NGINX_IMAGE")
+  redis=$(resolve_one redis "$REDIS_IMAGE")
+  prometheus=$(resolve_one prometheus "$PROMETHEUS_IMAGE")
+  if available "$GRAFANA_IMAGE"; then
+    replicas=${GRAFANA_REPLICAS:-1}
   else
     replicas=0
-    log "NOTE: ${GRAFANA_IMAGE} is unavailable and has no local stand-in;" \
+    log "NOTE: $GRAFANA_IMAGE is unavailable and has no local stand-in;" \
       "GRAFANA_REPLICAS=0, Grafana will not run."
   fi
   printf 'export %s=%q\n' \
-    PYTHON_BASE_IMAGE "${python}" \
-    NGINX_IMAGE "${nginx}" \
-    REDIS_IMAGE "${redis}" \
-    PROMETHEUS_IMAGE "${prometheus}" \
-    GRAFANA_IMAGE "${GRAFANA_IMAGE}" \
-    GRAFANA_REPLICAS "${replicas}"
+    PYTHON_BASE_IMAGE "$python" \
+    NGINX_IMAGE "$nginx" \
+    REDIS_IMAGE "$redis" \
+    PROMETHEUS_IMAGE "$prometheus" \
+    GRAFANA_IMAGE "$GRAFANA_IMAGE" \
+    GRAFANA_REPLICAS "$replicas"
   log "images resolved"
 }
 
 clean() {
   local -a images
-  mapfile -t images < <(docker images --format '{{.Repository}}:{{.Tag}}' \
-    "${LOCAL_PREFIX}/*" | grep -v ':<none>$' | sort -r)
+  mapfile -t images < <(docker images --format '{{.Repository}}:{{.Tag}}' "$LOCAL_PREFIX/*" |
+    grep -v ':<none>$' | sort -r)
   if ((${#images[@]} == 0)); then
-    log "no ${LOCAL_PREFIX}/* images"
+    log "no $LOCAL_PREFIX/* images"
     return 0
   fi
   log "removing ${images[*]}"
@@ -155,12 +137,12 @@ clean() {
 }
 
 main() {
-  case "${1:-}" in
+  case ${1:-} in
     resolve) resolve ;;
     clean) clean ;;
     help | -h | --help) usage ;;
     *)
-      usage
+      usage >&2
       exit 2
       ;;
   esac

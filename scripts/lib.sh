@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Shared by scripts/*.sh and promote.sh: logging, bounded waits, names and image resolution.
+# The shell library every script sources (scripts/*.sh, promote.sh, .ci/run, docker/base/build.sh):
+# logging (UTC), bounded waits, names, replica and task counts, deploying a color, building the
+# working tree. nginx/switch-color.sh is the exception: it runs inside the Nginx container.
 # shellcheck disable=SC2034  # the names below are used by the scripts that source this file
 
 ROOT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -17,7 +19,10 @@ STEP_STARTED=$SECONDS
 
 log() { echo "==> $(date -u +%H:%M:%S) $*" >&2; }
 warn() { echo "WARNING: $*" >&2; }
-die() { echo "ERROR: $*" >&2; exit 1; }
+error() { echo "ERROR: $*" >&2; }
+die() { error "$@"; exit 1; }
+
+image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
 
 # step NAME: log the start of a step and the duration of the previous one.
 step() {
@@ -32,7 +37,7 @@ wait_for() {
   local deadline=$((SECONDS + timeout))
   until "$@" >/dev/null 2>&1; do
     if ((SECONDS >= deadline)); then
-      echo "ERROR: timed out after ${timeout}s waiting for $what" >&2
+      error "timed out after ${timeout}s waiting for $what"
       return 1
     fi
     sleep 1
@@ -53,27 +58,49 @@ stack_gone() {
     [[ -z $(docker ps -aq --filter "label=com.docker.stack.namespace=$1") ]]
 }
 
-# service_running SERVICE [WANT]: at least WANT (default: the spec's replicas) tasks are Running,
-# which for a service with a healthcheck means healthy.
+# service_replicas SERVICE: the number of replicas the service's spec asks for.
+service_replicas() {
+  docker service inspect --format '{{.Spec.Mode.Replicated.Replicas}}' "$1"
+}
+
+# running_tasks SERVICE: how many of its tasks are Running, which for a service with a
+# healthcheck means healthy.
+running_tasks() {
+  local count
+  count=$(docker service ps "$1" --filter desired-state=running --format '{{.CurrentState}}' |
+    grep -c '^Running') || true
+  echo "${count:-0}"
+}
+
+# service_running SERVICE [WANT]: at least WANT (default: the spec's replicas) tasks are Running.
 service_running() {
   local service=$1 want=${2:-} running
   if [[ -z $want ]]; then
-    want=$(docker service inspect --format '{{.Spec.Mode.Replicated.Replicas}}' "$service") || return 1
+    want=$(service_replicas "$service") || return 1
   fi
-  running=$(docker service ps "$service" --filter desired-state=running --format '{{.CurrentState}}' |
-    grep -c '^Running') || true
-  [[ $running -ge $want ]]
+  running=$(running_tasks "$service")
+  ((running >= want))
 }
 
-# A version for an image built from the working tree: UTC time and commit.
-new_version() {
-  echo "$(date -u +%Y%m%d%H%M%S)-$(git -C "$ROOT_DIR" rev-parse --short HEAD 2>/dev/null || echo dev)"
+# deploy_color COLOR IMAGE [REPLICAS]: deploy (or update) COLOR's stack with IMAGE; without
+# REPLICAS, stack/app.yml's default (or $REPLICAS from the environment) applies.
+deploy_color() {
+  local color=$1 image=$2 replicas=${3:-}
+  local -a vars=("APP_IMAGE=$image" "APP_VERSION=${image##*:}")
+  [[ -n $replicas ]] && vars+=("REPLICAS=$replicas")
+  env "${vars[@]}" docker stack deploy --detach=true --resolve-image never \
+    -c "$ROOT_DIR/stack/app.yml" -c "$ROOT_DIR/stack/$color.yml" "$(color_stack "$color")" >/dev/null
+}
+
+# working_tree_tag: a new tag for an image of the working tree, wsapp:<UTC time>-<commit>.
+working_tree_tag() {
+  echo "wsapp:$(date -u +%Y%m%d%H%M%S)-$(git -C "$ROOT_DIR" rev-parse --short HEAD 2>/dev/null || echo dev)"
 }
 
 # Resolve images once (official where they can be pulled, Debian-built stand-ins otherwise).
 load_images() {
   if [[ ! -s $IMAGES_ENV ]]; then
-    "$ROOT_DIR/scripts/images.sh" resolve >"$IMAGES_ENV.tmp"
+    "$ROOT_DIR/scripts/images.sh" resolve >"$IMAGES_ENV.tmp" || return
     mv "$IMAGES_ENV.tmp" "$IMAGES_ENV"
   fi
   # shellcheck source=/dev/null
@@ -99,12 +126,13 @@ active_color() {
   docker exec "$container" switch-color
 }
 
-# Build the app image from the working tree, on the best base image available.
+# build_app_image TAG: build the working tree as TAG on the best base image available. The
+# image's version (APP_VERSION) is TAG's part after the colon.
 build_app_image() {
-  local tag=$1 version=$2
-  load_images
+  local tag=$1
+  load_images || return
   log "building $tag (base $PYTHON_BASE_IMAGE)"
-  docker build -q --build-arg "BASE_IMAGE=$PYTHON_BASE_IMAGE" --build-arg "APP_VERSION=$version" \
+  docker build -q --build-arg "BASE_IMAGE=$PYTHON_BASE_IMAGE" --build-arg "APP_VERSION=${tag##*:}" \
     -t "$tag" "$ROOT_DIR" >/dev/null
 }
 

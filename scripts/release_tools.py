@@ -173,7 +173,7 @@ def watch(args):
         "ratio": f"color:ws_server_error_ratio:rate1m{color}",
         "rate": f"color:ws_messages_received:rate1m{color}",
         "ready": f"sum(ws_ready{color} == bool 1)",
-        "up": f'sum(up{{job="app-{args.color}"}})',
+        "up": f'sum(up{{job="app",color="{args.color}"}})',
     }
     print(f"watching {args.color} for {args.seconds:g}s: error ratio <= {args.max_error_ratio:g} "
           f"(at >= {args.min_rate:g} messages/s), {args.replicas} replicas ready "
@@ -206,7 +206,9 @@ def watch(args):
                 seen_ready, not_ready_since = True, None
             else:
                 not_ready_since = now if not_ready_since is None else not_ready_since
-                check(now - not_ready_since <= args.grace,
+                # Until every replica has been seen ready, Prometheus may still be discovering them.
+                allowed = args.grace if seen_ready else args.grace + args.discovery
+                check(now - not_ready_since <= allowed,
                       f"{args.color}: only {ready} of {args.replicas} replicas ready "
                       f"for {now - not_ready_since:.0f}s ({up} targets up)")
         if now >= deadline:
@@ -244,6 +246,9 @@ def main(argv=None):
                    help="messages/s below which the ratio is not judged (default 0.5)")
     p.add_argument("--grace", type=float, default=10.0,
                    help="seconds fewer replicas may be ready before the gate fails (default 10)")
+    p.add_argument("--discovery", type=float, default=15.0,
+                   help="extra seconds before every replica is first seen ready: Prometheus finds new "
+                        "targets through a DNS refresh, a target update and a scrape, 5 s each (default 15)")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between polls (default 2)")
     args = parser.parse_args(argv)
     try:

@@ -118,14 +118,11 @@ deploy_first_color() {
   color=$(active_color)
   local image=${APP_IMAGE:-}
   if [[ -z $image ]]; then
-    local version
-    version=$(new_version)
-    image=wsapp:$version
-    build_app_image "$image" "$version"
+    image=$(working_tree_tag)
+    build_app_image "$image"
   fi
   log "deploying $color with $image"
-  APP_IMAGE=$image APP_VERSION=${image##*:} docker stack deploy --detach=true --resolve-image never \
-    -c "$ROOT_DIR/stack/app.yml" -c "$ROOT_DIR/stack/$color.yml" "$(color_stack "$color")" >/dev/null
+  deploy_color "$color" "$image"
   wait_for "$UP_TIMEOUT" "$color to be healthy" service_running "$(color_service "$color")"
 }
 

@@ -1,43 +1,28 @@
-"""Helpers shared by the test tiers."""
+"""Helpers shared by the test tiers. Those bench/ needs too (processes, Redis, ports, waits) live in
+testkit/, which does not need pytest; they are re-exported here so tests import from one place."""
 
-import os
-import random
-import shutil
 import signal
-import socket
 import subprocess
-import time
+from pathlib import Path
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from testkit import ROOT, AppServer, MissingCommand, Process, RedisServer, free_port, wait_until
+from testkit.processes import command
+
+__all__ = ["DASHBOARDS", "ROOT", "AppServer", "Process", "RedisServer", "dashboard_queries", "free_port",
+           "reap", "require_command", "start_interruptible", "wait_until"]
+
+# Grafana dashboards: checked statically by the unit tier, every query evaluated by the e2e tier.
+DASHBOARDS = sorted(Path(ROOT, "observability", "grafana", "dashboards").glob("*.json"))
 
 
 def require_command(name, why):
     """A missing prerequisite fails the test: CI must install it, never skip it quietly."""
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} is not installed ({why}); run `make deps` or `bash .ci/run`", pytrace=False)
-    return path
-
-
-def free_port():
-    """A free port below the ephemeral range.
-
-    A server port inside the ephemeral range can, once its server stops, be taken by a
-    client's reconnect attempt that then connects to itself (TCP self-connect) and hangs.
-    """
-    with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
-        low = int(ports.read().split()[0])
-    for _ in range(100):
-        port = random.randrange(max(1024, low - 12000), low)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port below the ephemeral range")
+    try:
+        return command(name, why)
+    except MissingCommand as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 def start_interruptible(args, **kwargs):
@@ -58,8 +43,11 @@ def reap(process):
     process.communicate()
 
 
-def wait_until(predicate, timeout, what, interval=0.5):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(interval)
+def dashboard_queries(dashboard):
+    """(where, expr) of every panel target and every annotation of a dashboard."""
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            yield f"panel {panel['title']!r} {target['refId']}", target["expr"]
+    for annotation in dashboard.get("annotations", {}).get("list", []):
+        if "expr" in annotation:
+            yield f"annotation {annotation['name']!r}", annotation["expr"]

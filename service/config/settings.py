@@ -4,13 +4,14 @@ Development defaults are safe; production secrets have no default: without
 DJANGO_SECRET_KEY (or DJANGO_SECRET_KEY_FILE) startup fails unless DJANGO_DEBUG=1.
 """
 
+import ipaddress
 import os
 import socket
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
-from rooms.names import CHANNEL_LAYER_PREFIX
+from rooms.names import CHANNEL_LAYER_PREFIX, DEFAULT_PORT
 from rooms.redis_url import RedisUrlError
 from rooms.redis_url import redis_url as redis_url_with_password
 
@@ -21,7 +22,7 @@ def env_str(name, default=""):
     return os.environ.get(name, default).strip()
 
 
-def env_int(name, default, minimum=0):
+def env_int(name, default, minimum=0, maximum=None):
     raw = env_str(name)
     if not raw:
         return default
@@ -31,6 +32,8 @@ def env_int(name, default, minimum=0):
         raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from None
     if value < minimum:
         raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ImproperlyConfigured(f"{name} must be at most {maximum}, got {value}")
     return value
 
 
@@ -87,6 +90,24 @@ def redis_url():
         raise ImproperlyConfigured(str(exc)) from None
 
 
+def forwarded_allow_ips():
+    raw = env_str("FORWARDED_ALLOW_IPS", "127.0.0.1")
+    entries = [entry.strip() for entry in raw.split(",") if entry.strip()]
+    if not entries or "*" in raw:
+        raise ImproperlyConfigured(
+            f"FORWARDED_ALLOW_IPS must list the proxy's addresses or networks, not {raw!r} "
+            "(with '*' any client could choose its own address)"
+        )
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"FORWARDED_ALLOW_IPS: {entry!r} is not an IP address or network"
+            ) from None
+    return ",".join(entries)
+
+
 DEBUG = env_bool("DJANGO_DEBUG")
 SECRET_KEY = secret_key()
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
@@ -98,7 +119,7 @@ MIDDLEWARE = [
 ]
 ROOT_URLCONF = "config.urls"
 ASGI_APPLICATION = "config.asgi.application"
-DATABASES = {}  # the service keeps no database; see rooms.consumers.DatabaseFreeConsumer
+DATABASES = {}  # the service keeps no database; see rooms.generic.DatabaseFreeConsumer
 TEMPLATES = []
 USE_TZ = True
 TIME_ZONE = "UTC"
@@ -147,19 +168,42 @@ else:
 
 # WebSocket limits.
 MAX_BODY_CHARS = env_int("MAX_BODY_CHARS", 4096, minimum=1)
-WS_MAX_MESSAGE_BYTES = env_int("WS_MAX_MESSAGE_BYTES", 65536, minimum=1024)
+WS_MAX_MESSAGE_BYTES = env_int("WS_MAX_MESSAGE_BYTES", 65536, minimum=1024)  # Uvicorn's --ws-max-size
 RATE_LIMIT_PER_SECOND = env_float("RATE_LIMIT_PER_SECOND", 20.0, minimum=0.1)
 RATE_LIMIT_BURST = env_int("RATE_LIMIT_BURST", 40, minimum=1)
 # Consecutive rate-limited frames tolerated before the connection is closed with 1008.
 RATE_LIMIT_STRIKES = env_int("RATE_LIMIT_STRIKES", 20, minimum=1)
 MAX_CONNECTIONS = env_int("MAX_CONNECTIONS", 10000, minimum=1)
-# Frames queued for one client before it is closed as a slow consumer (1013).
+# What may wait for one client before it is closed as a slow consumer (1013): frames, and bytes.
+# Room frames are shared between members, but a queue of 1000 of the largest (a 4096-character body
+# of escaped emoji is 49 KB) would pin 49 MB; 1 MiB is 21 such frames, or thousands of small ones.
 OUTBOUND_QUEUE_MAX = env_int("OUTBOUND_QUEUE_MAX", 1000, minimum=1)
+OUTBOUND_QUEUE_BYTES = env_int("OUTBOUND_QUEUE_BYTES", 2**20, minimum=65536)
+# Room history for resuming clients (?since=): the newest ROOM_HISTORY_MAX messages of a room, none
+# older than ROOM_HISTORY_SECONDS. A room's Redis keys expire that long after its last activity.
+ROOM_HISTORY_MAX = env_int("ROOM_HISTORY_MAX", 1000, minimum=1)
+ROOM_HISTORY_SECONDS = env_int("ROOM_HISTORY_SECONDS", 600, minimum=1)
 # Fault injection for testing release gates: this share of chat messages is answered with an
 # "internal" error instead of being published. Never set it in production.
 FAULT_ERROR_SHARE = env_float("FAULT_ERROR_SHARE", 0.0, minimum=0.0)
-GRACEFUL_TIMEOUT = env_int("GRACEFUL_TIMEOUT", 8, minimum=0)  # whole seconds, as Uvicorn takes it
 # Allocations between young garbage collections (CPython's default is 700). Every connection keeps
 # a few hundred objects alive, so at the default a handshake storm spends much of its time in the
 # collector; see docs/performance.md. Reference counting still frees everything without cycles.
 GC_GEN0_THRESHOLD = env_int("GC_GEN0_THRESHOLD", 50000, minimum=100)
+
+# The server. entrypoint.sh validates nothing itself: it runs `python -m rooms.ctl server-args`,
+# which imports these settings (so a bad value fails here, with its name) and prints Uvicorn's options.
+PORT = env_int("PORT", DEFAULT_PORT, minimum=1, maximum=65535)
+WEB_CONCURRENCY = env_int("WEB_CONCURRENCY", 1, minimum=1)
+if WEB_CONCURRENCY > 1 and not REDIS_URL:
+    raise ImproperlyConfigured(
+        f"WEB_CONCURRENCY={WEB_CONCURRENCY} needs REDIS_URL: without Redis, rooms exist only inside "
+        "one process"
+    )
+GRACEFUL_TIMEOUT = env_int("GRACEFUL_TIMEOUT", 8, minimum=0)  # whole seconds, as Uvicorn takes it
+REDIS_WAIT_SECONDS = env_float("REDIS_WAIT_SECONDS", 30.0, minimum=0.0)  # `rooms.ctl wait-redis` at start
+WS_PING_INTERVAL = env_float("WS_PING_INTERVAL", 20.0, minimum=0.0)  # 0: no keepalive
+WS_PING_TIMEOUT = env_float("WS_PING_TIMEOUT", 20.0, minimum=0.0)
+# Peers whose X-Forwarded-For/-Proto Uvicorn believes: the proxy only (the stack sets the overlay
+# network's subnet). Anyone else's headers are ignored, so a client cannot choose its own address.
+FORWARDED_ALLOW_IPS = forwarded_allow_ips()

@@ -1,5 +1,8 @@
 from django.urls import path
 
-from rooms.views import index
+from rooms.views import index, static_file
 
-urlpatterns = [path("", index, name="index")]
+urlpatterns = [
+    path("", index, name="index"),
+    path("static/<str:name>", static_file, name="static"),
+]

@@ -1,4 +1,4 @@
-"""The room consumer and its database-free base."""
+"""The room consumer: the application's WebSocket protocol (docs/protocol.md)."""
 
 import asyncio
 import json
@@ -6,83 +6,45 @@ import logging
 import secrets
 from collections import deque
 
-from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
-from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from config.wsprotocol import SEND_TEXT_NOWAIT
+from wsserver import SEND_TEXT_NOWAIT
 
-from . import lifecycle, metrics
+from . import metrics, resume
+from .generic import DatabaseFreeConsumer
 from .hub import HubUnavailable, get_hub
+from .names import CLOSE_POLICY_VIOLATION, CLOSE_SERVER_ERROR, CLOSE_TRY_AGAIN_LATER, Error
 from .ratelimit import TokenBucket
+from .readiness import refusal
 from .sessions import Session, register, unregister
+from .tasks import spawn
 
 log = logging.getLogger(__name__)
 
-CLOSE_POLICY_VIOLATION = 1008
-CLOSE_TRY_AGAIN_LATER = 1013
 RELEASE_FLUSH_SECONDS = 2.0
-
-
-_messages_seen = 0
-
-
-def injected_fault():
-    """Deterministic fault injection: message n fails when floor(n * share) steps up."""
-    global _messages_seen
-    share = settings.FAULT_ERROR_SHARE
-    if not share:
-        return False
-    _messages_seen += 1
-    return int(_messages_seen * share) > int((_messages_seen - 1) * share)
-
-
-class DatabaseFreeConsumer(AsyncWebsocketConsumer):
-    """A consumer for code that never touches the ORM or a channel layer.
-
-    Channels' AsyncConsumer runs close_old_connections in a worker thread before every message,
-    to protect ORM users from stale database connections, and reads its client through
-    await_many_dispatch, which makes a task and an asyncio.wait per message so that it can also
-    read a channel layer. Without the ORM the hop protects nothing; without a channel layer there
-    is only one source to read. Together they cost more than half of the throughput and a task
-    per connection, so this base reads and dispatches in a plain loop instead.
-    Do not use this base for a consumer that queries the database or joins channel-layer groups.
-    """
-
-    async def __call__(self, scope, receive, send):
-        self.scope = scope
-        self.channel_layer = None
-        self.base_send = send
-        try:
-            while True:
-                await self.dispatch(await receive())
-                # Yield between messages, as Channels' loop does, so that tasks this consumer
-                # started (its writer) run even while its client's frames arrive in a burst.
-                await asyncio.sleep(0)
-        except StopConsumer:
-            pass
-
-    async def dispatch(self, message):
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"No handler for message type {message['type']}")
-        await handler(message)
 
 
 class RoomConsumer(DatabaseFreeConsumer):
     session_id = None
+    closing = False  # class defaults: a fault before connect() set them still closes cleanly
+    close_code = None
+    writer = None
+    outbox_bytes = 0  # what the outbox holds; frames are JSON text, ASCII (json.dumps escapes the rest)
+    seq = 0  # the room's seq when this connection joined (its welcome's)
+    skip_to = None  # while set, room messages up to this seq are dropped: the backlog had them
 
     async def connect(self):
         self.room = self.scope["url_route"]["kwargs"]["room"]
-        reason = lifecycle.refusal()
+        reason = refusal()
         if reason is not None:
             await self.refuse(reason)
             return
         self.outbox = ()  # a deque once something has to wait: most connections never need one
         self.outbox_max = settings.OUTBOUND_QUEUE_MAX  # read once: Django's settings proxy is slow per frame
+        self.outbox_bytes_max = settings.OUTBOUND_QUEUE_BYTES
         self.writer = None
-        # Offered by config.wsprotocol; absent under other servers and in tests with a communicator.
+        # Offered by wsserver.protocol; absent under other servers and in tests with a communicator.
         self.send_nowait = self.scope.get("extensions", {}).get(SEND_TEXT_NOWAIT)
         self.open = False
         self.closing = False
@@ -90,11 +52,20 @@ class RoomConsumer(DatabaseFreeConsumer):
         self.strikes = 0
         self.bucket = TokenBucket(settings.RATE_LIMIT_PER_SECOND, settings.RATE_LIMIT_BURST)
         try:
+            since = resume.parse_since(self.scope.get("query_string", b""))
+        except resume.InvalidSince as exc:
+            await self.refuse_since(str(exc))
+            return
+        # Join first, then read the room: live frames queue in the outbox meanwhile (see rooms.resume).
+        try:
             await get_hub().join(self.room, self)
+            backlog = await get_hub().backlog(self.room, since)
         except HubUnavailable as exc:
             log.warning("handshake refused: %s", exc)
+            await get_hub().leave(self.room, self)
             await self.refuse("unavailable")
             return
+        self.seq = backlog.seq
         self.session_id = secrets.token_urlsafe(9)
         client = self.scope.get("client") or ("", 0)
         register(Session(self.session_id, self.room, f"{client[0]}:{client[1]}", self))
@@ -105,16 +76,39 @@ class RoomConsumer(DatabaseFreeConsumer):
             "session": self.session_id,
             "color": settings.COLOR,
             "replica": settings.REPLICA,
+            "version": settings.APP_VERSION,
+            "seq": backlog.seq,
         }
+        resync = resume.resync(self.room, since, backlog)
         try:
             await self.accept()
             await self.send(text_data=json.dumps(welcome))
+            if resync is not None:
+                await self.send(text_data=json.dumps(resync))
+            for frame in backlog.frames:
+                await self.send(text_data=frame)
         except Exception as exc:  # the client left while the room was being joined
             log.info("handshake not completed: %r", exc)
-            await self.disconnect(1006)
-            raise StopConsumer from exc
+            raise StopConsumer from exc  # DatabaseFreeConsumer runs disconnect()
+        # Live frames up to the backlog's seq, queued while joining or still on their way from Redis,
+        # were in the backlog: drop them (rooms.resume).
+        self.skip_to = backlog.seq
+        if self.outbox:
+            self.outbox = deque(resume.after_seq(self.outbox, backlog.seq))
+            self.outbox_bytes = sum(map(len, self.outbox))
         self.open = True
         self.kick()
+
+    async def refuse_since(self, detail):
+        metrics.ERRORS.labels(Error.INVALID_SINCE).inc()
+        await self.accept()
+        error = {"type": "error", "error": Error.INVALID_SINCE, "detail": detail}
+        await self.send(text_data=json.dumps(error))
+        await self.close(code=CLOSE_POLICY_VIOLATION)
+
+    async def server_fault(self):
+        metrics.ERRORS.labels(Error.CONSUMER).inc()
+        await self.close_with(CLOSE_SERVER_ERROR)
 
     async def refuse(self, reason):
         metrics.HANDSHAKES_REJECTED.labels(reason).inc()
@@ -135,22 +129,22 @@ class RoomConsumer(DatabaseFreeConsumer):
         if not self.bucket.take():
             self.strikes += 1
             if self.strikes > settings.RATE_LIMIT_STRIKES:
-                metrics.ERRORS.labels("rate_limited_close").inc()
+                metrics.ERRORS.labels(Error.RATE_LIMITED_CLOSE).inc()
                 await self.close_with(CLOSE_POLICY_VIOLATION)
             else:
-                self.error("rate_limited", f"over {settings.RATE_LIMIT_PER_SECOND:g} messages/s")
+                self.error(Error.RATE_LIMITED, f"over {settings.RATE_LIMIT_PER_SECOND:g} messages/s")
             return
         self.strikes = 0
         if text_data is None:
-            self.error("unsupported_frame", "send JSON text frames, not binary")
+            self.error(Error.UNSUPPORTED_FRAME, "send JSON text frames, not binary")
             return
         try:
             data = json.loads(text_data)
-        except ValueError:
-            self.error("invalid_json", "the frame is not valid JSON")
+        except Exception:  # not only ValueError: deep nesting raises RecursionError
+            self.error(Error.INVALID_JSON, "the frame is not valid JSON")
             return
         if not isinstance(data, dict):
-            self.error("invalid_message", "send a JSON object with a 'type'")
+            self.error(Error.INVALID_MESSAGE, "send a JSON object with a 'type'")
             return
         kind = data.get("type")
         if kind == "ping":
@@ -158,23 +152,26 @@ class RoomConsumer(DatabaseFreeConsumer):
         elif kind == "message":
             await self.on_message(data)
         else:
-            self.error("unknown_type", f"unknown message type {kind!r}; use 'message' or 'ping'")
+            # Named back only if short: repr() of a deeply nested value can itself raise.
+            shown = repr(kind) if isinstance(kind, str) and len(kind) <= 64 else "of that kind"
+            self.error(Error.UNKNOWN_TYPE, f"unknown message type {shown}; use 'message' or 'ping'")
 
     async def on_message(self, data):
         body = data.get("body")
         if not isinstance(body, str):
-            self.error("invalid_body", "'body' must be a string")
+            self.error(Error.INVALID_BODY, "'body' must be a string")
         elif len(body) > settings.MAX_BODY_CHARS:
-            self.error("body_too_long", f"'body' is over {settings.MAX_BODY_CHARS} characters")
-        elif injected_fault():
-            self.error("internal", "injected fault (FAULT_ERROR_SHARE)")
+            self.error(Error.BODY_TOO_LONG, f"'body' is over {settings.MAX_BODY_CHARS} characters")
         else:
-            try:
-                await get_hub().publish(self.room, self.session_id, body)
-            except HubUnavailable:
-                self.error("unavailable", "the message could not be published; try again")
-            else:
-                metrics.BROADCASTS.inc()
+            await self.publish(body)
+
+    async def publish(self, body):
+        try:
+            await get_hub().publish(self.room, self.session_id, body)
+        except HubUnavailable:
+            self.error(Error.UNAVAILABLE, "the message could not be published; try again")
+        else:
+            metrics.BROADCASTS.inc()
 
     def error(self, code, detail):
         metrics.ERRORS.labels(code).inc()
@@ -184,17 +181,22 @@ class RoomConsumer(DatabaseFreeConsumer):
         """Queue a frame for this client; a client that falls too far behind is closed."""
         if self.closing:
             return
+        if self.skip_to is not None and resume.seen(frame, self):
+            return
         if self.open and self.writer is None and not self.outbox and self.send_nowait:
             if self.send_nowait(frame):  # idle and writable: written already, no task needed
                 return
-        if len(self.outbox) >= self.outbox_max:
+        if self.outbox and (len(self.outbox) >= self.outbox_max
+                            or self.outbox_bytes + len(frame) > self.outbox_bytes_max):
             self.outbox = ()
-            metrics.ERRORS.labels("slow_consumer").inc()
-            lifecycle.spawn(self.close_with(CLOSE_TRY_AGAIN_LATER))
+            self.outbox_bytes = 0
+            metrics.ERRORS.labels(Error.SLOW_CONSUMER).inc()
+            spawn(self.close_with(CLOSE_TRY_AGAIN_LATER))
             return
         if not self.outbox:
             self.outbox = deque()
         self.outbox.append(frame)
+        self.outbox_bytes += len(frame)
         self.kick()
 
     def kick(self):
@@ -204,11 +206,14 @@ class RoomConsumer(DatabaseFreeConsumer):
     async def flush(self):
         try:
             while self.outbox:
-                await self.send(text_data=self.outbox.popleft())
+                frame = self.outbox.popleft()
+                self.outbox_bytes -= len(frame)
+                await self.send(text_data=frame)
         except Exception:
-            metrics.ERRORS.labels("send").inc()
+            metrics.ERRORS.labels(Error.SEND).inc()
         finally:
             self.outbox = ()
+            self.outbox_bytes = 0
             self.writer = None
 
     async def close_with(self, code):

@@ -1,6 +1,8 @@
 """Operator commands, run as `python -m rooms.ctl COMMAND` inside the image or on a host.
 
-  wait-redis --timeout S       wait until REDIS_URL answers PING
+  server-args                  validate every setting (config.settings) and print the options
+                               entrypoint.sh gives Uvicorn, one per line
+  wait-redis [--timeout S]     wait until REDIS_URL answers PING (default: REDIS_WAIT_SECONDS)
   probe                        container healthcheck: exit 0 if /readyz says ready, draining, or
                                not ready after having been ready (a Redis outage: restarting
                                replicas would not fix it and would cut every WebSocket)
@@ -14,14 +16,48 @@ import os
 import sys
 import time
 
-from .names import DRAIN, UNDRAIN
+from .names import DEFAULT_PORT, DRAIN, UNDRAIN
 from .redis_url import RedisUrlError, redacted, redis_url
 
-# Redis commands read REDIS_URL and REDIS_PASSWORD_FILE (rooms.redis_url), as the service does.
+
+def load_settings():
+    """Django's settings, validated (the one place that does), or None after saying what is wrong."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    import django
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        django.setup()
+    except ImproperlyConfigured as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return None
+    from django.conf import settings
+
+    return settings
+
+
+def server_args(args):
+    """The shell only passes the settings on: it neither validates them nor knows their defaults."""
+    settings = load_settings()
+    if settings is None:
+        return 2
+    options = {
+        "--port": settings.PORT,
+        "--workers": settings.WEB_CONCURRENCY,
+        "--ws-max-size": settings.WS_MAX_MESSAGE_BYTES,
+        "--ws-ping-interval": settings.WS_PING_INTERVAL,
+        "--ws-ping-timeout": settings.WS_PING_TIMEOUT,
+        "--timeout-graceful-shutdown": settings.GRACEFUL_TIMEOUT,
+        "--forwarded-allow-ips": settings.FORWARDED_ALLOW_IPS,
+    }
+    for option, value in options.items():
+        print(f"{option}\n{value}")
+    return 0
 
 
 def configured_url():
-    """The Redis URL to use, or None after printing what is wrong."""
+    """REDIS_URL with the password of REDIS_PASSWORD_FILE (rooms.redis_url, as the service does), or
+    None after printing what is wrong."""
     try:
         url = redis_url()
     except RedisUrlError as exc:
@@ -61,7 +97,7 @@ def probe(args):
     import urllib.error
     import urllib.request
 
-    url = f"http://127.0.0.1:{os.environ.get('PORT', '8000')}/readyz"
+    url = f"http://127.0.0.1:{os.environ.get('PORT') or DEFAULT_PORT}/readyz"
     try:
         with urllib.request.urlopen(url, timeout=args.timeout) as response:
             return 0 if response.status == 200 else 1
@@ -96,8 +132,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m rooms.ctl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("server-args")
     p = sub.add_parser("wait-redis")
-    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--timeout", type=float)
     p = sub.add_parser("probe")
     p.add_argument("--timeout", type=float, default=2.0)
     p = sub.add_parser("drain")
@@ -106,7 +143,15 @@ def main(argv=None):
     p = sub.add_parser("undrain")
     p.add_argument("color")
     args = parser.parse_args(argv)
+    if args.command == "server-args":
+        return server_args(args)
     if args.command == "wait-redis":
+        if args.timeout is None:  # the setting's default and validation, as for the server's options
+            settings = load_settings()
+            if settings is None:
+                return 2
+            args.timeout = settings.REDIS_WAIT_SECONDS
+        print(f"waiting up to {args.timeout:g}s for Redis", file=sys.stderr)
         return wait_redis(args)
     if args.command == "probe":
         return probe(args)

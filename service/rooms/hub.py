@@ -1,9 +1,17 @@
 """Room fan-out: one Redis subscription per room per process, one pre-encoded frame per message.
 
-A message is published by a Lua script that increments the room's sequence number and
-publishes the finished frame in one atomic step, so every subscriber of every process, replica
-and color sees the room's messages in `seq` order. Each process then hands the same string to
-each of its local members. Without REDIS_URL the LocalHub does the same inside one process.
+A message is published by a Lua script that increments the room's sequence number, appends the
+finished frame to the room's history and publishes it, in one atomic step, so every subscriber of
+every process, replica and color sees the room's messages in `seq` order, and the history holds
+exactly what was published. Each process then hands the same string to each of its local members.
+Without REDIS_URL the LocalHub does the same inside one process.
+
+History (docs/protocol.md, "History and resume"): a Redis Stream per room whose entry ids are
+`<seq>-0`, trimmed to ROOM_HISTORY_MAX entries and to ROOM_HISTORY_SECONDS (by Redis's clock). Both
+keys of a room expire ROOM_HISTORY_SECONDS after its last message, so an idle room costs nothing.
+While a process has members in a room it keeps the room's seq key alive (keep_alive), so that a
+connected client never sees the counter go back to 1; the history itself is not kept alive: its
+entries are too old to be replayed anyway.
 
 Why not the channel layer's group_send: it cannot give seq a total order across processes, and
 it costs one Redis operation and one consumer dispatch per member per message (docs/protocol.md).
@@ -12,7 +20,10 @@ it costs one Redis operation and one consumer dispatch per member per message (d
 import asyncio
 import json
 import logging
+import math
 import time
+from collections import deque
+from typing import NamedTuple
 
 import redis.asyncio as aioredis
 from django.conf import settings
@@ -20,12 +31,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from . import metrics
+from .names import CHANNEL_PREFIX, HEARTBEAT_CHANNEL, HISTORY_PREFIX, SEQ_PREFIX, Error
 
 log = logging.getLogger(__name__)
 
-CHANNEL_PREFIX = "wsapp:room:"
-SEQ_PREFIX = "wsapp:seq:"
-HEARTBEAT_CHANNEL = "wsapp:heartbeat"
 HEARTBEAT_SECONDS = 2.0
 HEARTBEAT_STALE_SECONDS = 10.0
 SUBSCRIBE_TIMEOUT = 5.0
@@ -33,10 +42,60 @@ SUBSCRIBE_TIMEOUT = 5.0
 # backs off for seconds, during which clients would wait instead of getting an error frame.
 FAIL_FAST = Retry(NoBackoff(), 1)
 
-PUBLISH_SCRIPT = """
+# Drops history entries older than the cutoff (ms); every entry is {"t", ms, "f", frame}.
+TRIM_LUA = """
+local function trim(history, cutoff)
+  local first = redis.call('XRANGE', history, '-', '+', 'COUNT', 1)
+  if #first == 0 or tonumber(first[1][2][2]) >= cutoff then return end
+  local start = '-'
+  while true do
+    local batch = redis.call('XRANGE', history, start, '+', 'COUNT', 64)
+    if #batch == 0 then redis.call('DEL', history) return end
+    for _, entry in ipairs(batch) do
+      if tonumber(entry[2][2]) >= cutoff then redis.call('XTRIM', history, 'MINID', entry[1]) return end
+    end
+    start = '(' .. batch[#batch][1]
+  end
+end
+local clock = redis.call('TIME')
+local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
+"""
+
+# KEYS: seq, history, channel. ARGV: frame head, frame tail, history max, history seconds.
+PUBLISH_SCRIPT = TRIM_LUA + """
 local seq = redis.call('INCR', KEYS[1])
-redis.call('PUBLISH', KEYS[2], ARGV[1] .. seq .. ARGV[2])
+local frame = ARGV[1] .. seq .. ARGV[2]
+local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', ARGV[3], seq .. '-0', 't', now, 'f', frame)
+if type(added) == 'table' and added.err then
+  -- The history is ahead of the counter (its key was deleted): it belongs to an older counter.
+  redis.call('DEL', KEYS[2])
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], seq .. '-0', 't', now, 'f', frame)
+end
+trim(KEYS[2], now - ARGV[4] * 1000)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('PUBLISH', KEYS[3], frame)
 return seq
+"""
+
+# KEYS: seq, history. ARGV: since ('' for none), history seconds.
+# Returns {seq, oldest kept seq (0: none), frames with seq > since...}; all kept frames when since
+# is ahead of seq. Atomic with PUBLISH_SCRIPT, so the frames end exactly at seq.
+BACKLOG_SCRIPT = TRIM_LUA + """
+local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
+if seq > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+if ARGV[1] == '' then return {seq, 0} end
+trim(KEYS[2], now - ARGV[2] * 1000)
+local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+if #first == 0 or tonumber(string.match(last[1][1], '^%d+')) > seq then return {seq, 0} end
+local after = tonumber(ARGV[1])
+if after > seq then after = 0 end
+local result = {seq, tonumber(string.match(first[1][1], '^%d+'))}
+for _, entry in ipairs(redis.call('XRANGE', KEYS[2], (after + 1) .. '-0', '+')) do
+  result[#result + 1] = entry[2][4]
+end
+return result
 """
 
 
@@ -55,14 +114,34 @@ def frame_ts(frame):
     return float(frame[frame.rindex('"ts":') + 5 : -1])
 
 
+def frame_seq(frame):
+    start = frame.index('"seq":') + 6
+    return int(frame[start : frame.index(",", start)])
+
+
+class Backlog(NamedTuple):
+    """A room's state read atomically: its seq, its oldest kept seq (0: none) and kept frames."""
+
+    seq: int
+    oldest: int
+    frames: list
+
+
 class BaseHub:
     def __init__(self):
         self.rooms = {}  # room -> set of members; a member has deliver(frame)
+        self.fanned_out = {}  # room -> the last frame handed to its members here (for its seq)
+
+    def last_seq(self, room):
+        """The seq of the last frame handed to the room's local members (0 if none)."""
+        frame = self.fanned_out.get(room)
+        return 0 if frame is None else frame_seq(frame)
 
     def fan_out(self, room, frame):
         members = self.rooms.get(room)
         if not members:
             return
+        self.fanned_out[room] = frame  # parsed only when asked: a drain notice needs it
         metrics.BROADCAST_DELAY.observe(max(0.0, time.time() - frame_ts(frame)))
         for member in tuple(members):
             member.deliver(frame)
@@ -70,13 +149,20 @@ class BaseHub:
 
 
 class LocalHub(BaseHub):
-    """In-process fan-out for development and unit tests (one worker only)."""
+    """In-process fan-out and history for development and unit tests (one worker only).
+
+    Behaves as RedisHub does: a room's seq and history are forgotten ROOM_HISTORY_SECONDS after its
+    last message or its last member leaving, whichever is later.
+    """
 
     connected = True
+    clock = staticmethod(time.monotonic)
 
     def __init__(self):
         super().__init__()
         self.seq = {}
+        self.history = {}  # room -> deque of (seq, time, frame)
+        self.expires = {}  # room -> clock() after which a room without members is forgotten
 
     async def start(self):
         pass
@@ -85,6 +171,9 @@ class LocalHub(BaseHub):
         pass
 
     async def join(self, room, member):
+        if room not in self.rooms and self.expires.get(room, math.inf) < self.clock():
+            for table in (self.seq, self.history, self.expires):  # idle too long: as if its keys expired
+                table.pop(room, None)
         self.rooms.setdefault(room, set()).add(member)
 
     async def leave(self, room, member):
@@ -93,12 +182,40 @@ class LocalHub(BaseHub):
             members.discard(member)
             if not members:
                 del self.rooms[room]
+                self.fanned_out.pop(room, None)
+                self._touch(room)
+
+    def _touch(self, room):
+        if room in self.seq:
+            self.expires[room] = self.clock() + settings.ROOM_HISTORY_SECONDS
+
+    def _kept(self, room):
+        """The room's history without what is too old."""
+        history = self.history.get(room, ())
+        cutoff = self.clock() - settings.ROOM_HISTORY_SECONDS
+        while history and history[0][1] < cutoff:
+            history.popleft()
+        return history
 
     async def publish(self, room, session, body):
+        history = self._kept(room) or self.history.setdefault(room, deque())
         seq = self.seq[room] = self.seq.get(room, 0) + 1
         head, tail = frame_parts(room, session, body, time.time())
-        self.fan_out(room, f"{head}{seq}{tail}")
+        frame = f"{head}{seq}{tail}"
+        history.append((seq, self.clock(), frame))
+        while len(history) > settings.ROOM_HISTORY_MAX:
+            history.popleft()
+        self._touch(room)
+        self.fan_out(room, frame)
         return seq
+
+    async def backlog(self, room, since):
+        history = self._kept(room)
+        seq = self.seq.get(room, 0)
+        if since is None or not history:
+            return Backlog(seq, 0, [])
+        after = 0 if since > seq else since
+        return Backlog(seq, history[0][0], [frame for number, _, frame in history if number > after])
 
 
 class RedisHub(BaseHub):
@@ -112,6 +229,7 @@ class RedisHub(BaseHub):
         self.redis = None
         self.listener = None
         self.script = None
+        self.backlog_script = None
 
     @property
     def connected(self):
@@ -134,7 +252,14 @@ class RedisHub(BaseHub):
             retry=FAIL_FAST,
         )
         self.script = self.redis.register_script(PUBLISH_SCRIPT)
-        self.tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._beat())]
+        self.backlog_script = self.redis.register_script(BACKLOG_SCRIPT)
+        self.history_max = settings.ROOM_HISTORY_MAX
+        self.history_seconds = settings.ROOM_HISTORY_SECONDS
+        self.tasks = [
+            asyncio.create_task(self._listen()),
+            asyncio.create_task(self._beat()),
+            asyncio.create_task(self._keep_alive()),
+        ]
 
     async def stop(self):
         for task in self.tasks:
@@ -167,18 +292,47 @@ class RedisHub(BaseHub):
             return
         del self.rooms[room]
         self.subscribed.pop(room, None)
+        self.fanned_out.pop(room, None)
         if self.pubsub is not None:
             try:
                 await self.pubsub.unsubscribe(CHANNEL_PREFIX + room)
             except Exception:  # the listener notices a broken connection and resubscribes
-                metrics.ERRORS.labels("redis").inc()
+                metrics.ERRORS.labels(Error.REDIS).inc()
 
     async def publish(self, room, session, body):
         head, tail = frame_parts(room, session, body, time.time())
+        keys = [SEQ_PREFIX + room, HISTORY_PREFIX + room, CHANNEL_PREFIX + room]
         try:
-            return await self.script(keys=[SEQ_PREFIX + room, CHANNEL_PREFIX + room], args=[head, tail])
+            return await self.script(keys=keys, args=[head, tail, self.history_max, self.history_seconds])
         except (aioredis.RedisError, OSError) as exc:
             raise HubUnavailable(str(exc)) from exc
+
+    async def backlog(self, room, since):
+        """The room's seq and, if since is given, its kept frames after since (all, if it is ahead)."""
+        keys = [SEQ_PREFIX + room, HISTORY_PREFIX + room]
+        args = ["" if since is None else since, self.history_seconds]
+        try:
+            seq, oldest, *frames = await self.backlog_script(keys=keys, args=args)
+        except (aioredis.RedisError, OSError) as exc:
+            raise HubUnavailable(str(exc)) from exc
+        return Backlog(seq, oldest, [frame.decode() for frame in frames])
+
+    async def _keep_alive(self):
+        """Keep the seq key of every room with local members from expiring (see the module doc)."""
+        interval = max(0.2, min(60.0, self.history_seconds / 3))
+        while True:
+            await asyncio.sleep(interval)
+            rooms = list(self.rooms)
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for room in rooms:
+                        pipe.expire(SEQ_PREFIX + room, self.history_seconds)
+                    await pipe.execute()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                metrics.ERRORS.labels(Error.REDIS).inc()
+                log.warning("refreshing the seq keys of %d rooms failed: %s", len(rooms), exc)
 
     async def _listen(self):
         delay = 0.2
@@ -199,7 +353,7 @@ class RedisHub(BaseHub):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                metrics.ERRORS.labels("redis").inc()
+                metrics.ERRORS.labels(Error.REDIS).inc()
                 log.warning("room subscriber lost Redis (%s); retrying in %.1fs", exc, delay)
             finally:
                 self.pubsub = None

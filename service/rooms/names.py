@@ -1,8 +1,59 @@
-"""Names shared by the settings, the service and its operator commands (no Django imports)."""
+"""Names shared by the settings, the service and its operator commands (no Django imports).
+
+Each name used in more than one place is defined here once: Redis keys, control messages,
+close codes and the kinds counted by ws_errors_total.
+"""
+
+from enum import StrEnum
 
 CHANNEL_LAYER_PREFIX = "wsapp"
+DEFAULT_PORT = 8000  # settings.PORT, and what `rooms.ctl probe` asks when PORT is unset
 DRAIN = "control.drain"
 UNDRAIN = "control.undrain"
+
+# Redis keys and pub/sub channels of the room hub.
+CHANNEL_PREFIX = "wsapp:room:"  # + room: pub/sub channel of the room's frames
+SEQ_PREFIX = "wsapp:seq:"  # + room: the room's last seq
+HISTORY_PREFIX = "wsapp:history:"  # + room: Stream of the room's kept frames (docs/protocol.md)
+HEARTBEAT_CHANNEL = "wsapp:heartbeat"
+
+# WebSocket close codes the service sends or counts (RFC 6455, section 7.4.1). The WebSocket layer
+# (wsserver.protocol) keeps its own (1011 on a keepalive timeout): a server does not import its app.
+CLOSE_ABNORMAL = 1006  # counted for a connection that ended without a close frame; never sent
+CLOSE_POLICY_VIOLATION = 1008  # rate limit: too many limited frames in a row; a malformed since
+CLOSE_SERVER_ERROR = 1011  # a fault of the service while handling this connection
+CLOSE_SERVICE_RESTART = 1012  # drained for a release: reconnect at once
+CLOSE_TRY_AGAIN_LATER = 1013  # slow consumer: the client fell too far behind
+
+
+class Error(StrEnum):
+    """Kinds of ws_errors_total; the client-caused ones are also the `error` frame codes."""
+
+    # Client-caused: the client has to change what it sends or how fast it reads.
+    RATE_LIMITED = "rate_limited"
+    RATE_LIMITED_CLOSE = "rate_limited_close"
+    UNSUPPORTED_FRAME = "unsupported_frame"
+    INVALID_JSON = "invalid_json"
+    INVALID_MESSAGE = "invalid_message"
+    UNKNOWN_TYPE = "unknown_type"
+    INVALID_BODY = "invalid_body"
+    BODY_TOO_LONG = "body_too_long"
+    INVALID_SINCE = "invalid_since"
+    SLOW_CONSUMER = "slow_consumer"
+    # Server-side: the release gate and the alerts count these (observability/prometheus/rules.yml).
+    INTERNAL = "internal"
+    UNAVAILABLE = "unavailable"
+    SEND = "send"
+    REDIS = "redis"
+    CHANNEL_LAYER = "channel_layer"
+    CONTROL = "control"
+    CONSUMER = "consumer"
+
+
+SERVER_ERRORS = frozenset(
+    {Error.INTERNAL, Error.UNAVAILABLE, Error.SEND, Error.REDIS, Error.CHANNEL_LAYER, Error.CONTROL,
+     Error.CONSUMER}
+)
 
 
 def control_group(color):

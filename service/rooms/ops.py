@@ -10,7 +10,7 @@ import logging
 
 from django.conf import settings
 
-from . import lifecycle, metrics
+from . import lifecycle, metrics, readiness
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +22,8 @@ def healthz():
 
 
 def readyz():
-    ready = lifecycle.is_ready()
-    state = lifecycle.STATE
+    ready = readiness.is_ready()
+    state = readiness.STATE
     body = json.dumps({"ready": ready, "draining": state.draining, "ever_ready": state.ever_ready,
                        "color": settings.COLOR})
     return (200 if ready else 503), JSON, body.encode()

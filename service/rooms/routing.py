@@ -1,10 +1,15 @@
+from django.conf import settings
 from django.urls import re_path
 
 from .consumers import RoomConsumer, UnknownPathConsumer
+from .faults import FaultInjectingRoomConsumer
 
 ROOM_PATTERN = r"[A-Za-z0-9_-]{1,64}"
 
+# Fault injection is a separate consumer, so that the production one never checks for it.
+room_consumer = FaultInjectingRoomConsumer if settings.FAULT_ERROR_SHARE else RoomConsumer
+
 websocket_urlpatterns = [
-    re_path(rf"^ws/rooms/(?P<room>{ROOM_PATTERN})/$", RoomConsumer.as_asgi()),
+    re_path(rf"^ws/rooms/(?P<room>{ROOM_PATTERN})/$", room_consumer.as_asgi()),
     re_path(r"", UnknownPathConsumer.as_asgi()),
 ]

@@ -1,7 +1,9 @@
 """Traffic during a release: chatting WebSocket clients and an HTTP poller, bounded in time.
 
-Clients behave as docs/protocol.md asks: on 1012 they reconnect at once. Everything they see
-is recorded so the tests can assert on it.
+The one e2e traffic module. Clients behave as docs/protocol.md asks: on 1012 they reconnect after
+random(0, retry_ms) ms and resume with `?since=<last seq seen>`; on anything else after 0.5 s, also
+resuming. Everything they see is recorded so the tests can assert on it, and every client checks
+that each message of its room reached it exactly once and in order (loadtest/delivery.py).
 """
 
 import asyncio
@@ -12,8 +14,10 @@ import urllib.request
 from collections import Counter
 
 import websockets
+from loadtest.delivery import Receipt, new_totals
 
 ORIGIN = "http://localhost"
+RETRY_MS = 250  # when a reconnect notice names none
 
 
 class Traffic:
@@ -30,13 +34,28 @@ class Traffic:
         self.http_colors = []  # color of each answer, in order
         self.closes = Counter()  # close code -> count
         self.connect_failures = []
+        self.frame_errors = []  # error frames and protocol surprises, as strings
         self.sent = 0
-        self.received = 0
+        self.delivery = new_totals()  # received, lost, duplicated, out_of_order, resumes, replayed, ...
+        self.unconfirmed = 0  # own messages never seen back (sent as the connection was released)
+        self.handovers = []  # seconds each client went without room messages across a 1012
         self.color_of = {}  # client index -> color of its current connection
         self.reconnected_at = {}  # client index -> time of its latest welcome after a close
         self.first_close_at = None
         self.connected = asyncio.Event()
         self._open = 0
+
+    @property
+    def received(self):
+        return self.delivery["received"]
+
+    def summary(self):
+        longest = max(self.handovers, default=0.0)
+        return (f"WS sent {self.sent}, received {self.received}, lost {self.delivery['lost']}, "
+                f"duplicated {self.delivery['duplicated']}, out of order {self.delivery['out_of_order']}, "
+                f"unconfirmed own {self.unconfirmed}; {self.delivery['resumes']} resumes replayed "
+                f"{self.delivery['replayed']} (largest {self.delivery['max_replay']}); longest handover "
+                f"{longest * 1000:.0f} ms; closes {dict(self.closes)}")
 
     async def run(self):
         tasks = [asyncio.create_task(self.client(i)) for i in range(self.clients)]
@@ -61,11 +80,11 @@ class Traffic:
             return response.read()
 
     async def client(self, index):
+        client = Client(self, index)
         room = f"e2e-{index % self.rooms}"
-        closed_before = False
         while not self.stop.is_set():
             try:
-                url = f"{self.ws_url}/ws/rooms/{room}/"
+                url = f"{self.ws_url}/ws/rooms/{room}/{client.receipt.query()}"
                 ws = await websockets.connect(url, origin=ORIGIN, open_timeout=10)
             except Exception as exc:
                 self.connect_failures.append(repr(exc))
@@ -73,16 +92,17 @@ class Traffic:
                 continue
             try:
                 welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                client.receipt.welcome(welcome)
                 self.color_of[index] = welcome["color"]
-                if closed_before:
+                if client.closed_before:
                     self.reconnected_at[index] = time.monotonic()
                 else:
                     self._open += 1
                     if self._open == self.clients:
                         self.connected.set()
-                talker = asyncio.create_task(self._talk(ws))
+                talker = asyncio.create_task(client.talk(ws))
                 try:
-                    await self._listen(ws)
+                    await client.listen(ws)
                 finally:
                     talker.cancel()
             except websockets.ConnectionClosed as closed:
@@ -90,24 +110,65 @@ class Traffic:
                 if not self.stop.is_set():
                     self.closes[code] += 1
                     self.first_close_at = self.first_close_at or time.monotonic()
-                    closed_before = True
-                    if code != 1012:
+                    client.closed_before = True
+                    if code == 1012:
+                        client.handover_from = client.last_message_at or time.monotonic()
+                        await asyncio.sleep(random.uniform(0, client.retry_ms / 1000))
+                    else:
                         await asyncio.sleep(0.5)
             finally:
                 await ws.close()
+        self.unconfirmed += len(client.pending)
 
-    async def _talk(self, ws):
-        await asyncio.sleep(random.uniform(0, self.message_interval))
+
+class Client:
+    """One chatting client's state across its connections."""
+
+    def __init__(self, traffic, index):
+        self.traffic = traffic
+        self.index = index
+        self.receipt = Receipt(traffic.delivery)
+        self.closed_before = False
+        self.retry_ms = RETRY_MS
+        self.draining = False
+        self.numbers = iter(range(10**9))
+        self.pending = set()  # bodies of own messages not yet seen back
+        self.last_message_at = None
+        self.handover_from = None
+
+    async def talk(self, ws):
+        self.draining = False
+        await asyncio.sleep(random.uniform(0, self.traffic.message_interval))
         try:
-            while not self.stop.is_set():
-                await ws.send(json.dumps({"type": "message", "body": "hello"}))
-                self.sent += 1
-                await asyncio.sleep(self.message_interval)
+            while not self.traffic.stop.is_set() and not self.draining:
+                body = f"{self.index}:{next(self.numbers)}"
+                await ws.send(json.dumps({"type": "message", "body": body}))
+                self.pending.add(body)
+                self.traffic.sent += 1
+                await asyncio.sleep(self.traffic.message_interval)
         except websockets.ConnectionClosed:
             return  # the listener records the close
-        await ws.close()
+        if self.traffic.stop.is_set():
+            await ws.close()
 
-    async def _listen(self, ws):
-        async for frame in ws:
-            if json.loads(frame)["type"] == "message":
-                self.received += 1
+    async def listen(self, ws):
+        async for text in ws:
+            frame = json.loads(text)
+            kind = frame["type"]
+            if kind == "message":
+                self.last_message_at = time.monotonic()
+                if self.handover_from is not None:
+                    self.traffic.handovers.append(self.last_message_at - self.handover_from)
+                    self.handover_from = None
+                problem = self.receipt.message(frame["seq"])
+                if problem is not None:
+                    self.traffic.frame_errors.append(f"client {self.index}: seq {frame['seq']} {problem}")
+                self.pending.discard(frame["body"])
+            elif kind == "resync":
+                self.receipt.resync(frame)
+                self.traffic.frame_errors.append(f"client {self.index}: {frame}")
+            elif kind == "reconnect":
+                self.draining = True  # stop sending: the close with 1012 follows
+                self.retry_ms = frame.get("retry_ms", RETRY_MS)
+            else:
+                self.traffic.frame_errors.append(f"client {self.index}: {frame}")

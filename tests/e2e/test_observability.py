@@ -10,9 +10,9 @@ import urllib.request
 import pytest
 import websockets
 
-from tests.e2e.conftest import BASE_URL, ENV, WS_URL, active_service, docker, run, stacks, version
+from tests.e2e.helpers import BASE_URL, ENV, WS_URL, active_service, docker, run, stacks, version
 from tests.e2e.load import ORIGIN, Traffic
-from tests.unit.test_observability import DASHBOARDS, dashboard_queries
+from tests.helpers import DASHBOARDS, dashboard_queries
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -35,7 +35,7 @@ def query(expr):
 
 def app_targets(color):
     return [t for t in prometheus("/api/v1/targets", state="active")["activeTargets"]
-            if t["labels"]["job"] == f"app-{color}"]
+            if t["labels"]["job"] == "app" and t["labels"].get("color") == color]
 
 
 async def eventually(check, timeout, what):

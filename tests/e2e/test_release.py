@@ -8,7 +8,7 @@ import time
 import pytest
 import websockets
 
-from tests.e2e.conftest import (
+from tests.e2e.helpers import (
     BASE_URL,
     ENV,
     WS_URL,
@@ -27,42 +27,64 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 DRAIN_SECONDS = 10
 
 
-async def promote_under_load(*args, clients=100, **env):
-    """Run promote.sh while traffic flows; return (result, traffic, seconds)."""
+async def promote_under_load(*args, clients=100, promotions=1, **env):
+    """Run promote.sh `promotions` times while traffic flows; return (last result, traffic, seconds).
+
+    traffic.windows gets, per promotion, the seconds from its first close to its last reconnect.
+    """
     traffic = Traffic(BASE_URL, WS_URL, clients=clients)
+    traffic.windows = []
     runner = asyncio.create_task(traffic.run())
     await asyncio.wait_for(traffic.connected.wait(), 60)
     await asyncio.sleep(2)
     started = time.monotonic()
-    result = await asyncio.to_thread(run, ["./promote.sh", *args], 600, False,
-                                     DRAIN_SECONDS=str(DRAIN_SECONDS), **env)
+    for _ in range(promotions):
+        result = await asyncio.to_thread(run, ["./promote.sh", *args], 600, False,
+                                         DRAIN_SECONDS=str(DRAIN_SECONDS), **env)
+        await asyncio.sleep(2)
+        if traffic.first_close_at is not None:
+            traffic.windows.append(max(traffic.reconnected_at.values()) - traffic.first_close_at)
+            traffic.first_close_at = None
+        if result.returncode != 0:
+            break
     seconds = time.monotonic() - started
-    await asyncio.sleep(2)
     traffic.stop.set()
     await runner
-    print(f"promote.sh {' '.join(args)}: exit {result.returncode} in {seconds:.1f}s; "
-          f"HTTP {traffic.http_ok} ok / {len(traffic.http_failures)} failed; "
-          f"WS sent {traffic.sent}, received {traffic.received}, closes {dict(traffic.closes)}")
+    print(f"promote.sh {' '.join(args)} x{promotions}: exit {result.returncode} in {seconds:.1f}s; "
+          f"HTTP {traffic.http_ok} ok / {len(traffic.http_failures)} failed; {traffic.summary()}")
     print(result.stderr[-4000:])
     return result, traffic, seconds
 
 
-async def test_promote_under_load_hands_every_connection_over(system):
+def assert_every_message_reached_every_client_once_in_order(traffic):
+    assert traffic.received > 0
+    assert traffic.frame_errors == []
+    for count in ("lost", "duplicated", "out_of_order", "resync_too_old", "resync_ahead"):
+        assert traffic.delivery[count] == 0, f"{count}: {traffic.summary()}"
+
+
+async def test_two_promotions_under_load_hand_every_connection_over_losing_nothing(system):
+    """100 chatting clients resume with ?since= across two releases: every message of their room
+    reaches each of them exactly once and in order, and each release moves them within its drain."""
     before = version()["color"]
     after = "green" if before == "blue" else "blue"
-    result, traffic, _ = await promote_under_load()
+    result, traffic, _ = await promote_under_load(promotions=2)
     assert result.returncode == 0, result.stderr
-    assert version()["color"] == after
+    assert version()["color"] == before
     assert traffic.http_failures == []
-    assert traffic.http_colors[0] == before and traffic.http_colors[-1] == after
+    changes = [color for i, color in enumerate(traffic.http_colors)
+               if i == 0 or traffic.http_colors[i - 1] != color]
+    assert changes == [before, after, before]
     assert traffic.connect_failures == []
-    assert dict(traffic.closes) == {1012: 100}, "every client closed exactly once, with 1012"
-    assert set(traffic.color_of.values()) == {after}
+    assert dict(traffic.closes) == {1012: 200}, "every client closed exactly twice, with 1012"
+    assert set(traffic.color_of.values()) == {before}
     assert len(traffic.reconnected_at) == 100
-    last = max(traffic.reconnected_at.values())
-    assert last - traffic.first_close_at <= DRAIN_SECONDS, "a client reconnected after the drain window"
-    assert f"wsapp-{before}" not in stacks()
-    print(f"drain: clients reconnected over {last - traffic.first_close_at:.1f}s")
+    assert len(traffic.windows) == 2 and max(traffic.windows) <= DRAIN_SECONDS, \
+        f"a client reconnected after the drain window: {traffic.windows}"
+    assert_every_message_reached_every_client_once_in_order(traffic)
+    assert traffic.delivery["resumes"] == 200
+    assert f"wsapp-{after}" not in stacks()
+    print(f"drain: clients reconnected over {', '.join(f'{w:.1f}s' for w in traffic.windows)}")
 
 
 async def assert_failed_release_left_old_color_serving(result, traffic, before):
@@ -71,6 +93,7 @@ async def assert_failed_release_left_old_color_serving(result, traffic, before):
     assert traffic.http_failures == [] and traffic.connect_failures == []
     assert set(traffic.http_colors) == {before}
     assert dict(traffic.closes) == {}, "a failed release closed client connections"
+    assert_every_message_reached_every_client_once_in_order(traffic)
     idle = "green" if before == "blue" else "blue"
     assert f"wsapp-{idle}" not in stacks()
 

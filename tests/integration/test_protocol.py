@@ -1,4 +1,4 @@
-"""The WebSocket protocol the service runs (config.wsprotocol) against clients that misbehave.
+"""The WebSocket protocol the service runs (wsserver.protocol) against clients that misbehave.
 
 Real sockets, a real server (entrypoint.sh, one worker) and Redis. The misbehaving clients speak
 through websockets' sans-I/O ClientProtocol over a plain socket, so that they can do what a
@@ -17,7 +17,7 @@ from websockets.frames import Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
-from tests.integration.conftest import AppServer
+from tests.helpers import AppServer
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ django.setup()
 from channels.testing import WebsocketCommunicator  # noqa: E402
 
 from config.asgi import application  # noqa: E402
-from rooms import lifecycle  # noqa: E402
+from rooms import draining  # noqa: E402
 
 ORIGIN = (b"origin", b"http://localhost")
 
@@ -29,8 +29,8 @@ async def connect():
     """Open communicators on the real application; every one is disconnected afterwards."""
     opened = []
 
-    async def open_one(path="/ws/rooms/lobby/", headers=(ORIGIN,), welcome=True):
-        communicator = WebsocketCommunicator(application, path, headers=list(headers))
+    async def open_one(path="/ws/rooms/lobby/", headers=(ORIGIN,), welcome=True, app=application):
+        communicator = WebsocketCommunicator(app, path, headers=list(headers))
         opened.append(communicator)
         connected, _ = await communicator.connect()
         if connected and welcome:
@@ -44,6 +44,6 @@ async def connect():
 
 @pytest.fixture(autouse=True)
 def fresh_lifecycle():
-    lifecycle.stop_drain()
+    draining.stop_drain()
     yield
-    lifecycle.stop_drain()
+    draining.stop_drain()

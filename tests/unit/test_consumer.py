@@ -4,9 +4,13 @@ import asyncio
 import json
 
 import pytest
+from channels.routing import URLRouter
 from django.test import override_settings
+from django.urls import re_path
 
-from rooms import lifecycle, metrics
+from rooms import draining, metrics, routing
+from rooms.consumers import RoomConsumer
+from rooms.faults import FaultInjectingRoomConsumer
 from rooms.sessions import SESSIONS
 
 pytestmark = pytest.mark.asyncio
@@ -27,7 +31,7 @@ async def test_welcome_names_room_session_color_and_replica(connect):
     assert connected
     welcome = alice.welcome
     assert welcome["type"] == "welcome" and welcome["room"] == "lobby"
-    assert set(welcome) == {"type", "room", "session", "color", "replica"}
+    assert set(welcome) == {"type", "room", "session", "color", "replica", "version", "seq"}
     assert welcome["session"] in SESSIONS
 
 
@@ -136,6 +140,23 @@ async def test_slow_consumer_is_closed_with_1013_and_the_room_loses_nothing(conn
     assert metrics.ERRORS.labels("slow_consumer")._value.get() == before + 1
 
 
+@override_settings(OUTBOUND_QUEUE_BYTES=65536)
+async def test_a_slow_consumer_is_closed_by_bytes_long_before_the_frame_count(connect):
+    _, slow = await connect("/ws/rooms/slowbytes/")
+    _, fast = await connect("/ws/rooms/slowbytes/")
+    stuck = asyncio.Event()
+
+    async def never_returns(**_):  # test double: a client that stopped reading
+        await stuck.wait()
+
+    SESSIONS[slow.welcome["session"]].consumer.send = never_returns
+    body = "\U0001F600" * 4096  # 49 KB once JSON-escaped: the largest frame a body can make
+    for _ in range(4):
+        await send(fast, {"type": "message", "body": body})
+        assert (await fast.receive_json_from())["body"] == body
+    assert await slow.receive_output() == {"type": "websocket.close", "code": 1013}
+
+
 @override_settings(MAX_CONNECTIONS=2)
 async def test_over_max_connections_new_handshakes_are_refused(connect):
     SESSIONS.clear()
@@ -147,14 +168,14 @@ async def test_over_max_connections_new_handshakes_are_refused(connect):
 async def test_drain_sends_reconnect_then_1012_and_refuses_new_handshakes(connect):
     _, alice = await connect()
     _, bob = await connect()
-    lifecycle.start_drain(0.2)
+    draining.start_drain(0.2)
     for communicator in (alice, bob):
         notice = await communicator.receive_json_from(timeout=2)
         assert notice["type"] == "reconnect"
         assert await communicator.receive_output(timeout=2) == {"type": "websocket.close", "code": 1012}
     connected, _ = await connect(welcome=False)
     assert not connected
-    lifecycle.stop_drain()
+    draining.stop_drain()
     assert (await connect())[0]
 
 
@@ -166,9 +187,14 @@ async def test_active_connections_gauge_follows_the_registry(connect):
     assert metrics.ACTIVE_CONNECTIONS._value.get() == len(SESSIONS)
 
 
+async def test_production_routes_rooms_to_the_consumer_without_fault_injection():
+    assert routing.room_consumer is RoomConsumer
+
+
 @override_settings(FAULT_ERROR_SHARE=0.5)
 async def test_fault_injection_fails_the_configured_share_of_messages(connect):
-    _, alice = await connect("/ws/rooms/faults/")
+    app = URLRouter([re_path(r"^ws/rooms/(?P<room>\w+)/$", FaultInjectingRoomConsumer.as_asgi())])
+    _, alice = await connect("/ws/rooms/faults/", app=app)
     kinds = []
     for _ in range(4):
         await send(alice, {"type": "message", "body": "x"})
@@ -191,3 +217,40 @@ async def test_a_client_gone_before_accept_leaves_no_session_or_room_member(conn
         await connect("/ws/rooms/vanished/")
     assert SESSIONS == before
     assert not get_hub().rooms.get("vanished")
+
+
+@pytest.mark.parametrize("frame", ["[" * 5000, '{"type": ' + "[" * 900 + "]" * 900 + "}", "1" * 5000])
+async def test_a_frame_that_does_not_parse_is_invalid_json_whatever_the_parser_raises(connect, frame):
+    _, alice = await connect()
+    await alice.send_to(text_data=frame)
+    error = await alice.receive_json_from()
+    assert error["error"] in ("invalid_json", "unknown_type")
+    await assert_usable(alice)
+
+
+async def test_a_deeply_nested_type_is_unknown_type_without_naming_it(connect):
+    _, alice = await connect()
+    await alice.send_to(text_data='{"type": ' + "[" * 500 + "]" * 500 + "}")
+    error = await alice.receive_json_from()
+    assert error["error"] == "unknown_type" and "[[" not in error["detail"]
+    await assert_usable(alice)
+
+
+async def test_whatever_a_consumer_raises_the_client_gets_1011_and_nothing_is_left(connect, monkeypatch):
+    from rooms.hub import get_hub
+
+    async def broken(self, data):  # test double: a bug in a handler
+        raise KeyError("bug")
+
+    monkeypatch.setattr(RoomConsumer, "on_message", broken)
+    _, alice = await connect("/ws/rooms/broken/")
+    session = alice.welcome["session"]
+    closed = metrics.CONNECTIONS_CLOSED.labels("1011")._value.get()
+    faults = metrics.ERRORS.labels("consumer")._value.get()
+    await send(alice, {"type": "message", "body": "x"})
+    assert await alice.receive_output() == {"type": "websocket.close", "code": 1011}
+    await alice.wait()  # the application returned: its cleanup ran
+    assert session not in SESSIONS and not get_hub().rooms.get("broken")
+    assert metrics.ACTIVE_CONNECTIONS._value.get() == len(SESSIONS)
+    assert metrics.CONNECTIONS_CLOSED.labels("1011")._value.get() == closed + 1
+    assert metrics.ERRORS.labels("consumer")._value.get() == faults + 1

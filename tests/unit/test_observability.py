@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import ROOT, require_command
+from tests.helpers import DASHBOARDS, ROOT, dashboard_queries, require_command
 
 PROMETHEUS = Path(ROOT, "observability", "prometheus")
 GRAFANA = Path(ROOT, "observability", "grafana")
-DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 
 
 def promtool(*args):
@@ -30,6 +29,20 @@ def test_promtool_check_config_and_rules():
 
 def test_promtool_rule_unit_tests_pass():
     assert "SUCCESS" in promtool("test", "rules", "tests.yml")
+
+
+def test_one_app_job_finds_both_colors_and_labels_each_with_its_color():
+    """As Prometheus applies the relabel (an anchored regex, replacement $1) to each DNS name."""
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    jobs = [job for job in config["scrape_configs"] if "dns_sd_configs" in job]
+    assert [job["job_name"] for job in jobs] == ["app"]
+    names = [name for sd in jobs[0]["dns_sd_configs"] for name in sd["names"]]
+    assert names == ["tasks.wsapp-blue_app", "tasks.wsapp-green_app"]
+    (relabel,) = jobs[0]["relabel_configs"]
+    assert relabel["source_labels"] == ["__meta_dns_name"] and relabel["target_label"] == "color"
+    assert relabel.get("replacement", "$1") == "$1"
+    colors = [re.fullmatch(relabel["regex"], name)[1] for name in names]
+    assert colors == ["blue", "green"]
 
 
 def test_every_alert_has_a_for_clause_a_severity_and_a_summary():
@@ -50,16 +63,6 @@ def test_datasource_and_provider_have_fixed_uids_and_paths():
     assert [d["uid"] for d in datasources["datasources"]] == ["wsapp-prometheus"]
     provider = yaml.safe_load((GRAFANA / "provisioning/dashboards/provider.yml").read_text())
     assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
-
-
-def dashboard_queries(dashboard):
-    """(where, expr) of every panel target and every annotation of a dashboard."""
-    for panel in dashboard["panels"]:
-        for target in panel.get("targets", []):
-            yield f"panel {panel['title']!r} {target['refId']}", target["expr"]
-    for annotation in dashboard.get("annotations", {}).get("list", []):
-        if "expr" in annotation:
-            yield f"annotation {annotation['name']!r}", annotation["expr"]
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from rooms import lifecycle
+from rooms import draining, readiness
 from rooms.ratelimit import TokenBucket
 from tests.helpers import ROOT
 
@@ -32,16 +32,16 @@ async def test_healthz_answers_200(app):
 
 
 async def test_readyz_is_503_until_started(app, monkeypatch):
-    monkeypatch.setattr(lifecycle.STATE, "started", False)
+    monkeypatch.setattr(readiness.STATE, "started", False)
     status, _, body = await get(app, "/readyz")
     assert status == 503 and json.loads(body)["ready"] is False
 
 
 async def test_readyz_is_200_when_started_and_503_while_draining(app, monkeypatch):
-    monkeypatch.setattr(lifecycle.STATE, "started", True)
-    monkeypatch.setattr(lifecycle.STATE, "control_ok", True)
+    monkeypatch.setattr(readiness.STATE, "started", True)
+    monkeypatch.setattr(readiness.STATE, "control_ok", True)
     assert (await get(app, "/readyz"))[0] == 200
-    lifecycle.start_drain(0)
+    draining.start_drain(0)
     status, _, body = await get(app, "/readyz")
     assert status == 503 and json.loads(body)["draining"] is True
 

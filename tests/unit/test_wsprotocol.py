@@ -1,16 +1,19 @@
-"""config.wsprotocol: the shared fan-out frame, keepalive and shutdown."""
+"""wsserver.protocol: the shared fan-out frame, keepalive and shutdown."""
 
 import asyncio
+import logging
 
 import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 from websockets.client import ClientProtocol
-from websockets.frames import Frame, Opcode
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+from websockets.frames import Close, Frame, Opcode
 from websockets.streams import StreamReader
 from websockets.uri import parse_uri
 
-from config.wsprotocol import WebSocketProtocol, text_frame
+from tests.echo_app import app as echo
+from wsserver.protocol import WebSocketProtocol, text_frame
 
 
 @pytest.mark.parametrize("length", [0, 125, 126, 65535, 65536])
@@ -66,17 +69,24 @@ class UndrainedTransport(asyncio.Transport):
         pass
 
 
-def opened(app, interval):
+def opened(app, interval=None, deflate=False):
     """A protocol on an UndrainedTransport that has received a client's handshake request."""
-    config = Config(app=app, ws_ping_interval=interval, ws_ping_timeout=interval, log_level="warning")
+    config = Config(
+        app=app,
+        ws_ping_interval=interval,
+        ws_ping_timeout=interval,
+        ws_per_message_deflate=deflate,
+        log_level="warning",
+    )
     config.load()
     protocol = WebSocketProtocol(config, ServerState(), {}, _loop=asyncio.get_running_loop())
     transport = UndrainedTransport()
     protocol.connection_made(transport)
-    client = ClientProtocol(parse_uri("ws://localhost/ws/rooms/a/"))
+    extensions = [ClientPerMessageDeflateFactory()] if deflate else None
+    client = ClientProtocol(parse_uri("ws://localhost/ws/rooms/a/"), extensions=extensions)
     client.send_request(client.connect())
     protocol.data_received(b"".join(client.data_to_send()))
-    return protocol, transport
+    return protocol, transport, client
 
 
 def pings(transport):
@@ -95,18 +105,85 @@ async def test_keepalive_starts_even_when_the_app_accepts_after_the_first_interv
     async def slow_app(scope, receive, send):
         await accept_then_wait(scope, receive, send, delay=0.15)
 
-    protocol, transport = opened(slow_app, interval=0.05)
+    protocol, transport, _ = opened(slow_app, interval=0.05)
     await asyncio.sleep(0.25)
     assert pings(transport) >= 1
     protocol.connection_lost(None)
 
 
 async def test_a_silent_client_is_closed_with_1011_and_shutdown_then_still_works():
-    protocol, transport = opened(accept_then_wait, interval=0.05)
+    protocol, transport, _ = opened(accept_then_wait, interval=0.05)
     await asyncio.sleep(0.3)
     assert transport.closing and protocol.close_sent
     close = transport.frames[-1]
     assert close[0] == 0x88 and close[2:4] == (1011).to_bytes(2, "big")
     protocol.shutdown()  # SIGTERM while that close is still unflushed must not raise
     assert protocol.abort_timer is not None
+    protocol.connection_lost(None)
+
+
+async def answer(protocol, transport, client, *frames):
+    """Send `frames` from the client (after the handshake), then the events the client received."""
+    for _ in range(100):  # the echo application runs as a task: let it accept
+        if protocol.handshake_complete:
+            break
+        await asyncio.sleep(0.001)
+    for opcode, data, fin in frames:
+        client.send_frame(Frame(opcode, data, fin))
+    protocol.data_received(b"".join(client.data_to_send()))
+    await asyncio.sleep(0.01)
+    client.receive_data(b"".join(transport.frames))
+    return [event for event in client.events_received() if isinstance(event, Frame)]
+
+
+@pytest.mark.parametrize("deflate", [False, True], ids=["plain", "deflate"])
+@pytest.mark.parametrize("opcode", [Opcode.TEXT, Opcode.BINARY], ids=["text", "binary"])
+async def test_an_empty_message_is_echoed(opcode, deflate):
+    """Autobahn 1.1.1 and 1.2.1: Uvicorn's send drops an empty message (`if text_data:`)."""
+    protocol, transport, client = opened(echo, deflate=deflate)
+    frames = await answer(protocol, transport, client, (opcode, b"", True))
+    assert [(frame.opcode, frame.data) for frame in frames] == [(opcode, b"")]
+    protocol.connection_lost(None)
+
+
+@pytest.mark.parametrize(
+    "payload, code, reason",
+    [(Close(1000, "").serialize(), 1000, ""), (Close(4000, "bye").serialize(), 4000, "bye"), (b"", 1005, "")],
+    ids=["normal", "with-reason", "empty"],
+)
+async def test_a_close_inside_a_fragmented_message_is_answered_with_its_own_code(payload, code, reason):
+    """Autobahn 7.1.5: websockets fails the connection with 1002; RFC 6455 lets a control frame come
+    between fragments, and a close is answered by a close with its code (an empty one by an empty one)."""
+    received = []
+
+    async def recording_echo(scope, receive, send):
+        async def recorded():
+            received.append(await receive())
+            return received[-1]
+
+        await echo(scope, recorded, send)
+
+    protocol, transport, client = opened(recording_echo)
+    frames = await answer(
+        protocol,
+        transport,
+        client,
+        (Opcode.TEXT, b"fragment1", False),
+        (Opcode.CLOSE, payload, True),
+        (Opcode.CONT, b"fragment2", True),
+    )
+    assert [(frame.opcode, frame.data) for frame in frames] == [(Opcode.CLOSE, payload)]
+    assert transport.closing
+    assert received[-1] == {"type": "websocket.disconnect", "code": code, "reason": reason}
+    protocol.connection_lost(None)
+
+
+async def test_invalid_utf8_is_closed_with_1007_without_logging_an_error(caplog, monkeypatch):
+    """Bad input from a client is not a server fault: Uvicorn logs it with a traceback at ERROR."""
+    protocol, transport, client = opened(echo)
+    monkeypatch.setattr(logging.getLogger("uvicorn"), "propagate", True)  # to caplog, on the root
+    frames = await answer(protocol, transport, client, (Opcode.TEXT, b"\xed\xa0\x80", True))
+    assert [(frame.opcode, Close.parse(frame.data).code) for frame in frames] == [(Opcode.CLOSE, 1007)]
+    assert transport.closing
+    assert [record for record in caplog.records if record.levelno >= logging.WARNING] == []
     protocol.connection_lost(None)

@@ -1,0 +1,64 @@
+"""Control commands: every process of a color listens on the channel-layer group `control.<color>`.
+
+rooms.ctl sends them (drain, undrain).
+"""
+
+import asyncio
+import logging
+
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from . import metrics
+from .draining import start_drain, stop_drain
+from .names import DRAIN, UNDRAIN, Error, control_group
+from .readiness import STATE
+
+log = logging.getLogger(__name__)
+
+GROUP_REFRESH_SECONDS = 600  # channels-redis forgets group members after a day
+
+
+async def control_loop():
+    layer = get_channel_layer()
+    groups = (control_group(settings.COLOR),)
+    delay = 0.2
+    while True:
+        channel = None
+        try:
+            channel = await layer.new_channel("control.")
+            while True:
+                for group in groups:
+                    await layer.group_add(group, channel)
+                STATE.control_ok = True
+                delay = 0.2
+                try:
+                    message = await asyncio.wait_for(layer.receive(channel), GROUP_REFRESH_SECONDS)
+                except TimeoutError:
+                    continue
+                handle_control(message)
+        except asyncio.CancelledError:
+            if channel is not None:
+                for group in groups:
+                    try:
+                        await asyncio.wait_for(layer.group_discard(group, channel), 1)
+                    except Exception:
+                        pass
+            raise
+        except Exception as exc:
+            STATE.control_ok = False
+            metrics.ERRORS.labels(Error.CHANNEL_LAYER).inc()
+            log.warning("control channel lost (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def handle_control(message):
+    kind = message.get("type")
+    if kind == DRAIN:
+        start_drain(float(message.get("seconds", 0)))
+    elif kind == UNDRAIN:
+        stop_drain()
+    else:
+        metrics.ERRORS.labels(Error.CONTROL).inc()
+        log.warning("unknown control message ignored: %r", message)

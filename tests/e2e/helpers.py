@@ -1,0 +1,49 @@
+"""Helpers of the end-to-end tier: the addresses the system answers on, and commands against the swarm."""
+
+import json
+import os
+import subprocess
+import urllib.request
+
+from tests.helpers import ROOT
+
+HTTP_PORT = int(os.environ.get("E2E_HTTP_PORT", "18080"))
+ENV = dict(
+    os.environ,
+    HTTP_PORT=str(HTTP_PORT),
+    PROMETHEUS_PORT=os.environ.get("E2E_PROMETHEUS_PORT", "19090"),
+    GRAFANA_PORT=os.environ.get("E2E_GRAFANA_PORT", "13000"),
+    VOLUMES="1",
+)
+BASE_URL = f"http://localhost:{HTTP_PORT}"
+WS_URL = f"ws://localhost:{HTTP_PORT}"
+
+
+def run(args, timeout, check=True, **env):
+    result = subprocess.run(args, cwd=ROOT, env=dict(ENV, **env), capture_output=True, text=True,
+                            timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def docker(*args, timeout=60):
+    return run(["docker", *args], timeout).stdout.strip()
+
+
+def version():
+    with urllib.request.urlopen(BASE_URL + "/version", timeout=5) as response:
+        return json.loads(response.read())
+
+
+def active_service():
+    return f"wsapp-{version()['color']}_app"
+
+
+def service_image(service):
+    return docker("service", "inspect", "--format", "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
+                  service).split("@")[0]
+
+
+def stacks():
+    return set(docker("stack", "ls", "--format", "{{.Name}}").split())

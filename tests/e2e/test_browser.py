@@ -1,0 +1,150 @@
+"""The chat page in a real browser (Debian's headless Chromium, driven by Playwright) through Nginx,
+while promote.sh releases twice: every page ends with every message exactly once, in order, and
+shows the new color. Screenshots of the page after the releases go to tests/e2e/artifacts/."""
+
+import os
+import threading
+import time
+
+import pytest
+
+from tests.e2e.helpers import BASE_URL, run, version
+from tests.helpers import ROOT, require_command
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
+
+ARTIFACTS = os.path.join(ROOT, "tests", "e2e", "artifacts")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+# Short drain and no Prometheus watch: this test is about the client, test_release.py about the gate.
+FAST_RELEASE = {"DRAIN_SECONDS": "4", "WATCH_SECONDS": "0"}
+SEND_GAP = 0.15  # seconds between messages, per page: ~13 messages/s for the two, under the rate limit
+SETTLE_SECONDS = 60
+ROOM = "e2e-browser"
+
+# Records every status the page shows, so the test can tell a release was seen as a notice only.
+STATUS_LOG = """
+window.__statuses = [];
+document.addEventListener("DOMContentLoaded", () => {
+  const status = document.getElementById("status");
+  const note = () => window.__statuses.push([status.dataset.state, status.textContent, performance.now()]);
+  new MutationObserver(note).observe(status, { attributes: true, childList: true, characterData: true });
+});
+"""
+
+
+def chromium():
+    binary = require_command("chromium", "the browser test drives Debian's chromium (.ci/run installs it)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is not installed: run `make deps`", pytrace=False)
+    return binary, sync_playwright
+
+
+class Releases(threading.Thread):
+    """promote.sh twice, one after the other, in the background."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.results = []
+        self.colors = []
+
+    def run(self):
+        for _ in range(2):
+            result = run(["./promote.sh"], 600, False, **FAST_RELEASE)
+            self.results.append(result)
+            if result.returncode != 0:
+                return
+            self.colors.append(version()["color"])
+
+
+def offline_spells(statuses):
+    """Milliseconds from each "reconnecting" the page showed to the next "open"."""
+    spells, since = [], None
+    for state, _, at in statuses:
+        if state == "reconnecting" and since is None:
+            since = at
+        elif state == "open" and since is not None:
+            spells.append(round(at - since))
+            since = None
+    return spells
+
+
+def messages(page):
+    script = "items => items.map(li => [Number(li.dataset.seq), li.querySelector('p').textContent])"
+    return page.eval_on_selector_all("#messages li", script)
+
+
+def test_two_pages_chat_through_two_releases(system):
+    binary, sync_playwright = chromium()
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    first = version()["color"]
+    sent, crashes = [], []  # crashes: uncaught exceptions in the pages' scripts
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=binary, args=CHROMIUM_ARGS)
+        try:
+            pages = {}
+            for name, width in (("Ada", 1000), ("Bob", 390)):
+                page = browser.new_page(viewport={"width": width, "height": 720})
+                page.add_init_script(STATUS_LOG)
+                page.on("pageerror", lambda error, name=name: crashes.append(f"{name}: {error}"))
+                page.goto(f"{BASE_URL}/?room={ROOM}&name={name}")
+                page.wait_for_selector("#status[data-state=open]", timeout=15000)
+                pages[name] = page
+            assert pages["Ada"].inner_text("#server-color") == first
+
+            releases = Releases()
+            releases.start()
+            started = time.monotonic()
+            count = 0
+            while releases.is_alive():
+                assert time.monotonic() - started < 1100, "promote.sh did not finish"
+                for name, page in pages.items():
+                    text = f"{name} {count}"
+                    page.fill("#text", text)
+                    page.press("#text", "Enter")
+                    sent.append(text)
+                    page.wait_for_timeout(SEND_GAP * 1000)
+                count += 1
+            for result in releases.results:
+                assert result.returncode == 0, result.stderr[-4000:]
+            assert len(releases.results) == 2
+
+            # Let the last messages arrive, then compare.
+            deadline = time.monotonic() + SETTLE_SECONDS
+            while not all(len(messages(page)) >= len(sent) for page in pages.values()):
+                assert time.monotonic() < deadline, {n: len(messages(p)) for n, p in pages.items()}
+                time.sleep(0.5)
+            time.sleep(1)
+
+            final = version()["color"]
+            seen, away = {}, {}
+            for name, page in pages.items():
+                page.screenshot(path=os.path.join(ARTIFACTS, f"chat-after-release-{name}.png"))
+                got = messages(page)
+                seqs = [seq for seq, _ in got]
+                assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"{name}: a seq gap or repeat"
+                bodies = [body for _, body in got]
+                assert sorted(bodies) == sorted(sent), f"{name}: not every message exactly once"
+                seen[name] = got
+                assert page.inner_text("#server-color") == final
+                assert page.get_attribute("body", "data-color") == final
+                statuses = page.evaluate("window.__statuses")
+                states = {state for state, *_ in statuses}
+                assert "reconnecting" in states, f"{name}: the release was not shown as reconnecting"
+                assert not states & {"warning", "closed"}, f"{name}: {statuses}"
+                assert all(text == "Reconnecting…" for state, text, _ in statuses if state == "reconnecting")
+                away[name] = offline_spells(statuses)
+                assert len(away[name]) >= 2, f"{name}: each release shows as reconnecting: {statuses}"
+            assert seen["Ada"] == seen["Bob"], "both pages show the same messages in the same order"
+            assert crashes == []
+            for name in pages:  # each page's own messages in the order it sent them
+                mine = [body for _, body in seen[name] if body.startswith(name + " ")]
+                assert mine == [body for body in sent if body.startswith(name + " ")]
+        finally:
+            browser.close()
+    assert releases.colors == [("green" if first == "blue" else "blue"), first]
+    print(f"browser chat through two releases ({first} -> {' -> '.join(releases.colors)}): "
+          f"{len(sent)} messages sent, {len(sent)} received by each of {len(pages)} pages "
+          f"(exactly once, in order); reconnecting for (ms) {away}")
