@@ -218,7 +218,7 @@ async def test_prometheus_restart_during_the_release_gate_does_not_fail_the_rele
     the missing scrapes nor judges series from before the restart, and the release completes."""
     before = version()["color"]
     after = "green" if before == "blue" else "blue"
-    gate = dict(ENV, DRAIN_SECONDS="3", WATCH_SECONDS="45")
+    gate = dict(ENV, DRAIN_SECONDS="3", WATCH_SECONDS="50")
 
     def release_with_prometheus_restart():
         promote = subprocess.Popen(["./promote.sh"], cwd=ROOT, env=gate, stdout=subprocess.PIPE,
@@ -228,7 +228,7 @@ async def test_prometheus_restart_during_the_release_gate_does_not_fail_the_rele
             while version()["color"] != after:  # switched: the watch starts
                 assert promote.poll() is None and time.monotonic() < deadline, "no switch"
                 time.sleep(0.5)
-            time.sleep(5)
+            time.sleep(20)  # after the gate has seen every replica ready
             docker("service", "update", "--force", "--detach", "wsapp_prometheus")
             return promote.wait(timeout=300), promote.stdout.read()
         finally:
