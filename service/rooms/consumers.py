@@ -95,6 +95,7 @@ class RoomConsumer(DatabaseFreeConsumer):
         self.skip_to = backlog.seq
         if self.outbox:
             self.outbox = deque(resume.after_seq(self.outbox, backlog.seq))
+            self.outbox_bytes = sum(map(len, self.outbox))
         self.open = True
         self.kick()
 

@@ -80,7 +80,7 @@ def test_two_pages_chat_through_two_releases(system):
     binary, sync_playwright = chromium()
     os.makedirs(ARTIFACTS, exist_ok=True)
     first = version()["color"]
-    sent = []
+    sent, crashes = [], []  # crashes: uncaught exceptions in the pages' scripts
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=binary, args=CHROMIUM_ARGS)
         try:
@@ -88,6 +88,7 @@ def test_two_pages_chat_through_two_releases(system):
             for name, width in (("Ada", 1000), ("Bob", 390)):
                 page = browser.new_page(viewport={"width": width, "height": 720})
                 page.add_init_script(STATUS_LOG)
+                page.on("pageerror", lambda error, name=name: crashes.append(f"{name}: {error}"))
                 page.goto(f"{BASE_URL}/?room={ROOM}&name={name}")
                 page.wait_for_selector("#status[data-state=open]", timeout=15000)
                 pages[name] = page
@@ -137,6 +138,7 @@ def test_two_pages_chat_through_two_releases(system):
                 away[name] = offline_spells(statuses)
                 assert len(away[name]) >= 2, f"{name}: each release shows as reconnecting: {statuses}"
             assert seen["Ada"] == seen["Bob"], "both pages show the same messages in the same order"
+            assert crashes == []
             for name in pages:  # each page's own messages in the order it sent them
                 mine = [body for _, body in seen[name] if body.startswith(name + " ")]
                 assert mine == [body for body in sent if body.startswith(name + " ")]

@@ -4,8 +4,10 @@ nothing raises or logs an error, and nothing is left once the client leaves."""
 import json
 import logging
 
+from asgiref.testing import ApplicationCommunicator
 from channels.testing import WebsocketCommunicator
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from config.asgi import application
 from rooms import metrics
@@ -17,6 +19,7 @@ from tests.hostile import cases
 ORIGIN = (b"origin", b"http://localhost")
 CLIENT_ERRORS = {str(kind) for kind in Error} - {str(kind) for kind in SERVER_ERRORS}
 EXAMPLES = 6000
+QUERY_EXAMPLES = 1000
 
 
 class ErrorRecords(logging.Handler):
@@ -52,3 +55,38 @@ async def test_every_message_gets_one_answer_and_nothing_is_left(case):
     assert not errors.records, [record.getMessage() for record in errors.records]
     assert not SESSIONS and metrics.ACTIVE_CONNECTIONS._value.get() == 0
     assert not get_hub().rooms
+
+
+queries = st.one_of(
+    st.binary(max_size=60),
+    st.from_regex(rb"since=[-+ 0-9a-f%]{0,25}", fullmatch=True),
+    st.lists(st.sampled_from([b"since=1", b"since=", b"since=x", b"since=" + b"9" * 20, b"since=%31"]),
+             max_size=3).map(b"&".join),
+)
+
+
+@settings(max_examples=QUERY_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(query=queries)
+async def test_any_handshake_query_gets_a_welcome_or_invalid_since_and_leaves_nothing(query):
+    errors = ErrorRecords()
+    logging.getLogger().addHandler(errors)
+    # The query string exactly as sent: the communicator would parse it out of a path.
+    scope = {"type": "websocket", "path": "/ws/rooms/fuzzq/", "query_string": query,
+             "headers": [ORIGIN], "subprotocols": []}
+    communicator = ApplicationCommunicator(application, scope)
+    try:
+        await communicator.send_input({"type": "websocket.connect"})
+        first = await communicator.receive_output()
+        assert first["type"] == "websocket.accept", first
+        frame = json.loads((await communicator.receive_output())["text"])
+        if frame["type"] == "error":
+            assert frame["error"] == "invalid_since" and frame["detail"]
+            assert await communicator.receive_output() == {"type": "websocket.close", "code": 1008}
+        else:
+            assert frame["type"] == "welcome"
+    finally:
+        await communicator.send_input({"type": "websocket.disconnect", "code": 1000})
+        await communicator.wait()
+        logging.getLogger().removeHandler(errors)
+    assert not errors.records, [record.getMessage() for record in errors.records]
+    assert not SESSIONS and metrics.ACTIVE_CONNECTIONS._value.get() == 0
