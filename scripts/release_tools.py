@@ -1,7 +1,9 @@
 """Release checks that promote.sh runs in a throwaway container on the overlay network.
 
 Standard library and `websockets` only (both are in the app image), so any app image can run it:
-  smoke --preview URL --live URL --color C [--version V]   HTTP, WebSocket and cross-color checks
+  smoke --preview URL --live URL --color C [--version V] [--origin O]
+                                                            HTTP, WebSocket and cross-color checks,
+                                                            as a browser at Origin O would connect
   expect-color --url URL --color C                          the public route serves color C
   wait-drained --service NAME --timeout S                   until the service holds no WebSockets
   watch --prometheus URL --color C --seconds N --max-error-ratio R --replicas N
@@ -10,8 +12,10 @@ Standard library and `websockets` only (both are in the app image), so any app i
 
 import argparse
 import asyncio
+import datetime
 import json
 import math
+import re
 import secrets
 import socket
 import sys
@@ -21,10 +25,12 @@ import urllib.parse
 import urllib.request
 
 from websockets.asyncio.client import connect
-from websockets.exceptions import WebSocketException
+from websockets.exceptions import InvalidStatus, WebSocketException
 
 ORIGIN = "http://localhost"
 STEP_TIMEOUT = 5.0
+# A recorded sample older than this (two rule evaluations) is from before a Prometheus restart.
+FRESH_SECONDS = 10
 
 
 class CheckFailed(Exception):
@@ -36,9 +42,10 @@ def check(condition, message):
         raise CheckFailed(message)
 
 
-def get(url, timeout=STEP_TIMEOUT):
+def get(url, timeout=STEP_TIMEOUT, headers=None):
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        request = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
@@ -68,11 +75,20 @@ async def smoke(args):
         status, _ = get(args.preview + "/readyz")
         check(status == 200, f"GET {args.preview}/readyz answered {status}")
     print(f"ok: HTTP /version and /readyz on {args.color}")
+    # The page, as the public host name: Django answers 400 for a host outside ALLOWED_HOSTS.
+    host = urllib.parse.urlsplit(args.origin).netloc
+    status, _ = get(args.preview + "/", headers={"Host": host})
+    check(status == 200, f"GET / with Host {host} answered {status}: is {host} in ALLOWED_HOSTS?")
+    print(f"ok: the page answers for Host {host}")
 
     room = "smoke-" + secrets.token_hex(4)
     path = f"/ws/rooms/{room}/"
-    async with connect(ws_url(args.preview, path), origin=ORIGIN, open_timeout=STEP_TIMEOUT) as idle, \
-            connect(ws_url(args.live, path), origin=ORIGIN, open_timeout=STEP_TIMEOUT) as live:
+    try:
+        idle = await connect(ws_url(args.preview, path), origin=args.origin, open_timeout=STEP_TIMEOUT)
+    except InvalidStatus as exc:
+        raise CheckFailed(f"{args.color} refused a WebSocket from Origin {args.origin} "
+                          f"({exc.response.status_code}): is its host in ALLOWED_HOSTS?") from None
+    async with idle, connect(ws_url(args.live, path), origin=args.origin, open_timeout=STEP_TIMEOUT) as live:
         welcome = await recv_json(idle, "welcome")
         check(welcome["color"] == args.color, f"idle welcome from {welcome['color']}")
         live_welcome = await recv_json(live, "welcome")
@@ -143,6 +159,22 @@ def prometheus_query(base, expr):
     return {frozenset(r["metric"].items()): float(r["value"][1]) for r in answer["data"]["result"]}
 
 
+def fresh(selector):
+    """Only samples of `selector` recorded in the last FRESH_SECONDS. Prometheus writes no staleness
+    markers when it stops, so after a restart the recorded series of replicas and colors from
+    before would answer for the 5-minute lookback (observability/prometheus/rules.yml)."""
+    return f"{selector} and time() - timestamp({selector}) < {FRESH_SECONDS}"
+
+
+def prometheus_uptime(base):
+    """Seconds since the Prometheus process started (its runtime information)."""
+    status, body = get(base.rstrip("/") + "/api/v1/status/runtimeinfo")
+    check(status == 200, f"Prometheus answered {status} to runtimeinfo: {body[:200]}")
+    started = json.loads(body)["data"]["startTime"]  # RFC 3339 with nanoseconds
+    started = datetime.datetime.fromisoformat(re.sub(r"\.\d+", "", started))
+    return time.time() - started.timestamp()
+
+
 def scalar(result):
     """The value of a one-series result, or None when there is none."""
     return next(iter(result.values())) if result else None
@@ -154,14 +186,17 @@ def watch(args):
     Fails (CheckFailed) when the server-side error ratio of the color exceeds --max-error-ratio
     while it receives at least --min-rate messages/s, or when fewer than --replicas replicas are
     ready for longer than --grace seconds, or when readiness was never visible at all. No traffic
-    means no ratio, which is not a failure. Every query is bounded, and so is the whole watch.
+    means no ratio, which is not a failure. Only samples Prometheus recorded in the last
+    FRESH_SECONDS count, and readiness is not judged while Prometheus is younger than --discovery
+    (it restarted and has not scraped every replica yet): a restart neither passes nor fails the
+    gate on series from before it. Every query is bounded, and so is the whole watch.
     """
     color = f'{{color="{args.color}"}}'
     queries = {
-        "ratio": f"color:ws_server_error_ratio:rate1m{color}",
-        "rate": f"color:ws_messages_received:rate1m{color}",
-        "ready": f"sum(ws_ready{color} == bool 1)",
-        "up": f'sum(up{{job="app",color="{args.color}"}})',
+        "ratio": fresh(f"color:ws_server_error_ratio:rate1m{color}"),
+        "rate": fresh(f"color:ws_messages_received:rate1m{color}"),
+        "ready": fresh(f"color:ws_ready_replicas:sum{color}"),
+        "up": fresh(f"color:ws_targets_up:sum{color}"),
     }
     print(f"watching {args.color} for {args.seconds:g}s: error ratio <= {args.max_error_ratio:g} "
           f"(at >= {args.min_rate:g} messages/s), {args.replicas} replicas ready "
@@ -176,6 +211,7 @@ def watch(args):
         now = time.monotonic()
         try:
             values = {name: scalar(prometheus_query(args.prometheus, q)) for name, q in queries.items()}
+            uptime = prometheus_uptime(args.prometheus)
         except (CheckFailed, OSError, ValueError, KeyError) as exc:
             last_error = exc
             print(f"  {now - started:5.1f}s Prometheus query failed: {exc}", flush=True)
@@ -192,6 +228,10 @@ def watch(args):
                       f"({rate:.1f} messages/s)")
             if ready >= args.replicas:
                 seen_ready, not_ready_since = True, None
+            elif uptime < args.discovery:
+                not_ready_since = None
+                print(f"  Prometheus started {uptime:.0f}s ago: readiness not judged before it has "
+                      f"scraped every replica ({args.discovery:g}s)", flush=True)
             else:
                 not_ready_since = now if not_ready_since is None else not_ready_since
                 # Until every replica has been seen ready, Prometheus may still be discovering them.
@@ -217,6 +257,7 @@ def main(argv=None):
     p.add_argument("--live", required=True)
     p.add_argument("--color", required=True)
     p.add_argument("--version", default="")
+    p.add_argument("--origin", default=ORIGIN, help=f"the production Origin (default {ORIGIN})")
     p = sub.add_parser("expect-color")
     p.add_argument("--url", required=True)
     p.add_argument("--color", required=True)
