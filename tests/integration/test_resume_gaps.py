@@ -207,3 +207,25 @@ async def test_a_connected_client_whose_rooms_keys_expired_resumes_instead_of_dr
         assert (resync["reason"], resync["from"], news["seq"], news["body"]) == ("ahead", 1, 1, "news")
     finally:
         server.stop()
+
+
+async def test_since_at_every_boundary_replays_exactly_what_follows_through_one_frame_pages(
+        connect, make_server):
+    """Kept: 4 to 8 of 8. Pages of one frame (the smallest OUTBOUND_QUEUE_BYTES), so every replay
+    goes through the paged reads; then one live message, which must follow without gap or dup."""
+    server = make_server(ROOM_HISTORY_MAX="5", OUTBOUND_QUEUE_BYTES="65536")
+    alice = await connect(server, "bounds")
+    await say(alice, *"12345678")
+    expected = {  # since: (resync reason or None, seqs replayed)
+        0: ("too_old", [4, 5, 6, 7, 8]), 2: ("too_old", [4, 5, 6, 7, 8]), 3: (None, [4, 5, 6, 7, 8]),
+        4: (None, [5, 6, 7, 8]), 7: (None, [8]), 8: (None, []), 9: ("ahead", [4, 5, 6, 7, 8]),
+        999999999999999999: ("ahead", [4, 5, 6, 7, 8]),
+    }
+    clients = {since: await connect(server, "bounds", f"?since={since}") for since in expected}
+    await say(alice, "live")
+    for since, (reason, seqs) in expected.items():
+        frames = await recv(clients[since], len(seqs) + 1 + (reason is not None))
+        if reason is not None:
+            got = frames.pop(0)
+            assert (got["type"], got["reason"], got["from"], got["seq"]) == ("resync", reason, 4, 8)
+        assert [f["seq"] for f in frames] == seqs + [9], since
