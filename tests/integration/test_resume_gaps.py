@@ -229,3 +229,39 @@ async def test_since_at_every_boundary_replays_exactly_what_follows_through_one_
             got = frames.pop(0)
             assert (got["type"], got["reason"], got["from"], got["seq"]) == ("resync", reason, 4, 8)
         assert [f["seq"] for f in frames] == seqs + [9], since
+
+
+async def test_redis_lost_during_a_paged_replay_ends_it_with_a_resume_notice(redis_server, tmp_path, store):
+    """Redis goes away while a slow client is being replayed a long history: the client gets what
+    was read, then a resume notice with the last seq it was sent, then 1012; nothing out of order."""
+    server = AppServer(redis_server.url, tmp_path, workers=1)
+    server.start()
+    client = None
+    try:
+        keys = [prefix + "lost-redis" for prefix in (SEQ_PREFIX, HISTORY_PREFIX, CHANNEL_PREFIX)]
+        with store.pipeline(transaction=False) as pipe:
+            for _ in range(200):
+                frame = frame_parts("lost-redis", "o", BIG_BODY, 0)
+                pipe.eval(PUBLISH_SCRIPT, len(keys), *keys, *frame, 1000, 600)
+            pipe.execute()
+        client = WireClient(server.port, rcvbuf=4096, path="/ws/rooms/lost-redis/?since=0")
+        assert json.loads(client.next_frame()[1])["type"] == "welcome"
+        redis_server.stop()  # the first page (21 frames) is on its way; the next cannot be read
+        last, notice = 0, None
+        while True:
+            opcode, payload = client.next_frame()
+            if opcode == 0x8:  # close
+                assert int.from_bytes(payload[:2], "big") == 1012
+                break
+            frame = json.loads(payload)
+            if frame["type"] == "reconnect":
+                assert (frame["reason"], frame["seq"]) == ("resume", last)
+                notice = frame
+                continue
+            assert frame["seq"] == last + 1
+            last = frame["seq"]
+        assert 0 < last < 200 and notice
+    finally:
+        if client is not None:
+            client.close()
+        server.stop()
