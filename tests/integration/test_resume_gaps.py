@@ -261,6 +261,8 @@ async def test_redis_lost_during_a_paged_replay_ends_it_with_a_resume_notice(red
             assert frame["seq"] == last + 1
             last = frame["seq"]
         assert 0 < last < 200 and notice
+        client.close()
+        await server.until_metric("ws_active_connections", 0, timeout=15)
     finally:
         if client is not None:
             client.close()
