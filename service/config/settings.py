@@ -183,6 +183,10 @@ OUTBOUND_QUEUE_BYTES = env_int("OUTBOUND_QUEUE_BYTES", 2**20, minimum=65536)
 # older than ROOM_HISTORY_SECONDS. A room's Redis keys expire that long after its last activity.
 ROOM_HISTORY_MAX = env_int("ROOM_HISTORY_MAX", 1000, minimum=1)
 ROOM_HISTORY_SECONDS = env_int("ROOM_HISTORY_SECONDS", 600, minimum=1)
+# ...and at most ROOM_HISTORY_BYTES of frames (the newest is always kept). Redis must hold this for
+# every busy room at once (docs/security.md, "Redis"): 256 KiB is 5 frames of the largest body or
+# over a thousand ordinary chat messages, so ROOM_HISTORY_MAX stays the bound for normal rooms.
+ROOM_HISTORY_BYTES = env_int("ROOM_HISTORY_BYTES", 262144, minimum=4096)
 # Fault injection for testing release gates: this share of chat messages is answered with an
 # "internal" error instead of being published. Never set it in production.
 FAULT_ERROR_SHARE = env_float("FAULT_ERROR_SHARE", 0.0, minimum=0.0)

@@ -7,8 +7,9 @@ exactly what was published. Each process then hands the same string to each of i
 Without REDIS_URL the LocalHub does the same inside one process.
 
 History (docs/protocol.md, "History and resume"): a Redis Stream per room whose entry ids are
-`<seq>-0`, trimmed to ROOM_HISTORY_MAX entries and to ROOM_HISTORY_SECONDS (by Redis's clock). Both
-keys of a room expire ROOM_HISTORY_SECONDS after its last message, so an idle room costs nothing.
+`<seq>-0`, trimmed to ROOM_HISTORY_MAX entries, ROOM_HISTORY_BYTES of frames and ROOM_HISTORY_SECONDS
+(by Redis's clock). Both keys of a room expire ROOM_HISTORY_SECONDS after its last message, so an
+idle room costs nothing.
 While a process has members in a room it keeps the room's seq key alive (keep_alive), so that a
 connected client never sees the counter go back to 1; the history itself is not kept alive: its
 entries are too old to be replayed anyway.
@@ -41,36 +42,56 @@ SUBSCRIBE_TIMEOUT = 5.0
 # backs off for seconds, during which clients would wait instead of getting an error frame.
 FAIL_FAST = Retry(NoBackoff(), 1)
 
-# Drops history entries older than the cutoff (ms); every entry is {"t", ms, "f", frame}.
+# Every history entry is {"t", ms, "f", frame, "b", offset}: Redis's clock when it was added, the
+# frame, and how many frame bytes the room's history had taken in before it (a running offset, so
+# the bytes kept are the newest entry's end minus the oldest entry's offset, with no counter to
+# drift when entries are trimmed or the key expires). Entries written before "b" existed count 0.
 TRIM_LUA = """
-local function trim(history, cutoff)
+-- Drops the oldest entries whose field number i (2: t, 6: b) is below floor. With keep_newest the
+-- newest entry stays whatever its value, otherwise a history with nothing left is deleted.
+local function trim_below(history, i, floor, keep_newest)
   local first = redis.call('XRANGE', history, '-', '+', 'COUNT', 1)
-  if #first == 0 or tonumber(first[1][2][2]) >= cutoff then return end
-  local start = '-'
+  if #first == 0 or tonumber(first[1][2][i] or '0') >= floor then return end
+  local start, count, last = '-', 2, nil
   while true do
-    local batch = redis.call('XRANGE', history, start, '+', 'COUNT', 64)
-    if #batch == 0 then redis.call('DEL', history) return end
-    for _, entry in ipairs(batch) do
-      if tonumber(entry[2][2]) >= cutoff then redis.call('XTRIM', history, 'MINID', entry[1]) return end
+    local batch = redis.call('XRANGE', history, start, '+', 'COUNT', count)
+    if #batch == 0 then
+      if keep_newest then redis.call('XTRIM', history, 'MINID', last) else redis.call('DEL', history) end
+      return
     end
-    start = '(' .. batch[#batch][1]
+    for _, entry in ipairs(batch) do
+      if tonumber(entry[2][i] or '0') >= floor then redis.call('XTRIM', history, 'MINID', entry[1]) return end
+    end
+    last = batch[#batch][1]
+    start = '(' .. last
+    count = math.min(count * 2, 64)
   end
 end
+local function trim(history, cutoff) trim_below(history, 2, cutoff, false) end
 local clock = redis.call('TIME')
 local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
 """
 
-# KEYS: seq, history, channel. ARGV: frame head, frame tail, history max, history seconds.
+# KEYS: seq, history, channel. ARGV: frame head, frame tail, history max, history seconds, history
+# bytes (optional, for tests that publish directly: without it, no byte bound). The byte bound is
+# kept in the same step as XADD: the oldest entries go until the frames kept take at most
+# ROOM_HISTORY_BYTES (the newest always stays), so a room flooded with the largest frames holds a
+# bounded share of Redis's maxmemory (docs/security.md, "Redis").
 PUBLISH_SCRIPT = TRIM_LUA + """
 local seq = redis.call('INCR', KEYS[1])
 local frame = ARGV[1] .. seq .. ARGV[2]
-local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', ARGV[3], seq .. '-0', 't', now, 'f', frame)
+local offset = 0
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+if #last > 0 then offset = tonumber(last[1][2][6] or '0') + #last[1][2][4] end
+local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', ARGV[3], seq .. '-0', 't', now, 'f', frame, 'b', offset)
 if type(added) == 'table' and added.err then
   -- The history is ahead of the counter (its key was deleted): it belongs to an older counter.
   redis.call('DEL', KEYS[2])
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], seq .. '-0', 't', now, 'f', frame)
+  offset = 0
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], seq .. '-0', 't', now, 'f', frame, 'b', offset)
 end
 trim(KEYS[2], now - ARGV[4] * 1000)
+if ARGV[5] then trim_below(KEYS[2], 6, offset + #frame - tonumber(ARGV[5]), true) end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('PUBLISH', KEYS[3], frame)
@@ -230,6 +251,9 @@ class LocalHub(BaseHub):
         history.append((seq, self.clock(), frame))
         while len(history) > settings.ROOM_HISTORY_MAX:
             history.popleft()
+        kept = sum(len(entry[2].encode()) for entry in history)
+        while len(history) > 1 and kept > settings.ROOM_HISTORY_BYTES:  # the newest always stays
+            kept -= len(history.popleft()[2].encode())
         self._touch(room)
         self.fan_out(room, frame)
         return seq
@@ -290,6 +314,7 @@ class RedisHub(BaseHub):
         self.backlog_script = self.redis.register_script(BACKLOG_SCRIPT)
         self.history_max = settings.ROOM_HISTORY_MAX
         self.history_seconds = settings.ROOM_HISTORY_SECONDS
+        self.history_bytes = settings.ROOM_HISTORY_BYTES
         self.tasks = [
             asyncio.create_task(self._listen()),
             asyncio.create_task(self._beat()),
@@ -342,7 +367,8 @@ class RedisHub(BaseHub):
         head, tail = frame_parts(room, session, body, time.time())
         keys = [SEQ_PREFIX + room, HISTORY_PREFIX + room, CHANNEL_PREFIX + room]
         try:
-            return await self.script(keys=keys, args=[head, tail, self.history_max, self.history_seconds])
+            return await self.script(
+                keys=keys, args=[head, tail, self.history_max, self.history_seconds, self.history_bytes])
         except (aioredis.RedisError, OSError) as exc:
             raise HubUnavailable(str(exc)) from exc
 

@@ -232,3 +232,27 @@ async def test_the_drain_notice_tells_each_client_its_last_seq(connect, make_ser
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await asyncio.wait_for(ws.recv(), 5)
         assert closed.value.rcvd.code == 1012
+
+
+LARGEST = "\U0001F600" * 4096  # MAX_BODY_CHARS of escaped emoji: a 49 KB frame, the largest there is
+
+
+async def test_flooded_rooms_keep_room_history_bytes_and_redis_keeps_accepting_writes(connect, make_server,
+                                                                                       store):
+    """Ten rooms flooded with the largest frames: without the byte bound their 300 frames (15 MB) would
+    fill this Redis' 8 MB and every write (publishes, drain control) would fail with OOM."""
+    store.config_set("maxmemory", "8mb")
+    store.config_set("maxmemory-policy", "noeviction")
+    server = make_server(**FAST)  # the default ROOM_HISTORY_BYTES, 256 KiB
+    rooms = [f"flood{n}" for n in range(10)]
+    senders = [await connect(server, room) for room in rooms]
+    await asyncio.gather(*(say(ws, *([LARGEST] * 30)) for ws in senders))
+    for room in rooms:
+        frames = [fields[b"f"] for _, fields in store.xrange(f"wsapp:history:{room}")]
+        assert len(frames) == 5 and sum(map(len, frames)) <= 262144
+        assert store.memory_usage(f"wsapp:history:{room}", samples=0) < 1.2 * 262144  # 289,864 here
+    await say(senders[0], "still writable")
+    late = await connect(server, "flood0", "?since=20")
+    resync = (await recv(late))[0]
+    assert (resync["reason"], resync["from"], resync["seq"]) == ("too_old", 26, 31)  # 5 large, 1 small
+    assert [f["seq"] for f in await recv(late, 6)] == [26, 27, 28, 29, 30, 31]

@@ -84,7 +84,8 @@ async def test_messages_the_subscriber_missed_make_members_resume_not_see_a_gap(
 async def test_many_clients_resuming_a_full_history_at_once_are_not_closed_slow(connect, make_server, store):
     """A replay is sent before the outbox bounds apply: twenty clients asking at once for a full
     history (1000 messages, 2 MB each) while the room goes on get all of it, none closed 1013."""
-    server = make_server(RATE_LIMIT_PER_SECOND="100000", RATE_LIMIT_BURST="100000")
+    server = make_server(RATE_LIMIT_PER_SECOND="100000", RATE_LIMIT_BURST="100000",
+                         ROOM_HISTORY_BYTES="4000000")  # room for all of the 2 MB, live ones too
     keys = [prefix + "full" for prefix in (SEQ_PREFIX, HISTORY_PREFIX, CHANNEL_PREFIX)]
     with store.pipeline(transaction=False) as pipe:
         for n in range(1000):

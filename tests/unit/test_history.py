@@ -137,6 +137,28 @@ async def test_malformed_since_is_refused_with_invalid_since_and_1008(connect, q
     assert "h-bad" not in get_hub().rooms
 
 
+@override_settings(ROOM_HISTORY_BYTES=4096)
+async def test_history_keeps_at_most_room_history_bytes_of_frames(connect):
+    """A room flooded with large messages keeps only the newest that fit (RedisHub does the same in
+    its Lua script: tests/integration/test_history.py)."""
+    _, alice = await connect("/ws/rooms/h-bytes/")
+    await say(alice, *(str(n) * 1000 for n in range(1, 10)))
+    kept = get_hub().history["h-bytes"]
+    assert [seq for seq, _, _ in kept] == [7, 8, 9]
+    assert sum(len(frame.encode()) for _, _, frame in kept) <= 4096
+    _, bob = await connect("/ws/rooms/h-bytes/?since=0")
+    resync, *replayed = await frames(bob, 4)
+    assert (resync["reason"], resync["from"]) == ("too_old", 7)
+    assert [f["seq"] for f in replayed] == [7, 8, 9]
+
+
+@override_settings(ROOM_HISTORY_BYTES=4096, MAX_BODY_CHARS=8000)
+async def test_a_frame_larger_than_room_history_bytes_is_still_kept_as_the_newest(connect):
+    _, alice = await connect("/ws/rooms/h-big/")
+    await say(alice, "small", "x" * 5000)
+    assert [seq for seq, _, _ in get_hub().history["h-big"]] == [2]
+
+
 @override_settings(ROOM_HISTORY_SECONDS=10)
 async def test_history_older_than_its_window_is_not_replayed(connect, monkeypatch):
     now = [1000.0]
@@ -196,6 +218,7 @@ def test_parse_since_reads_one_since_among_other_parameters():
 @pytest.mark.parametrize(("env", "message"), [
     ({"ROOM_HISTORY_MAX": "0"}, "ROOM_HISTORY_MAX must be at least 1"),
     ({"ROOM_HISTORY_SECONDS": "ten"}, "ROOM_HISTORY_SECONDS must be an integer"),
+    ({"ROOM_HISTORY_BYTES": "1000"}, "ROOM_HISTORY_BYTES must be at least 4096"),
 ])
 def test_bad_history_settings_fail_at_startup_with_the_variable_named(env, message):
     base = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DJANGO_DEBUG")}
