@@ -3,6 +3,7 @@
 import asyncio
 import json
 import logging
+import re
 import secrets
 from collections import deque
 
@@ -13,7 +14,7 @@ from wsserver import SEND_TEXT_NOWAIT
 
 from . import draining, metrics, resume
 from .generic import DatabaseFreeConsumer
-from .hub import HubUnavailable, frame_seq, get_hub
+from .hub import Duplicate, HubUnavailable, frame_seq, get_hub
 from .names import (
     CLOSE_POLICY_VIOLATION,
     CLOSE_SERVER_ERROR,
@@ -29,6 +30,25 @@ from .tasks import spawn
 log = logging.getLogger(__name__)
 
 RELEASE_FLUSH_SECONDS = 2.0
+MESSAGE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a client's message id (docs/protocol.md)
+
+
+def message_id(data):
+    """The valid client message id of a parsed frame, else None."""
+    if isinstance(data, dict):
+        value = data.get("id")
+        if isinstance(value, str) and MESSAGE_ID.fullmatch(value):
+            return value
+    return None
+
+
+def frame_message_id(text_data):
+    """The id of a frame refused before it is read (rate limited), so the client can stop resending
+    it. Parsing costs no more than the frame's own handling would: at most RATE_LIMIT_STRIKES."""
+    try:
+        return message_id(json.loads(text_data)) if text_data is not None else None
+    except Exception:  # any frame that does not parse (RecursionError too): no id
+        return None
 
 
 class RoomConsumer(DatabaseFreeConsumer):
@@ -166,7 +186,8 @@ class RoomConsumer(DatabaseFreeConsumer):
                 metrics.ERRORS.labels(Error.RATE_LIMITED_CLOSE).inc()
                 await self.close_with(CLOSE_POLICY_VIOLATION)
             else:
-                self.error(Error.RATE_LIMITED, f"over {settings.RATE_LIMIT_PER_SECOND:g} messages/s")
+                self.error(Error.RATE_LIMITED, f"over {settings.RATE_LIMIT_PER_SECOND:g} messages/s",
+                           frame_message_id(text_data))
             return
         self.strikes = 0
         if text_data is None:
@@ -191,25 +212,33 @@ class RoomConsumer(DatabaseFreeConsumer):
             self.error(Error.UNKNOWN_TYPE, f"unknown message type {shown}; use 'message' or 'ping'")
 
     async def on_message(self, data):
-        body = data.get("body")
-        if not isinstance(body, str):
-            self.error(Error.INVALID_BODY, "'body' must be a string")
+        body, msg_id = data.get("body"), message_id(data)
+        if "id" in data and msg_id is None:
+            self.error(Error.INVALID_ID, "'id' must be 1 to 64 characters of A-Z, a-z, 0-9, _ and -")
+        elif not isinstance(body, str):
+            self.error(Error.INVALID_BODY, "'body' must be a string", msg_id)
         elif len(body) > settings.MAX_BODY_CHARS:
-            self.error(Error.BODY_TOO_LONG, f"'body' is over {settings.MAX_BODY_CHARS} characters")
+            self.error(Error.BODY_TOO_LONG, f"'body' is over {settings.MAX_BODY_CHARS} characters", msg_id)
         else:
-            await self.publish(body)
+            await self.publish(body, msg_id)
 
-    async def publish(self, body):
+    async def publish(self, body, msg_id=None):
         try:
-            await get_hub().publish(self.room, self.session_id, body)
+            await get_hub().publish(self.room, self.session_id, body, msg_id)
         except HubUnavailable:
-            self.error(Error.UNAVAILABLE, "the message could not be published; try again")
+            self.error(Error.UNAVAILABLE, "the message could not be published; try again", msg_id)
+        except Duplicate as duplicate:  # a resend of a message the room has: say so, publish nothing
+            self.deliver(json.dumps({"type": "duplicate", "id": msg_id, "seq": duplicate.seq}))
         else:
             metrics.BROADCASTS.inc()
 
-    def error(self, code, detail):
+    def error(self, code, detail, msg_id=None):
+        """An error frame; one answering a message that carried a valid id echoes it."""
         metrics.ERRORS.labels(code).inc()
-        self.deliver(json.dumps({"type": "error", "error": code, "detail": detail}))
+        frame = {"type": "error", "error": code, "detail": detail}
+        if msg_id is not None:
+            frame["id"] = msg_id
+        self.deliver(json.dumps(frame))
 
     def deliver(self, frame):
         """Queue a frame for this client; a client that falls too far behind is closed."""

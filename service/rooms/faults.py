@@ -21,8 +21,8 @@ def injected_fault():
 class FaultInjectingRoomConsumer(RoomConsumer):
     """The room consumer that rooms.routing serves when FAULT_ERROR_SHARE is set."""
 
-    async def publish(self, body):
+    async def publish(self, body, msg_id=None):
         if injected_fault():
-            self.error(Error.INTERNAL, "injected fault (FAULT_ERROR_SHARE)")
+            self.error(Error.INTERNAL, "injected fault (FAULT_ERROR_SHARE)", msg_id)
         else:
-            await super().publish(body)
+            await super().publish(body, msg_id)

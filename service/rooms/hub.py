@@ -31,7 +31,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from . import metrics
-from .names import CHANNEL_PREFIX, HEARTBEAT_CHANNEL, HISTORY_PREFIX, SEQ_PREFIX, Error
+from .names import CHANNEL_PREFIX, HEARTBEAT_CHANNEL, HISTORY_PREFIX, IDS_PREFIX, SEQ_PREFIX, Error
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +72,26 @@ local clock = redis.call('TIME')
 local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
 """
 
-# KEYS: seq, history, channel. ARGV: frame head, frame tail, history max, history seconds, history
-# bytes (optional, for tests that publish directly: without it, no byte bound). The byte bound is
-# kept in the same step as XADD: the oldest entries go until the frames kept take at most
-# ROOM_HISTORY_BYTES (the newest always stays), so a room flooded with the largest frames holds a
-# bounded share of Redis's maxmemory (docs/security.md, "Redis").
+# KEYS: seq, history, channel[, ids]. ARGV: frame head, frame tail, history max, history seconds[,
+# history bytes[, client message id]]. The last two are optional for tests that publish directly:
+# without the bytes, no byte bound; without an id, no duplicate check (and no ids key).
+# The byte bound is kept in the same step as XADD: the oldest entries go until the frames kept take
+# at most ROOM_HISTORY_BYTES (the newest always stays), so a room flooded with the largest frames
+# holds a bounded share of Redis's maxmemory (docs/security.md, "Redis").
+# A client message id already published while its message is still kept is not published again:
+# the script returns minus the seq it was published with. The ids key holds the ids of the kept
+# entries only (trimmed with them), so its size follows the history's.
 PUBLISH_SCRIPT = TRIM_LUA + """
+local id = ARGV[6] or ''
+if id ~= '' then
+  local known = redis.call('ZSCORE', KEYS[4], id)
+  if known and tonumber(known) <= tonumber(redis.call('GET', KEYS[1]) or '0') then
+    local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+    if #first > 0 and tonumber(string.match(first[1][1], '^%d+')) <= tonumber(known) then
+      return -tonumber(known)
+    end
+  end
+end
 local seq = redis.call('INCR', KEYS[1])
 local frame = ARGV[1] .. seq .. ARGV[2]
 local offset = 0
@@ -87,6 +101,7 @@ local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', ARGV[3], seq .. '-0', 't', 
 if type(added) == 'table' and added.err then
   -- The history is ahead of the counter (its key was deleted): it belongs to an older counter.
   redis.call('DEL', KEYS[2])
+  if KEYS[4] then redis.call('DEL', KEYS[4]) end
   offset = 0
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], seq .. '-0', 't', now, 'f', frame, 'b', offset)
 end
@@ -94,6 +109,14 @@ trim(KEYS[2], now - ARGV[4] * 1000)
 if ARGV[5] then trim_below(KEYS[2], 6, offset + #frame - tonumber(ARGV[5]), true) end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
+if KEYS[4] then
+  local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. string.match(first[1][1], '^%d+'))
+  if id ~= '' then
+    redis.call('ZADD', KEYS[4], seq, id)
+    redis.call('EXPIRE', KEYS[4], ARGV[4])
+  end
+end
 redis.call('PUBLISH', KEYS[3], frame)
 return seq
 """
@@ -123,10 +146,20 @@ class HubUnavailable(Exception):
     """The hub cannot reach Redis right now."""
 
 
-def frame_parts(room, session, body, ts):
-    """The message frame around its seq, which only the publisher (Redis) knows."""
+class Duplicate(Exception):  # noqa: N818 (not an error: the message is in the room already)
+    """A message with this client id was published already (its seq) and is still kept."""
+
+    def __init__(self, seq):
+        super().__init__(seq)
+        self.seq = seq
+
+
+def frame_parts(room, session, body, ts, msg_id=None):
+    """The message frame around its seq, which only the publisher (Redis) knows. The client's
+    message id, when it gave one, goes before "ts", which stays last (frame_ts)."""
     head = '{"type":"message","room":%s,"seq":' % json.dumps(room)
-    tail = ',"body":%s,"session":%s,"ts":%s}' % (json.dumps(body), json.dumps(session), ts)
+    echo = "" if msg_id is None else ',"id":%s' % json.dumps(msg_id)
+    tail = ',"body":%s,"session":%s%s,"ts":%s}' % (json.dumps(body), json.dumps(session), echo, ts)
     return head, tail
 
 
@@ -200,6 +233,7 @@ class LocalHub(BaseHub):
         super().__init__()
         self.seq = {}
         self.history = {}  # room -> deque of (seq, time, frame)
+        self.ids = {}  # room -> {client message id: seq} of the kept frames
         self.expires = {}  # room -> clock() after which a room without members is forgotten
 
     async def start(self):
@@ -219,7 +253,7 @@ class LocalHub(BaseHub):
         now = self.clock()
         idle = [room for room, expires in self.expires.items() if expires < now and room not in self.rooms]
         for room in idle:
-            for table in (self.seq, self.history, self.expires):
+            for table in (self.seq, self.history, self.expires, self.ids):
                 table.pop(room, None)
 
     async def leave(self, room, member):
@@ -243,10 +277,13 @@ class LocalHub(BaseHub):
             history.popleft()
         return history
 
-    async def publish(self, room, session, body):
+    async def publish(self, room, session, body, msg_id=None):
         history = self._kept(room) or self.history.setdefault(room, deque())
+        ids = self.ids.setdefault(room, {})
+        if msg_id is not None and msg_id in ids and history and history[0][0] <= ids[msg_id]:
+            raise Duplicate(ids[msg_id])
         seq = self.seq[room] = self.seq.get(room, 0) + 1
-        head, tail = frame_parts(room, session, body, time.time())
+        head, tail = frame_parts(room, session, body, time.time(), msg_id)
         frame = f"{head}{seq}{tail}"
         history.append((seq, self.clock(), frame))
         while len(history) > settings.ROOM_HISTORY_MAX:
@@ -254,6 +291,10 @@ class LocalHub(BaseHub):
         kept = sum(len(entry[2].encode()) for entry in history)
         while len(history) > 1 and kept > settings.ROOM_HISTORY_BYTES:  # the newest always stays
             kept -= len(history.popleft()[2].encode())
+        if msg_id is not None:
+            ids[msg_id] = seq
+        for known in [known for known, number in ids.items() if number < history[0][0]]:
+            del ids[known]
         self._touch(room)
         self.fan_out(room, frame)
         return seq
@@ -363,14 +404,18 @@ class RedisHub(BaseHub):
             except Exception:  # the listener notices a broken connection and resubscribes
                 metrics.ERRORS.labels(Error.REDIS).inc()
 
-    async def publish(self, room, session, body):
-        head, tail = frame_parts(room, session, body, time.time())
-        keys = [SEQ_PREFIX + room, HISTORY_PREFIX + room, CHANNEL_PREFIX + room]
+    async def publish(self, room, session, body, msg_id=None):
+        """The message's seq; Duplicate if msg_id was published already and is still kept."""
+        head, tail = frame_parts(room, session, body, time.time(), msg_id)
+        keys = [SEQ_PREFIX + room, HISTORY_PREFIX + room, CHANNEL_PREFIX + room, IDS_PREFIX + room]
+        args = [head, tail, self.history_max, self.history_seconds, self.history_bytes, msg_id or ""]
         try:
-            return await self.script(
-                keys=keys, args=[head, tail, self.history_max, self.history_seconds, self.history_bytes])
+            seq = await self.script(keys=keys, args=args)
         except (aioredis.RedisError, OSError) as exc:
             raise HubUnavailable(str(exc)) from exc
+        if seq < 0:
+            raise Duplicate(-seq)
+        return seq
 
     async def backlog(self, room, since):
         """The room's seq and, if since is given, its kept frames after since (all, if it is ahead)."""

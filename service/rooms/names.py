@@ -15,6 +15,7 @@ UNDRAIN = "control.undrain"
 CHANNEL_PREFIX = "wsapp:room:"  # + room: pub/sub channel of the room's frames
 SEQ_PREFIX = "wsapp:seq:"  # + room: the room's last seq
 HISTORY_PREFIX = "wsapp:history:"  # + room: Stream of the room's kept frames (docs/protocol.md)
+IDS_PREFIX = "wsapp:ids:"  # + room: sorted set of the client message ids kept, scored by their seq
 HEARTBEAT_CHANNEL = "wsapp:heartbeat"
 
 # WebSocket close codes the service sends or counts (RFC 6455, section 7.4.1). The WebSocket layer
@@ -39,6 +40,7 @@ class Error(StrEnum):
     INVALID_BODY = "invalid_body"
     BODY_TOO_LONG = "body_too_long"
     INVALID_SINCE = "invalid_since"
+    INVALID_ID = "invalid_id"
     SLOW_CONSUMER = "slow_consumer"
     # Server-side: the release gate and the alerts count these (observability/prometheus/rules.yml).
     INTERNAL = "internal"

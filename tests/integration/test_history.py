@@ -256,3 +256,26 @@ async def test_flooded_rooms_keep_room_history_bytes_and_redis_keeps_accepting_w
     resync = (await recv(late))[0]
     assert (resync["reason"], resync["from"], resync["seq"]) == ("too_old", 26, 31)  # 5 large, 1 small
     assert [f["seq"] for f in await recv(late, 6)] == [26, 27, 28, 29, 30, 31]
+
+
+async def test_a_resent_message_id_is_published_once_across_workers(connect, make_server, store):
+    """The resend race: a message sent just before a 1012 lands after the client's new connection
+    read the history; the client sends it again with the same id, and it is not published twice."""
+    server = make_server(ROOM_HISTORY_MAX="3", **FAST)
+    alice = await connect(server, "ids")
+    await alice.send(json.dumps({"type": "message", "body": "hi", "id": "m-1"}))
+    echo = (await recv(alice))[0]
+    assert (echo["seq"], echo["id"]) == (1, "m-1")
+    again = [await connect(server, "ids") for _ in range(4)]  # two workers: some on the other one
+    for ws in again:
+        await ws.send(json.dumps({"type": "message", "body": "hi", "id": "m-1"}))
+        assert (await recv(ws))[0] == {"type": "duplicate", "id": "m-1", "seq": 1}
+    assert store.xlen("wsapp:history:ids") == 1
+    await say(alice, "2", "3", "4")  # m-1's message is trimmed, and its id with it
+    assert store.zrange("wsapp:ids:ids", 0, -1) == []
+    assert 0 < store.pttl("wsapp:ids:ids") or not store.exists("wsapp:ids:ids")
+    assert [f["seq"] for f in await recv(again[0], 3)] == [2, 3, 4]
+    await again[0].send(json.dumps({"type": "message", "body": "hi", "id": "m-1"}))
+    assert (await recv(again[0]))[0]["seq"] == 5
+    assert store.zrange("wsapp:ids:ids", 0, -1, withscores=True) == [(b"m-1", 5.0)]
+    assert 0 < store.pttl("wsapp:ids:ids") <= 600_000
