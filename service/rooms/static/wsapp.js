@@ -1,13 +1,15 @@
 // wsapp.js: the browser (and Node) client of the room protocol, docs/protocol.md "Browser client".
 // One ES module, no dependencies. It joins a room, resumes with ?since=<last seq> after every
 // reconnect, drops frames it has already seen, and resends its own messages that a reconnect may
-// have cut off, so that an application sees each room message once and in order.
+// have cut off, so that an application sees each room message once and in order. Each message
+// carries a random id: the server echoes it and publishes a resent id only once, and a message the
+// server refused (an error frame with its id) is not sent again.
 //
 //   import { RoomClient } from "/static/wsapp.js";
 //   const client = new RoomClient({ room: "lobby" });
 //   client.addEventListener("message", (e) => show(e.detail));   // {seq, body, session, ts, ...}
 //   client.connect();
-//   client.send("hello");
+//   const id = client.send("hello");   // error events about this message carry detail.id === id
 //
 // Events (CustomEvent, the frame or a small object in `detail`): open, message, reconnecting,
 // resync, error, close.
@@ -22,10 +24,19 @@ export const BACKOFF_CAP_MS = 15000;
 export const HEARTBEAT_MS = 10000;
 
 const ROOM_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
+const ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 // Closes after which reconnecting would only repeat the problem: the server said no.
 const FINAL_CLOSES = new Set([CLOSE_NORMAL, CLOSE_POLICY_VIOLATION]);
 const CONNECTING = 0;
 const OPEN = 1;
+
+/** A message id: 16 random characters of [A-Za-z0-9_-] (96 bits), unique enough per room. */
+export function messageId() {
+  const bytes = new Uint8Array(16);
+  if (globalThis.crypto?.getRandomValues) globalThis.crypto.getRandomValues(bytes);
+  else for (let i = 0; i < bytes.length; i += 1) bytes[i] = Math.floor(Math.random() * 256);
+  return Array.from(bytes, (b) => ID_ALPHABET[b & 63]).join("");
+}
 
 function defaultBase() {
   if (typeof location === "undefined") {
@@ -72,8 +83,8 @@ export class RoomClient extends EventTarget {
     this.ws = null;
     this.timer = null;
     this.notice = null; // the reconnect frame of a draining server, until its close
-    this.pending = []; // {body, session}: sent, not yet seen back from the room
-    this.queued = []; // bodies given to send() while not connected
+    this.pending = []; // {body, id, session}: sent, not yet seen back from the room
+    this.queued = []; // {body, id} given to send(), not sent yet
   }
 
   /** Open the connection (again, after close()). */
@@ -114,13 +125,19 @@ export class RoomClient extends EventTarget {
     return this;
   }
 
-  /** Send a chat message. While reconnecting it waits and goes out after the next welcome. */
+  /**
+   * Send a chat message; returns its id (false when the client is closed). While reconnecting it
+   * waits and goes out after the next welcome. The room's message frame carries the same id; an
+   * error event about it (body_too_long, rate_limited, ...) has detail.id === id and it is not
+   * sent again: the application decides.
+   */
   send(body) {
     if (typeof body !== "string") throw new TypeError("RoomClient.send: body must be a string");
     if (this.state === "closed" || this.state === "idle") return false;
-    this.queued.push(body); // behind anything a reconnect still has to resend: order is kept
+    const id = messageId();
+    this.queued.push({ body, id }); // behind anything a reconnect still has to resend: order is kept
     this.settle();
-    return true;
+    return id;
   }
 
   /** Leave the room for good (no reconnect). */
@@ -152,9 +169,15 @@ export class RoomClient extends EventTarget {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
 
-  transmit(body) {
-    this.ws.send(JSON.stringify({ type: "message", body }));
-    this.pending.push({ body, session: this.welcome.session });
+  transmit({ body, id }) {
+    this.ws.send(JSON.stringify({ type: "message", body, id }));
+    this.pending.push({ body, id, session: this.welcome.session });
+  }
+
+  /** The message with this id is settled (published, a duplicate, or refused): no resending. */
+  forget(id) {
+    this.pending = this.pending.filter((p) => p.id !== id);
+    this.queued = this.queued.filter((q) => q.id !== id);
   }
 
   receive(data) {
@@ -179,7 +202,12 @@ export class RoomClient extends EventTarget {
         this.notice = frame; // the close (1012) follows; until then, sends wait
         return;
       case "error":
+        if (typeof frame.id === "string") this.forget(frame.id); // refused: the app may send again
         return this.emit("error", frame);
+      case "duplicate":
+        // A resend of a message the room already has (its first send was published after all):
+        // the original is (or was) delivered by seq like any other.
+        return this.forget(frame.id);
       case "pong":
         return;
       default:
@@ -199,10 +227,14 @@ export class RoomClient extends EventTarget {
   }
 
   message(frame) {
+    if (typeof frame.id === "string") this.forget(frame.id); // ours, published (also when seen)
     if (this.lastSeq !== null && frame.seq <= this.lastSeq) return; // seen already (replay seam)
     this.lastSeq = frame.seq;
-    const mine = this.pending.findIndex((p) => p.session === frame.session && p.body === frame.body);
-    if (mine !== -1) this.pending.splice(mine, 1);
+    if (frame.id === undefined) {
+      // From a server that does not echo ids yet (an older color during a release).
+      const mine = this.pending.findIndex((p) => p.session === frame.session && p.body === frame.body);
+      if (mine !== -1) this.pending.splice(mine, 1);
+    }
     this.emit("message", frame);
     this.settle();
   }
@@ -220,9 +252,9 @@ export class RoomClient extends EventTarget {
     const lost = this.pending.filter((p) => p.session !== session);
     if (lost.length === 0 && this.queued.length === 0) return;
     this.pending = this.pending.filter((p) => p.session === session);
-    const bodies = [...lost.map((p) => p.body), ...this.queued];
+    const messages = [...lost, ...this.queued];
     this.queued = [];
-    for (const body of bodies) this.transmit(body);
+    for (const message of messages) this.transmit(message);
   }
 
   closed(code, reason) {
