@@ -12,8 +12,10 @@ Standard library and `websockets` only (both are in the app image), so any app i
 
 import argparse
 import asyncio
+import datetime
 import json
 import math
+import re
 import secrets
 import socket
 import sys
@@ -27,6 +29,8 @@ from websockets.exceptions import InvalidStatus, WebSocketException
 
 ORIGIN = "http://localhost"
 STEP_TIMEOUT = 5.0
+# A recorded sample older than this (two rule evaluations) is from before a Prometheus restart.
+FRESH_SECONDS = 10
 
 
 class CheckFailed(Exception):
@@ -155,6 +159,22 @@ def prometheus_query(base, expr):
     return {frozenset(r["metric"].items()): float(r["value"][1]) for r in answer["data"]["result"]}
 
 
+def fresh(selector):
+    """Only samples of `selector` recorded in the last FRESH_SECONDS. Prometheus writes no staleness
+    markers when it stops, so after a restart the recorded series of replicas and colors from
+    before would answer for the 5-minute lookback (observability/prometheus/rules.yml)."""
+    return f"{selector} and time() - timestamp({selector}) < {FRESH_SECONDS}"
+
+
+def prometheus_uptime(base):
+    """Seconds since the Prometheus process started (its runtime information)."""
+    status, body = get(base.rstrip("/") + "/api/v1/status/runtimeinfo")
+    check(status == 200, f"Prometheus answered {status} to runtimeinfo: {body[:200]}")
+    started = json.loads(body)["data"]["startTime"]  # RFC 3339 with nanoseconds
+    started = datetime.datetime.fromisoformat(re.sub(r"\.\d+", "", started))
+    return time.time() - started.timestamp()
+
+
 def scalar(result):
     """The value of a one-series result, or None when there is none."""
     return next(iter(result.values())) if result else None
@@ -166,14 +186,17 @@ def watch(args):
     Fails (CheckFailed) when the server-side error ratio of the color exceeds --max-error-ratio
     while it receives at least --min-rate messages/s, or when fewer than --replicas replicas are
     ready for longer than --grace seconds, or when readiness was never visible at all. No traffic
-    means no ratio, which is not a failure. Every query is bounded, and so is the whole watch.
+    means no ratio, which is not a failure. Only samples Prometheus recorded in the last
+    FRESH_SECONDS count, and readiness is not judged while Prometheus is younger than --discovery
+    (it restarted and has not scraped every replica yet): a restart neither passes nor fails the
+    gate on series from before it. Every query is bounded, and so is the whole watch.
     """
     color = f'{{color="{args.color}"}}'
     queries = {
-        "ratio": f"color:ws_server_error_ratio:rate1m{color}",
-        "rate": f"color:ws_messages_received:rate1m{color}",
-        "ready": f"sum(ws_ready{color} == bool 1)",
-        "up": f'sum(up{{job="app",color="{args.color}"}})',
+        "ratio": fresh(f"color:ws_server_error_ratio:rate1m{color}"),
+        "rate": fresh(f"color:ws_messages_received:rate1m{color}"),
+        "ready": fresh(f"color:ws_ready_replicas:sum{color}"),
+        "up": fresh(f"color:ws_targets_up:sum{color}"),
     }
     print(f"watching {args.color} for {args.seconds:g}s: error ratio <= {args.max_error_ratio:g} "
           f"(at >= {args.min_rate:g} messages/s), {args.replicas} replicas ready "
@@ -188,6 +211,7 @@ def watch(args):
         now = time.monotonic()
         try:
             values = {name: scalar(prometheus_query(args.prometheus, q)) for name, q in queries.items()}
+            uptime = prometheus_uptime(args.prometheus)
         except (CheckFailed, OSError, ValueError, KeyError) as exc:
             last_error = exc
             print(f"  {now - started:5.1f}s Prometheus query failed: {exc}", flush=True)
@@ -204,6 +228,10 @@ def watch(args):
                       f"({rate:.1f} messages/s)")
             if ready >= args.replicas:
                 seen_ready, not_ready_since = True, None
+            elif uptime < args.discovery:
+                not_ready_since = None
+                print(f"  Prometheus started {uptime:.0f}s ago: readiness not judged before it has "
+                      f"scraped every replica ({args.discovery:g}s)", flush=True)
             else:
                 not_ready_since = now if not_ready_since is None else not_ready_since
                 # Until every replica has been seen ready, Prometheus may still be discovering them.

@@ -41,6 +41,7 @@ class Traffic:
         self.handovers = []  # seconds each client went without room messages across a 1012
         self.color_of = {}  # client index -> color of its current connection
         self.reconnected_at = {}  # client index -> time of its latest welcome after a close
+        self.away = set()  # indexes of clients between a close and their next welcome
         self.first_close_at = None
         self.connected = asyncio.Event()
         self._open = 0
@@ -94,6 +95,7 @@ class Traffic:
                 welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
                 client.receipt.welcome(welcome)
                 self.color_of[index] = welcome["color"]
+                self.away.discard(index)
                 if client.closed_before:
                     self.reconnected_at[index] = time.monotonic()
                 else:
@@ -111,6 +113,7 @@ class Traffic:
                     self.closes[code] += 1
                     self.first_close_at = self.first_close_at or time.monotonic()
                     client.closed_before = True
+                    self.away.add(index)
                     if code == 1012:
                         client.handover_from = client.last_message_at or time.monotonic()
                         await asyncio.sleep(random.uniform(0, client.retry_ms / 1000))

@@ -24,11 +24,13 @@ function track(client) {
   return client;
 }
 let drained = false;
+let paused = false;
 afterEach(async () => {
   for (const client of clients.splice(0)) client.close();
   route.color = "blue";
-  if (drained) await control("undrain", "blue"); // leave blue serving for the next test
-  drained = false;
+  if (paused) await control("resume", "blue"); // leave blue serving for the next test
+  if (drained) await control("undrain", "blue");
+  drained = paused = false;
 });
 
 async function sendAll(client, prefix, count, gapMs = 0) {
@@ -218,6 +220,26 @@ test("a message the server never published before it died is sent again after th
   assertComplete(assert, bob, ["before-0", "before-1", "in-flight"]);
   assertComplete(assert, alice, ["before-0", "before-1", "in-flight"]);
   assert.equal(alice.pending.length, 0);
+});
+
+test("a server that stops answering is given up by the heartbeat, and the client resumes elsewhere", async () => {
+  const room = uniqueRoom("silent");
+  route.color = "green";
+  const bob = track(await joined({ room }));
+  route.color = "blue";
+  const alice = track(await joined({ room, heartbeatMs: 300 }));
+  paused = true;
+  await control("pause", "blue"); // no FIN, no close frame: as if its machine vanished
+  await until(() => alice.of("reconnecting").length >= 2, "the lost connection and a handshake that hangs");
+  const [lost, hung] = alice.of("reconnecting");
+  assert.equal(lost.code, 1006);
+  assert.equal(lost.reason, "no answer from the server");
+  assert.equal(hung.reason, "no answer from the server", "a handshake without an answer is given up too");
+  const bodies = await sendAll(bob, "meanwhile", 3);
+  route.color = "green";
+  await until(() => alice.messages.length === 3, "alice: the messages sent while she was away", 20000);
+  assert.equal(alice.welcome.color, "green");
+  assertComplete(assert, alice, bodies);
 });
 
 test("a close for breaking the rules (1008) ends the client: no reconnect", async () => {

@@ -19,6 +19,7 @@ export const CLOSE_SERVICE_RESTART = 1012;
 export const RELEASE_JITTER_MS = 250; // when a reconnect notice gives no retry_ms
 export const BACKOFF_BASE_MS = 500;
 export const BACKOFF_CAP_MS = 15000;
+export const HEARTBEAT_MS = 10000;
 
 const ROOM_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
 // Closes after which reconnecting would only repeat the problem: the server said no.
@@ -43,6 +44,8 @@ export class RoomClient extends EventTarget {
    * @param {Function} [options.random]    returns [0, 1); injectable for tests
    * @param {number} [options.baseDelayMs] backoff base (500)
    * @param {number} [options.maxDelayMs]  backoff cap (15000)
+   * @param {number} [options.heartbeatMs] ping this often; a connection silent for two of these
+   *                                       periods (or a handshake that long) counts as lost (10000)
    */
   constructor(options) {
     super();
@@ -59,6 +62,9 @@ export class RoomClient extends EventTarget {
     this.random = random;
     this.baseDelayMs = options.baseDelayMs ?? BACKOFF_BASE_MS;
     this.maxDelayMs = options.maxDelayMs ?? BACKOFF_CAP_MS;
+    this.heartbeatMs = options.heartbeatMs ?? HEARTBEAT_MS;
+    this.heard = false; // a frame arrived since the last heartbeat
+    this.heartbeat = null;
     this.lastSeq = since; // the highest seq handed to the application; null until the first welcome
     this.welcome = null; // the current connection's welcome frame
     this.state = "idle"; // idle, connecting, open, waiting (to reconnect), closed
@@ -86,8 +92,13 @@ export class RoomClient extends EventTarget {
       return this;
     }
     this.ws = ws;
+    this.heard = true;
+    this.heartbeat = setInterval(() => this.beat(), this.heartbeatMs);
     ws.onmessage = (event) => {
-      if (this.ws === ws) this.receive(event.data);
+      if (this.ws === ws) {
+        this.heard = true;
+        this.receive(event.data);
+      }
     };
     ws.onclose = (event) => {
       if (this.ws === ws) this.closed(event.code, event.reason);
@@ -120,6 +131,22 @@ export class RoomClient extends EventTarget {
   }
 
   // --- internals ---
+
+  /**
+   * A server that vanished without closing (its machine or network gone) sends nothing more, and a
+   * browser may not notice for minutes: ping, and give the connection up when nothing came back.
+   */
+  beat() {
+    const ws = this.ws;
+    if (!this.heard) {
+      this.closed(CLOSE_ABNORMAL, "no answer from the server");
+      ws.onmessage = ws.onclose = ws.onerror = null;
+      ws.close();
+      return;
+    }
+    this.heard = false;
+    if (ws.readyState === OPEN) ws.send('{"type":"ping"}');
+  }
 
   emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
@@ -199,6 +226,8 @@ export class RoomClient extends EventTarget {
   }
 
   closed(code, reason) {
+    clearInterval(this.heartbeat);
+    this.heartbeat = null;
     this.ws = null;
     const notice = this.notice;
     this.notice = null;
@@ -227,7 +256,8 @@ export class RoomClient extends EventTarget {
 
   stop({ code, reason }) {
     clearTimeout(this.timer);
-    this.timer = null;
+    clearInterval(this.heartbeat);
+    this.timer = this.heartbeat = null;
     this.ws = null;
     if (this.state === "closed") return;
     this.state = "closed";
