@@ -45,7 +45,7 @@ main() {
   local -a args=(config.asgi:application --host "$HOST" "${settings_args[@]}"
     --loop uvloop --http httptools --ws "$UVICORN_WS"
     --ws-per-message-deflate "$WS_PER_MESSAGE_DEFLATE"
-    --proxy-headers --forwarded-allow-ips '*'
+    --proxy-headers
     --no-access-log --log-level "$UVICORN_LOG_LEVEL" --lifespan on)
   if [[ -n $RELOAD ]]; then
     args+=(--reload)  # one process: Uvicorn ignores --workers when reloading

@@ -19,8 +19,10 @@ readonly WATCH_ERROR_RATIO=${WATCH_ERROR_RATIO:-0.05}
 readonly WATCH_MIN_RATE=${WATCH_MIN_RATE:-0.5}
 readonly WATCH_GRACE=${WATCH_GRACE:-10}
 readonly PROMETHEUS_URL=${PROMETHEUS_URL:-http://wsapp_prometheus:9090}
-readonly LOCK_FILE=${LOCK_FILE:-/tmp/wsapp-promote.lock}
-REPLICAS=${REPLICAS:-}
+readonly UNDRAIN_ATTEMPTS=3
+# Nginx's public port inside the overlay network (published as HTTP_PORT) and its internal one.
+readonly NGINX_PUBLIC=http://$NGINX_SERVICE:8080
+readonly NGINX_INTERNAL=http://$NGINX_SERVICE:8081
 
 IMAGE=""
 ACTIVE=""
@@ -31,7 +33,6 @@ ACTIVE_IMAGE=""
 STATE=none
 
 usage() {
-  local replicas=${REPLICAS:-"(the active color's count)"}
   cat <<USAGE
 Usage: ./promote.sh [--image NAME:TAG] | status | rollback | --help
 
@@ -41,14 +42,16 @@ graceful reload), drains the old color (each client gets {"type":"reconnect"} an
 spread over the drain window) and removes it. Any failure or Ctrl-C before the old color is
 removed puts everything back as it was and exits non-zero.
 
-Settings (environment, with defaults):
+The release's own settings (ALLOWED_HOSTS, PUBLIC_ORIGIN, REPLICAS, limits) come from the
+release file stack/release.env (RELEASE_ENV=path for another one), never from the environment.
+
+Settings of the procedure (environment, with defaults):
   HEALTH_TIMEOUT=$HEALTH_TIMEOUT       seconds for every replica of the new color to be healthy
   DRAIN_SECONDS=$DRAIN_SECONDS         drain window of the old color
   REMOVE_TIMEOUT=$REMOVE_TIMEOUT       seconds for the old stack's containers to stop
   KEEP_OLD=$KEEP_OLD                 1: keep the drained old color running, so that
                               './promote.sh rollback' can switch back to it later
                               (the next promotion removes it)
-  REPLICAS=$replicas  replicas of the new color
   WATCH_SECONDS=$WATCH_SECONDS        release gate: after the switch, watch the new color this
                               long in Prometheus (0: off, e.g. where Prometheus does not run)
   WATCH_ERROR_RATIO=$WATCH_ERROR_RATIO  switch back if the new color's server-side error ratio
@@ -56,14 +59,23 @@ Settings (environment, with defaults):
   WATCH_MIN_RATE=$WATCH_MIN_RATE       ...judged only while it receives at least this many messages/s
   WATCH_GRACE=$WATCH_GRACE          switch back if fewer than REPLICAS replicas are ready this long
   PROMETHEUS_URL=$PROMETHEUS_URL  queried by the watch (on the overlay network)
-  LOCK_FILE=$LOCK_FILE   no two promotions at once
+  RELEASE_ENV=\${RELEASE_ENV:-stack/release.env}  the release file
+  LOCK_FILE=$LOCK_FILE  shared with make up and make down: one change at a time
   TRACE=1                     trace every command
 USAGE
 }
 
-lock() {
-  exec 9>"$LOCK_FILE"
-  flock -n 9 || die "another promote.sh holds $LOCK_FILE; wait for it to finish"
+# Every numeric setting is checked before anything changes.
+validate_settings() {
+  require_int HEALTH_TIMEOUT 1
+  require_int DRAIN_SECONDS 0
+  require_int REMOVE_TIMEOUT 1
+  require_int WATCH_SECONDS 0
+  require_decimal WATCH_ERROR_RATIO
+  require_decimal WATCH_MIN_RATE
+  require_decimal WATCH_GRACE
+  [[ $KEEP_OLD == [01] ]] || die "KEEP_OLD must be 0 or 1, got '$KEEP_OLD'"
+  load_release_env
 }
 
 preflight() {
@@ -79,9 +91,6 @@ find_colors() {
   IDLE=$(other_color "$ACTIVE")
   stack_exists "$(color_stack "$ACTIVE")" || die "the active color $ACTIVE is not deployed; run make up"
   ACTIVE_IMAGE=$(service_image "$ACTIVE")
-  if [[ -z $REPLICAS ]]; then
-    REPLICAS=$(service_replicas "$(color_service "$ACTIVE")")
-  fi
   log "active: $ACTIVE ($ACTIVE_IMAGE, $REPLICAS replicas); releasing to $IDLE"
   if stack_exists "$(color_stack "$IDLE")"; then
     warn "a $IDLE stack is left over from an earlier run and serves no traffic; removing it"
@@ -113,15 +122,16 @@ wait_healthy() {
   }
 }
 
-# Each check inside is bounded (scripts/release_tools.py), so the whole smoke test is.
+# Each check inside is bounded (scripts/release_tools.py), so the whole smoke test is. It sends
+# the production Origin and Host, so a release that would refuse real browsers fails here.
 smoke() {
-  release_tool "$ACTIVE_IMAGE" smoke --preview "http://$NGINX_SERVICE:8081/$IDLE" \
-    --live "http://$NGINX_SERVICE:80" --color "$IDLE" --version "${IMAGE##*:}"
+  release_tool "$ACTIVE_IMAGE" smoke --preview "$NGINX_INTERNAL/$IDLE" \
+    --live "$NGINX_PUBLIC" --color "$IDLE" --version "${IMAGE##*:}" --origin "$PUBLIC_ORIGIN"
 }
 
 switch_to() {
   docker exec "$(nginx_container)" switch-color "$1" >&2
-  release_tool "$ACTIVE_IMAGE" expect-color --url "http://$NGINX_SERVICE/version" --color "$1"
+  release_tool "$ACTIVE_IMAGE" expect-color --url "$NGINX_PUBLIC/version" --color "$1"
 }
 
 # Post-switch watch: the release gate (docs/operations.md, "The release gate"). A failure
@@ -136,7 +146,18 @@ watch_new_color() {
 
 # A control message (rooms.ctl drain/undrain) to every process of a color, through Redis.
 control() {
-  run_on_network 60 "$ACTIVE_IMAGE" python -m rooms.ctl "$@" >&2
+  ctl_job 60 "$ACTIVE_IMAGE" "$@" >&2
+}
+
+# undrain COLOR: cancel a drain, trying a few times (a drained color refuses every client).
+undrain() {
+  local attempt
+  for ((attempt = 1; attempt <= UNDRAIN_ATTEMPTS; attempt++)); do
+    control undrain "$1" && return 0
+    echo "ERROR: undrain of $1 failed (attempt $attempt of $UNDRAIN_ATTEMPTS)" >&2
+    sleep 1
+  done
+  return 1
 }
 
 drain() {
@@ -153,31 +174,63 @@ remove_color() {
   wait_for "$REMOVE_TIMEOUT" "stack $stack to be gone" stack_gone "$stack"
 }
 
-# The exit trap: restore the old color if the promotion did not finish.
-on_exit() {
-  local status=$?
-  trap - EXIT INT TERM
+# report MESSAGE: to the script's stderr and to the system log, so that a promotion whose
+# terminal was closed still tells what it did. Never fails: stderr may be a closed terminal.
+report() {
+  echo "$*" >&2 2>/dev/null || true
+  logger -t wsapp-promote -- "$*" 2>/dev/null || true
+}
+
+# Signals that end a run: Ctrl-C, kill, and a closed terminal (SIGHUP). Each exits, so the EXIT trap
+# runs the restoration.
+trap_signals() {
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  trap 'exit 129' HUP
+}
+
+# The restoration must run to its end: a second Ctrl-C, another kill or the terminal closing
+# while it runs is ignored (so are writes to a closed terminal), and it is reported, not lost.
+shield() {
+  trap '' INT TERM HUP PIPE
+  set +e
   # A signal's trap runs inside the command it interrupted, with that command's redirections
   # (wait_for sends its checks to /dev/null): report on the script's own stdout and stderr.
   exec 1>&7 2>&8
+}
+
+# The exit trap: restore the old color if the promotion did not finish.
+on_exit() {
+  local status=$?
+  trap - EXIT
+  shield
+  remove_jobs
   [[ $STATE == none || $STATE == released ]] && exit "$status"
-  error "promotion failed at state '$STATE'; restoring $ACTIVE"
+  report "ERROR: promotion failed at state '$STATE'; restoring $ACTIVE"
+  if [[ $STATE == draining ]] && ! undrain "$ACTIVE"; then
+    # The old color may be refusing clients: the new one (switched to, past the gate) keeps serving.
+    report "ERROR: $ACTIVE could not be undrained; $IDLE keeps serving and $ACTIVE is left as it is." \
+      "Check Redis, then run: ./promote.sh rollback (to $ACTIVE) or docker stack rm $(color_stack "$ACTIVE")"
+    exit $((status == 0 ? 1 : status))
+  fi
   if [[ $STATE == switched || $STATE == draining ]]; then
-    if [[ $STATE == draining ]]; then
-      control undrain "$ACTIVE" || error "undrain of $ACTIVE failed"
+    if ! docker exec "$(nginx_container)" switch-color "$ACTIVE" >&2; then
+      report "ERROR: switching Nginx back to $ACTIVE failed; $IDLE still serves and is kept." \
+        "Run: ./promote.sh rollback"
+      exit $((status == 0 ? 1 : status))
     fi
-    docker exec "$(nginx_container)" switch-color "$ACTIVE" >&2 || error "switching back failed"
   fi
   if stack_exists "$(color_stack "$IDLE")"; then
-    remove_color "$IDLE" || error "could not remove $(color_stack "$IDLE"); remove it by hand"
+    remove_color "$IDLE" || report "ERROR: could not remove $(color_stack "$IDLE"); remove it by hand"
   fi
-  echo "$ACTIVE serves, as before the promotion." >&2
+  report "$ACTIVE serves, as before the promotion."
   exit $((status == 0 ? 1 : status))
 }
 
 promote() {
+  validate_settings
   step "lock"
-  lock
+  take_lock
   step "preflight"
   preflight
   step "find the active color"
@@ -186,7 +239,7 @@ promote() {
   prepare_image
   exec 7>&1 8>&2
   trap on_exit EXIT
-  trap 'exit 130' INT TERM
+  trap_signals
   step "deploy $IDLE with $IMAGE ($REPLICAS replicas)"
   STATE=deployed
   deploy_color "$IDLE" "$IMAGE" "$REPLICAS"
@@ -212,25 +265,50 @@ promote() {
   step "released $IMAGE on $IDLE"
 }
 
+# The rollback's exit trap: nothing to undo (before the switch the current color serves, after it
+# the previous one does), but say which color serves and what is left, whatever stopped it.
+on_rollback_exit() {
+  local status=$?
+  trap - EXIT
+  shield
+  remove_jobs
+  [[ $STATE == released ]] && exit "$status"
+  local serving
+  serving=$(active_color 2>/dev/null) || serving="unknown (check with ./promote.sh status)"
+  if [[ $STATE == none ]]; then
+    report "ERROR: rollback stopped before the switch; $serving serves, as before."
+  else
+    report "ERROR: rollback stopped after the switch; $serving serves. $(color_stack "$ACTIVE") is left" \
+      "running (the next promotion removes it, or: docker stack rm $(color_stack "$ACTIVE"))."
+  fi
+  exit $((status == 0 ? 1 : status))
+}
+
 rollback() {
-  lock
+  validate_settings
+  take_lock
   preflight
   local current previous
-  current=$(active_color)
+  current=$(active_color) || die "cannot read the active color from Nginx"
   previous=$(other_color "$current")
   stack_exists "$(color_stack "$previous")" ||
     die "the previous color $previous no longer runs; release the old image with --image instead"
   ACTIVE=$current
   ACTIVE_IMAGE=$(service_image "$current")
   REPLICAS=$(service_replicas "$(color_service "$previous")")
+  exec 7>&1 8>&2
+  trap on_rollback_exit EXIT
+  trap_signals
   step "rollback: $current -> $previous"
   wait_healthy "$previous"
-  control undrain "$previous"
+  undrain "$previous"
+  STATE=switched
   switch_to "$previous"
   step "drain $current over ${DRAIN_SECONDS}s"
   drain "$current"
   step "remove $current"
   remove_color "$current"
+  STATE=released
   step "rolled back to $previous"
 }
 

@@ -1,10 +1,62 @@
 #!/bin/sh
 # shellcheck disable=SC2016  # printf formats write nginx variables literally
-# Nginx container command: keep the persisted active color (or start
-# with DEFAULT_COLOR), then run nginx in the foreground.
+# Nginx container command. Runs as the image's non-root nginx user on a read-only root
+# filesystem: writes the settings that come from the environment to /tmp/nginx (a tmpfs), keeps
+# the persisted active color (or starts with DEFAULT_COLOR), then runs nginx in the foreground.
+#   NGINX_WORKERS         worker processes; match the service's CPU limit (default 1)
+#   NGINX_NOFILE          worker_rlimit_nofile, at most the container's hard limit (default 20000)
+#   NGINX_WORKER_CONNECTIONS  per worker, client and upstream sockets both count (default 19000)
+#   NGINX_WS_PER_ADDRESS  concurrent WebSockets per client address, 0 = no limit (default 256)
+#   NGINX_HTTP_RATE       other requests per second per client address, 0 = no limit (default 50)
+#   NGINX_HTTP_BURST      requests above the rate served at once before 429 (default 100)
 set -eu
+
+die() { echo "nginx start: $*" >&2; exit 64; }
+
+number() {  # number NAME VALUE: a non-negative integer, or stop with the setting's name
+  case "$2" in
+    "" | *[!0-9]*) die "$1 must be a whole number, got '$2'" ;;
+  esac
+}
+
+workers=${NGINX_WORKERS:-1}
+nofile=${NGINX_NOFILE:-20000}
+connections=${NGINX_WORKER_CONNECTIONS:-19000}
+ws_per_address=${NGINX_WS_PER_ADDRESS:-256}
+http_rate=${NGINX_HTTP_RATE:-50}
+http_burst=${NGINX_HTTP_BURST:-100}
+number NGINX_WORKERS "$workers"
+number NGINX_NOFILE "$nofile"
+number NGINX_WORKER_CONNECTIONS "$connections"
+number NGINX_WS_PER_ADDRESS "$ws_per_address"
+number NGINX_HTTP_RATE "$http_rate"
+number NGINX_HTTP_BURST "$http_burst"
+[ "$workers" -ge 1 ] || die "NGINX_WORKERS must be at least 1"
+# shellcheck disable=SC3045  # dash (Debian, the official image) and busybox sh have -H
+hard=$(ulimit -Hn)
+[ "$hard" = unlimited ] || [ "$nofile" -le "$hard" ] ||
+  die "NGINX_NOFILE=$nofile is above this container's hard limit of $hard open files"
+# A worker also needs descriptors for its listeners, logs and the resolver.
+[ "$connections" -le $((nofile - 100)) ] ||
+  die "NGINX_WORKER_CONNECTIONS=$connections must stay 100 below NGINX_NOFILE=$nofile"
+
+conf=/tmp/nginx
+mkdir -p "$conf"
+printf 'worker_processes %s;\nworker_rlimit_nofile %s;\n' "$workers" "$nofile" >"$conf/main.conf"
+printf 'worker_connections %s;\n' "$connections" >"$conf/events.conf"
+: >"$conf/ws-limits.conf"
+: >"$conf/http-limits.conf"
+: >"$conf/zones.conf"
+if [ "$ws_per_address" -gt 0 ]; then
+  printf 'limit_conn ws_per_address %s;\n' "$ws_per_address" >"$conf/ws-limits.conf"
+fi
+if [ "$http_rate" -gt 0 ]; then
+  printf 'limit_req_zone $binary_remote_addr zone=http_per_address:10m rate=%sr/s;\n' "$http_rate" >"$conf/zones.conf"
+  printf 'limit_req zone=http_per_address burst=%s nodelay;\n' "$http_burst" >"$conf/http-limits.conf"
+fi
+
 dir=/etc/nginx/active
-mkdir -p "$dir"
+[ -w "$dir" ] || die "$dir is not writable by $(id -un); scripts/up.sh gives the volume to the nginx user"
 if [ ! -s "$dir/color.conf" ]; then
   printf 'map "" $active_color { default "%s"; }\n' "${DEFAULT_COLOR:-blue}" > "$dir/color.conf"
 fi

@@ -11,6 +11,7 @@ readonly DOWN_TIMEOUT=${DOWN_TIMEOUT:-90}
 
 remove_stacks() {
   local stack
+  remove_jobs
   for stack in "$(color_stack blue)" "$(color_stack green)" "$INFRA_STACK"; do
     if stack_exists "$stack"; then
       log "removing stack $stack"
@@ -31,6 +32,9 @@ remove_stacks() {
 
 main() {
   docker info >/dev/null 2>&1 || die "no Docker engine answers"
+  take_lock
+  # The loopback proxy to Prometheus and Grafana (scripts/up.sh): a plain container on the network.
+  docker rm -f wsapp-ops-proxy >/dev/null 2>&1 || true
   if [[ $(docker info --format '{{.Swarm.LocalNodeState}}') == active ]]; then
     remove_stacks
   else

@@ -66,17 +66,22 @@ build_base() {
   "$ROOT_DIR/docker/base/build.sh" "$LOCAL_BASE"
 }
 
-# build_local NAME: build wsapp-local/NAME:bookworm from docker/NAME unless present.
+# build_local NAME: build wsapp-local/NAME:bookworm from docker/NAME unless present and built from
+# the same Dockerfile (a label records its hash, so a changed Dockerfile rebuilds the stand-in).
 build_local() {
   local name=$1
   local image=$LOCAL_PREFIX/$name:bookworm
-  if image_exists "$image"; then
+  local hash
+  hash=$(sha256sum "$ROOT_DIR/docker/$name/Dockerfile" | cut -c1-16) || return
+  if image_exists "$image" && [[ $(docker image inspect --format \
+    '{{index .Config.Labels "com.wsapp.dockerfile"}}' "$image") == "$hash" ]]; then
     log "$image: present (cached)"
     return 0
   fi
   build_base || return
   log "$image: building from docker/$name"
-  docker build --build-arg "BASE_IMAGE=$LOCAL_BASE" -t "$image" "$ROOT_DIR/docker/$name" >&2
+  docker build --build-arg "BASE_IMAGE=$LOCAL_BASE" --label "com.wsapp.dockerfile=$hash" \
+    -t "$image" "$ROOT_DIR/docker/$name" >&2
 }
 
 # resolve_one NAME IMAGE: print the image to use for NAME (python, nginx, redis, prometheus).

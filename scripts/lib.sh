@@ -11,6 +11,9 @@ readonly INFRA_STACK=wsapp
 readonly NGINX_SERVICE=wsapp_nginx
 readonly COLORS=(blue green)
 readonly IMAGES_ENV="$ROOT_DIR/.images.env"
+readonly REDIS_SECRET=wsapp_redis_password
+# One lock for every command that changes the system: up, down, promote and rollback.
+readonly LOCK_FILE=${LOCK_FILE:-/tmp/wsapp-deploy.lock}
 
 STEP_STARTED=$SECONDS
 
@@ -106,7 +109,7 @@ load_images() {
 
 # A hash of the configuration files: Swarm configs are immutable, so a change gets a new name.
 config_version() {
-  cat "$ROOT_DIR"/nginx/* "$ROOT_DIR"/observability/prometheus/* \
+  cat "$ROOT_DIR"/nginx/* "$ROOT_DIR"/redis/* "$ROOT_DIR"/observability/prometheus/* \
     "$ROOT_DIR"/observability/grafana/provisioning/*/* "$ROOT_DIR"/observability/grafana/dashboards/* |
     sha256sum | cut -c1-12
 }
@@ -133,13 +136,103 @@ build_app_image() {
     -t "$tag" "$ROOT_DIR" >/dev/null
 }
 
-# run_on_network SECONDS DOCKER_RUN_ARGS...: a throwaway container on the overlay network, with
-# REDIS_URL set, stopped after SECONDS at most (docker run passes the signal on to the container).
+# run_on_network SECONDS DOCKER_RUN_ARGS...: a throwaway container on the overlay network, stopped
+# after SECONDS at most (docker run passes the signal on to the container). It has no Redis
+# password: commands that need Redis run as a Swarm job (ctl_job).
 run_on_network() {
   local seconds=$1
   shift
-  timeout --kill-after=10 "$seconds" docker run --rm --network "$NETWORK" \
-    -e REDIS_URL="redis://wsapp_redis:6379/0" "$@"
+  timeout --kill-after=10 "$seconds" docker run --rm --network "$NETWORK" --read-only --cap-drop ALL \
+    --security-opt no-new-privileges "$@"
+}
+
+# ctl_job SECONDS IMAGE ARGS...: `python -m rooms.ctl ARGS` from IMAGE as a one-off Swarm job on the
+# overlay network with the Redis password (a plain `docker run` cannot mount a Swarm secret).
+# Prints its output; fails when the command fails or does not finish within SECONDS.
+ctl_job() {
+  local seconds=$1 image=$2
+  shift 2
+  local name state="" deadline=$((SECONDS + seconds))
+  name=wsapp-ctl-$(date -u +%H%M%S)-$RANDOM
+  docker service create --quiet --detach --name "$name" --label com.wsapp.job=ctl \
+    --mode replicated-job --restart-condition none --network "$NETWORK" --read-only --cap-drop ALL \
+    --secret "source=$REDIS_SECRET,target=redis_password" --env REDIS_URL=redis://wsapp_redis:6379/0 \
+    --env REDIS_PASSWORD_FILE=/run/secrets/redis_password \
+    "$image" python -m rooms.ctl "$@" >/dev/null || return 1
+  while ((SECONDS < deadline)); do
+    state=$(docker service ps "$name" --format '{{.CurrentState}}' 2>/dev/null | head -n 1) || true
+    case $state in Complete* | Failed* | Rejected*) break ;; esac
+    sleep 0.5
+  done
+  docker service logs --raw "$name" 2>&1 || true
+  docker service rm "$name" >/dev/null 2>&1 || true
+  [[ $state == Complete* ]] || { echo "ERROR: rooms.ctl $* ended '${state:-not started}'" >&2; return 1; }
+}
+
+# Remove ctl jobs an interrupted command left behind.
+remove_jobs() {
+  docker service ls -q --filter label=com.wsapp.job | xargs -r docker service rm >/dev/null 2>&1 || true
+}
+
+# take_lock: hold LOCK_FILE until this script exits; a second command that changes the system
+# stops at once instead of racing this one.
+take_lock() {
+  exec 9>"$LOCK_FILE"
+  flock -n 9 || die "another up, down, promote or rollback holds $LOCK_FILE; wait for it to finish"
+}
+
+# require_int NAME MIN: the variable NAME holds a whole number of at least MIN.
+require_int() {
+  local name=$1 min=$2 value=${!1-}
+  [[ $value =~ ^[0-9]+$ ]] || die "$name must be a whole number, got '$value'"
+  ((10#$value >= min)) || die "$name must be at least $min, got $value"
+}
+
+# require_decimal NAME: the variable NAME holds a non-negative decimal number.
+require_decimal() {
+  local name=$1 value=${!1-}
+  [[ $value =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "$name must be a non-negative number, got '$value'"
+}
+
+# The release file (stack/release.env, or RELEASE_ENV): the only source of a release's settings.
+readonly RELEASE_KEYS=(ALLOWED_HOSTS PUBLIC_ORIGIN REPLICAS WEB_CONCURRENCY MAX_CONNECTIONS LOG_LEVEL
+  NETWORK_SUBNET NGINX_CPUS NGINX_WORKER_CONNECTIONS NGINX_WS_PER_ADDRESS NGINX_HTTP_RATE NGINX_HTTP_BURST)
+
+# load_release_env: read NAME=value lines (no shell evaluation), refuse unknown or missing names
+# and bad values, and export them, over whatever the shell had.
+load_release_env() {
+  local file=${RELEASE_ENV:-$ROOT_DIR/stack/release.env} line key value number=0
+  local -A seen=()
+  [[ -r $file ]] || die "release file $file cannot be read (RELEASE_ENV)"
+  while IFS= read -r line || [[ -n $line ]]; do
+    number=$((number + 1))
+    [[ $line =~ ^[[:space:]]*(#.*)?$ ]] && continue
+    [[ $line =~ ^([A-Z_][A-Z0-9_]*)=([^[:space:]]*)$ ]] || die "$file:$number: expected NAME=value, got '$line'"
+    key=${BASH_REMATCH[1]} value=${BASH_REMATCH[2]}
+    [[ " ${RELEASE_KEYS[*]} " == *" $key "* ]] || die "$file:$number: unknown setting $key"
+    [[ -z ${seen[$key]:-} ]] || die "$file:$number: $key is set twice"
+    if [[ -n ${!key+set} && ${!key} != "$value" ]]; then
+      warn "$key=${!key} in the environment is ignored: the release file says $key=$value"
+    fi
+    seen[$key]=1
+    export "$key=$value"
+  done <"$file"
+  for key in "${RELEASE_KEYS[@]}"; do
+    [[ -n ${seen[$key]:-} ]] || die "$file does not set $key"
+  done
+  for key in REPLICAS WEB_CONCURRENCY MAX_CONNECTIONS NGINX_CPUS NGINX_WORKER_CONNECTIONS; do
+    require_int "$key" 1
+  done
+  for key in NGINX_WS_PER_ADDRESS NGINX_HTTP_RATE NGINX_HTTP_BURST; do
+    require_int "$key" 0
+  done
+  ((NGINX_WORKER_CONNECTIONS <= 19900)) ||
+    die "NGINX_WORKER_CONNECTIONS=$NGINX_WORKER_CONNECTIONS does not fit the open-file limit of 20000"
+  [[ $ALLOWED_HOSTS =~ ^[^,]+(,[^,]+)*$ ]] || die "ALLOWED_HOSTS must be a comma-separated list, got '$ALLOWED_HOSTS'"
+  [[ $PUBLIC_ORIGIN =~ ^https?://[^/]+$ ]] || die "PUBLIC_ORIGIN must be scheme://host[:port], got '$PUBLIC_ORIGIN'"
+  [[ $NETWORK_SUBNET =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$ ]] ||
+    die "NETWORK_SUBNET must be an IPv4 network such as 10.231.0.0/24, got '$NETWORK_SUBNET'"
+  [[ $LOG_LEVEL =~ ^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$ ]] || die "LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL"
 }
 
 # Run the release tool (scripts/release_tools.py) with the runtime of IMAGE (which has Python and

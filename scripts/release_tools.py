@@ -1,7 +1,9 @@
 """Release checks that promote.sh runs in a throwaway container on the overlay network.
 
 Standard library and `websockets` only (both are in the app image), so any app image can run it:
-  smoke --preview URL --live URL --color C [--version V]   HTTP, WebSocket and cross-color checks
+  smoke --preview URL --live URL --color C [--version V] [--origin O]
+                                                            HTTP, WebSocket and cross-color checks,
+                                                            as a browser at Origin O would connect
   expect-color --url URL --color C                          the public route serves color C
   wait-drained --service NAME --timeout S                   until the service holds no WebSockets
   watch --prometheus URL --color C --seconds N --max-error-ratio R --replicas N
@@ -23,7 +25,7 @@ import urllib.parse
 import urllib.request
 
 from websockets.asyncio.client import connect
-from websockets.exceptions import WebSocketException
+from websockets.exceptions import InvalidStatus, WebSocketException
 
 ORIGIN = "http://localhost"
 STEP_TIMEOUT = 5.0
@@ -40,9 +42,10 @@ def check(condition, message):
         raise CheckFailed(message)
 
 
-def get(url, timeout=STEP_TIMEOUT):
+def get(url, timeout=STEP_TIMEOUT, headers=None):
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        request = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
@@ -72,11 +75,20 @@ async def smoke(args):
         status, _ = get(args.preview + "/readyz")
         check(status == 200, f"GET {args.preview}/readyz answered {status}")
     print(f"ok: HTTP /version and /readyz on {args.color}")
+    # The page, as the public host name: Django answers 400 for a host outside ALLOWED_HOSTS.
+    host = urllib.parse.urlsplit(args.origin).netloc
+    status, _ = get(args.preview + "/", headers={"Host": host})
+    check(status == 200, f"GET / with Host {host} answered {status}: is {host} in ALLOWED_HOSTS?")
+    print(f"ok: the page answers for Host {host}")
 
     room = "smoke-" + secrets.token_hex(4)
     path = f"/ws/rooms/{room}/"
-    async with connect(ws_url(args.preview, path), origin=ORIGIN, open_timeout=STEP_TIMEOUT) as idle, \
-            connect(ws_url(args.live, path), origin=ORIGIN, open_timeout=STEP_TIMEOUT) as live:
+    try:
+        idle = await connect(ws_url(args.preview, path), origin=args.origin, open_timeout=STEP_TIMEOUT)
+    except InvalidStatus as exc:
+        raise CheckFailed(f"{args.color} refused a WebSocket from Origin {args.origin} "
+                          f"({exc.response.status_code}): is its host in ALLOWED_HOSTS?") from None
+    async with idle, connect(ws_url(args.live, path), origin=args.origin, open_timeout=STEP_TIMEOUT) as live:
         welcome = await recv_json(idle, "welcome")
         check(welcome["color"] == args.color, f"idle welcome from {welcome['color']}")
         live_welcome = await recv_json(live, "welcome")
@@ -245,6 +257,7 @@ def main(argv=None):
     p.add_argument("--live", required=True)
     p.add_argument("--color", required=True)
     p.add_argument("--version", default="")
+    p.add_argument("--origin", default=ORIGIN, help=f"the production Origin (default {ORIGIN})")
     p = sub.add_parser("expect-color")
     p.add_argument("--url", required=True)
     p.add_argument("--color", required=True)

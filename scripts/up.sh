@@ -9,6 +9,12 @@ set -Eeuo pipefail
 readonly HTTP_PORT=${HTTP_PORT:-80}
 readonly UP_TIMEOUT=${UP_TIMEOUT:-180}
 readonly SWARM_ADVERTISE_ADDR=${SWARM_ADVERTISE_ADDR:-127.0.0.1}
+readonly PROMETHEUS_PORT=${PROMETHEUS_PORT:-9090}
+readonly GRAFANA_PORT=${GRAFANA_PORT:-3000}
+readonly OPS_PROXY=${OPS_PROXY:-1}
+readonly OPS_PROXY_NAME=wsapp-ops-proxy
+# The nginx user of the official image and of the stand-in (docker/nginx).
+readonly NGINX_UID=101
 export HTTP_PORT
 
 usage() {
@@ -18,10 +24,15 @@ Initialises a single-node swarm if there is none, resolves images (official, or 
 stand-ins where pulls fail), creates the network and secrets, deploys the infra stack and the
 first color, and waits until http://localhost:\$HTTP_PORT/ answers.
 
-Settings (environment):
-  HTTP_PORT=$HTTP_PORT              public port of Nginx (host mode)
-  PROMETHEUS_PORT=\${PROMETHEUS_PORT:-9090}, GRAFANA_PORT=\${GRAFANA_PORT:-3000}
-  REPLICAS=\${REPLICAS:-2}           replicas of the first color
+The release settings (allowed hosts, replicas, limits, the network's subnet) come from the
+release file stack/release.env (RELEASE_ENV=path for another one), not from the environment.
+
+Settings of this machine (environment):
+  HTTP_PORT=$HTTP_PORT              public port of Nginx (host mode, every interface)
+  PROMETHEUS_PORT=$PROMETHEUS_PORT, GRAFANA_PORT=$GRAFANA_PORT
+                                  Prometheus and Grafana through a proxy on 127.0.0.1 only
+  OPS_PROXY=$OPS_PROXY                 0: no such proxy (reach them with an ssh tunnel and docker run)
+  RELEASE_ENV=\${RELEASE_ENV:-stack/release.env}
   UP_TIMEOUT=$UP_TIMEOUT            seconds to wait for each part to come up
   SWARM_ADVERTISE_ADDR=$SWARM_ADVERTISE_ADDR  used only when a swarm is initialised
   APP_IMAGE                       run this image instead of building the working tree
@@ -40,9 +51,15 @@ ensure_swarm() {
     die "this node is not a swarm manager; run make up on a manager"
 }
 
+# The overlay network, on NETWORK_SUBNET: replicas believe X-Forwarded-For only from it.
 ensure_network() {
-  docker network inspect "$NETWORK" >/dev/null 2>&1 ||
-    docker network create --driver overlay --attachable "$NETWORK" >/dev/null
+  local subnet
+  if subnet=$(docker network inspect --format '{{range .IPAM.Config}}{{.Subnet}}{{end}}' "$NETWORK" 2>/dev/null); then
+    [[ $subnet == "$NETWORK_SUBNET" ]] ||
+      die "network $NETWORK has subnet $subnet, the release file says $NETWORK_SUBNET; run make down first"
+    return 0
+  fi
+  docker network create --driver overlay --attachable --subnet "$NETWORK_SUBNET" "$NETWORK" >/dev/null
 }
 
 ensure_secret() {
@@ -51,6 +68,30 @@ ensure_secret() {
     log "creating secret $name (random)"
     head -c 48 /dev/urandom | base64 | tr -d '\n/+=' | docker secret create "$name" - >/dev/null
   fi
+}
+
+# Nginx runs as its non-root user and writes the active color to this volume, which Docker would
+# create owned by root: create it (labelled as the stack's own) and give it to that user, once,
+# in a container that may do nothing else.
+prepare_nginx_volume() {
+  local volume=${INFRA_STACK}_nginx_active
+  docker volume inspect "$volume" >/dev/null 2>&1 ||
+    docker volume create --label "com.docker.stack.namespace=$INFRA_STACK" "$volume" >/dev/null
+  docker run --rm --network none --user 0 --cap-drop ALL --cap-add CHOWN --security-opt no-new-privileges \
+    -v "$volume:/active" --entrypoint chown "$NGINX_IMAGE" "$NGINX_UID:$NGINX_UID" /active >/dev/null
+}
+
+# Prometheus and Grafana publish no port. This proxy, a plain container on the overlay network,
+# publishes them on this machine's loopback only (docs/security.md).
+start_ops_proxy() {
+  docker rm -f "$OPS_PROXY_NAME" >/dev/null 2>&1 || true
+  [[ $OPS_PROXY == 1 ]] || return 0
+  docker run -d --name "$OPS_PROXY_NAME" --restart unless-stopped --network "$NETWORK" \
+    -p "127.0.0.1:$PROMETHEUS_PORT:9090" -p "127.0.0.1:$GRAFANA_PORT:3000" \
+    --user "$NGINX_UID:$NGINX_UID" --read-only --tmpfs /tmp \
+    --cap-drop ALL --security-opt no-new-privileges --memory 64m --cpus 0.25 \
+    -v "$ROOT_DIR/nginx/ops-proxy.conf:/etc/nginx/nginx.conf:ro" \
+    --entrypoint nginx "$NGINX_IMAGE" -g 'daemon off;' >/dev/null
 }
 
 deploy_infra() {
@@ -92,6 +133,13 @@ site_answers() {
 
 main() {
   [[ ${1:-} == -h || ${1:-} == --help ]] && { usage; exit 0; }
+  require_int HTTP_PORT 1
+  require_int PROMETHEUS_PORT 1
+  require_int GRAFANA_PORT 1
+  require_int UP_TIMEOUT 1
+  [[ $OPS_PROXY == [01] ]] || die "OPS_PROXY must be 0 or 1, got '$OPS_PROXY'"
+  load_release_env
+  take_lock
   step "swarm"
   ensure_swarm
   step "images"
@@ -101,14 +149,21 @@ main() {
   ensure_network
   ensure_secret wsapp_django_secret_key
   ensure_secret wsapp_grafana_admin_password
+  ensure_secret "$REDIS_SECRET"
   step "infra stack"
+  prepare_nginx_volume
   deploy_infra
+  start_ops_proxy
   step "first color"
   deploy_first_color
   step "site"
   wait_for "$UP_TIMEOUT" "http://localhost:$HTTP_PORT/ to answer" site_answers
-  step "up: http://localhost:$HTTP_PORT/ serves $(active_color);" \
-    "Prometheus http://localhost:${PROMETHEUS_PORT:-9090}/"
+  if [[ $OPS_PROXY == 1 ]]; then
+    step "up: http://localhost:$HTTP_PORT/ serves $(active_color);" \
+      "Prometheus http://127.0.0.1:$PROMETHEUS_PORT/ and Grafana http://127.0.0.1:$GRAFANA_PORT/ (this machine only)"
+  else
+    step "up: http://localhost:$HTTP_PORT/ serves $(active_color)"
+  fi
 }
 
 main "$@"

@@ -4,6 +4,7 @@ Development defaults are safe; production secrets have no default: without
 DJANGO_SECRET_KEY (or DJANGO_SECRET_KEY_FILE) startup fails unless DJANGO_DEBUG=1.
 """
 
+import ipaddress
 import os
 import socket
 from pathlib import Path
@@ -11,6 +12,8 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from rooms.names import CHANNEL_LAYER_PREFIX, DEFAULT_PORT
+from rooms.redis_url import RedisUrlError
+from rooms.redis_url import redis_url as redis_url_with_password
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -80,10 +83,29 @@ def secret_key():
 
 
 def redis_url():
-    url = env_str("REDIS_URL")
-    if url and not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ImproperlyConfigured(f"REDIS_URL is not a redis://, rediss:// or unix:// URL: {url!r}")
-    return url
+    """REDIS_URL, with the password from REDIS_PASSWORD_FILE (a Swarm secret) when that is set."""
+    try:
+        return redis_url_with_password()
+    except RedisUrlError as exc:
+        raise ImproperlyConfigured(str(exc)) from None
+
+
+def forwarded_allow_ips():
+    raw = env_str("FORWARDED_ALLOW_IPS", "127.0.0.1")
+    entries = [entry.strip() for entry in raw.split(",") if entry.strip()]
+    if not entries or "*" in raw:
+        raise ImproperlyConfigured(
+            f"FORWARDED_ALLOW_IPS must list the proxy's addresses or networks, not {raw!r} "
+            "(with '*' any client could choose its own address)"
+        )
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"FORWARDED_ALLOW_IPS: {entry!r} is not an IP address or network"
+            ) from None
+    return ",".join(entries)
 
 
 DEBUG = env_bool("DJANGO_DEBUG")
@@ -182,3 +204,6 @@ GRACEFUL_TIMEOUT = env_int("GRACEFUL_TIMEOUT", 8, minimum=0)  # whole seconds, a
 REDIS_WAIT_SECONDS = env_float("REDIS_WAIT_SECONDS", 30.0, minimum=0.0)  # `rooms.ctl wait-redis` at start
 WS_PING_INTERVAL = env_float("WS_PING_INTERVAL", 20.0, minimum=0.0)  # 0: no keepalive
 WS_PING_TIMEOUT = env_float("WS_PING_TIMEOUT", 20.0, minimum=0.0)
+# Peers whose X-Forwarded-For/-Proto Uvicorn believes: the proxy only (the stack sets the overlay
+# network's subnet). Anyone else's headers are ignored, so a client cannot choose its own address.
+FORWARDED_ALLOW_IPS = forwarded_allow_ips()

@@ -11,10 +11,16 @@ from django.conf import settings
 
 from wsserver import SEND_TEXT_NOWAIT
 
-from . import metrics, resume
+from . import draining, metrics, resume
 from .generic import DatabaseFreeConsumer
 from .hub import HubUnavailable, get_hub
-from .names import CLOSE_POLICY_VIOLATION, CLOSE_SERVER_ERROR, CLOSE_TRY_AGAIN_LATER, Error
+from .names import (
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_SERVER_ERROR,
+    CLOSE_SERVICE_RESTART,
+    CLOSE_TRY_AGAIN_LATER,
+    Error,
+)
 from .ratelimit import TokenBucket
 from .readiness import refusal
 from .sessions import Session, register, unregister
@@ -116,6 +122,9 @@ class RoomConsumer(DatabaseFreeConsumer):
 
     async def disconnect(self, code):
         if self.session_id is None:
+            # Refused, or failed before its welcome: it may have joined the room all the same.
+            if hasattr(self, "room"):
+                await get_hub().leave(self.room, self)
             return
         self.closing = True
         if self.writer is not None:
@@ -225,12 +234,29 @@ class RoomConsumer(DatabaseFreeConsumer):
             self.writer.cancel()
         await self.close(code=code)
 
-    async def release(self, code, notice):
+    async def release(self, code):
         """Send what is queued and a last notice, then close: used when draining."""
         if self.closing:
             return
-        self.deliver(notice)
+        # Built as it is queued, not when the drain picked this connection: frames fanned out in
+        # between are queued before it, and its seq must count them.
+        self.deliver(draining.reconnect_notice(self.room, self.seq))
         self.closing = True
+        await self.flush_and_close(code)
+
+    def resume(self, frame, seq):
+        """The hub missed room messages or saw the seq go back (rooms.hub.fan_out): deliver nothing
+        more, and have the client resume with ?since= from what it was sent (a notice, then 1012)."""
+        if self.closing:
+            return
+        if self.skip_to is not None and seq <= self.seq + 1:
+            self.deliver(frame)  # nothing live sent since its welcome, and this follows on from it
+            return
+        self.deliver(draining.reconnect_notice(self.room, self.seq, reason=draining.REASON_RESUME))
+        self.closing = True
+        spawn(self.flush_and_close(CLOSE_SERVICE_RESTART))
+
+    async def flush_and_close(self, code):
         if self.writer is not None:
             await asyncio.wait([self.writer], timeout=RELEASE_FLUSH_SECONDS)
         if self.writer is not None:  # a client too slow even for that: its frames are dropped

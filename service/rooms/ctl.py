@@ -17,6 +17,7 @@ import sys
 import time
 
 from .names import DEFAULT_PORT, DRAIN, UNDRAIN
+from .redis_url import RedisUrlError, redacted, redis_url
 
 
 def load_settings():
@@ -47,24 +48,46 @@ def server_args(args):
         "--ws-ping-interval": settings.WS_PING_INTERVAL,
         "--ws-ping-timeout": settings.WS_PING_TIMEOUT,
         "--timeout-graceful-shutdown": settings.GRACEFUL_TIMEOUT,
+        "--forwarded-allow-ips": settings.FORWARDED_ALLOW_IPS,
     }
     for option, value in options.items():
         print(f"{option}\n{value}")
     return 0
 
 
+def configured_url():
+    """REDIS_URL with the password of REDIS_PASSWORD_FILE (rooms.redis_url, as the service does), or
+    None after printing what is wrong."""
+    try:
+        url = redis_url()
+    except RedisUrlError as exc:
+        print(exc, file=sys.stderr)
+        return None
+    if not url:
+        print("REDIS_URL must be set: control messages travel through the Redis channel layer",
+              file=sys.stderr)
+        return None
+    return url
+
+
 def wait_redis(args):
     import redis
 
-    client = redis.Redis.from_url(os.environ["REDIS_URL"], socket_connect_timeout=1, socket_timeout=1)
+    url = configured_url()
+    if url is None:
+        return 2
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
     deadline = time.monotonic() + args.timeout
     while True:
         try:
             client.ping()
             return 0
+        except redis.AuthenticationError as exc:  # waiting does not fix a wrong password
+            print(f"Redis at {redacted(url)} refused the password: {exc}", file=sys.stderr)
+            return 1
         except (redis.RedisError, OSError) as exc:
             if time.monotonic() > deadline:
-                print(f"Redis at REDIS_URL did not answer: {exc}", file=sys.stderr)
+                print(f"Redis at {redacted(url)} did not answer: {exc}", file=sys.stderr)
                 return 1
             time.sleep(0.5)
 
@@ -92,10 +115,8 @@ def control(args, message):
 
     from .names import CHANNEL_LAYER_PREFIX, control_group
 
-    url = os.environ.get("REDIS_URL")
-    if not url:
-        print("REDIS_URL must be set: control messages travel through the Redis channel layer",
-              file=sys.stderr)
+    url = configured_url()
+    if url is None:
         return 2
     layer = RedisChannelLayer(hosts=[url], prefix=CHANNEL_LAYER_PREFIX)
 

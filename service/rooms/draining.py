@@ -18,6 +18,8 @@ DRAIN_SPREAD = 0.8  # share of the drain window over which connections are relea
 # Upper bound of the random wait a released client should take before reconnecting: the drain
 # already spreads releases over the window; this only keeps one release's clients apart.
 RECONNECT_RETRY_MS = 250
+REASON_RELEASE = "release"  # the replica is draining
+REASON_RESUME = "resume"  # the replica missed room messages (rooms.hub.fan_out): resume to get them
 
 
 def start_drain(seconds):
@@ -42,16 +44,16 @@ async def drain(seconds):
     for session in sessions:
         if session.id in SESSIONS:
             consumer = session.consumer
-            spawn(consumer.release(CLOSE_SERVICE_RESTART, reconnect_notice(consumer.room, consumer.seq)))
+            spawn(consumer.release(CLOSE_SERVICE_RESTART))
         await asyncio.sleep(gap)
 
 
-def reconnect_notice(room, joined_seq):
+def reconnect_notice(room, joined_seq, reason=REASON_RELEASE):
     """The drain notice: what a client needs to resume (docs/protocol.md, "History and resume").
 
     Queued after every frame already handed to the connection, so the last seq it will have been
     sent is the last one fanned out in its room here, or its welcome's seq if none came since.
     """
     seq = max(joined_seq, get_hub().last_seq(room))
-    return json.dumps({"type": "reconnect", "reason": "release", "color": settings.COLOR, "seq": seq,
+    return json.dumps({"type": "reconnect", "reason": reason, "color": settings.COLOR, "seq": seq,
                        "retry_ms": RECONNECT_RETRY_MS})

@@ -20,7 +20,6 @@ it costs one Redis operation and one consumer dispatch per member per message (d
 import asyncio
 import json
 import logging
-import math
 import time
 from collections import deque
 from typing import NamedTuple
@@ -129,19 +128,29 @@ class Backlog(NamedTuple):
 
 class BaseHub:
     def __init__(self):
-        self.rooms = {}  # room -> set of members; a member has deliver(frame)
-        self.fanned_out = {}  # room -> the last frame handed to its members here (for its seq)
+        self.rooms = {}  # room -> set of members; a member has deliver(frame) and resume(frame, seq)
+        self.fanned_out = {}  # room -> the seq of the last frame handed to its members here
 
     def last_seq(self, room):
         """The seq of the last frame handed to the room's local members (0 if none)."""
-        frame = self.fanned_out.get(room)
-        return 0 if frame is None else frame_seq(frame)
+        return self.fanned_out.get(room, 0)
 
     def fan_out(self, room, frame):
         members = self.rooms.get(room)
         if not members:
             return
-        self.fanned_out[room] = frame  # parsed only when asked: a drain notice needs it
+        seq, last = frame_seq(frame), self.fanned_out.get(room)
+        if last is not None and seq != last + 1:
+            # Frames were missed (the subscription was down while the room published) or the
+            # counter went back (its keys were lost): members would see a silent gap or drop what
+            # follows as seen. They resume from what they have instead (docs/protocol.md).
+            log.warning("room %r: seq %d after %d; its %d members here resume", room, seq, last, len(members))
+            metrics.ERRORS.labels(Error.REDIS).inc()  # Redis lost a subscription or keys
+            for member in tuple(members):
+                member.resume(frame, seq)
+            self.fanned_out[room] = seq
+            return
+        self.fanned_out[room] = seq
         metrics.BROADCAST_DELAY.observe(max(0.0, time.time() - frame_ts(frame)))
         for member in tuple(members):
             member.deliver(frame)
@@ -171,10 +180,18 @@ class LocalHub(BaseHub):
         pass
 
     async def join(self, room, member):
-        if room not in self.rooms and self.expires.get(room, math.inf) < self.clock():
-            for table in (self.seq, self.history, self.expires):  # idle too long: as if its keys expired
-                table.pop(room, None)
+        if room not in self.rooms:
+            self._forget_idle()
         self.rooms.setdefault(room, set()).add(member)
+
+    def _forget_idle(self):
+        """Drop every room without members idle too long, as if its keys had expired (one pass over
+        the idle rooms per new room joined: enough for development and tests)."""
+        now = self.clock()
+        idle = [room for room, expires in self.expires.items() if expires < now and room not in self.rooms]
+        for room in idle:
+            for table in (self.seq, self.history, self.expires):
+                table.pop(room, None)
 
     async def leave(self, room, member):
         members = self.rooms.get(room)
@@ -271,17 +288,21 @@ class RedisHub(BaseHub):
 
     async def join(self, room, member):
         members = self.rooms.get(room)
-        if members is None:
+        first = members is None
+        if first:
             members = self.rooms[room] = set()
             self.subscribed[room] = asyncio.Event()
-            if self.pubsub is not None:
-                await self.pubsub.subscribe(CHANNEL_PREFIX + room)
         members.add(member)
         try:
+            if first and self.pubsub is not None:
+                await self.pubsub.subscribe(CHANNEL_PREFIX + room)
             await asyncio.wait_for(self.subscribed[room].wait(), SUBSCRIBE_TIMEOUT)
         except (TimeoutError, KeyError):
             await self.leave(room, member)
             raise HubUnavailable(f"no subscription to room {room!r} within {SUBSCRIBE_TIMEOUT}s") from None
+        except (aioredis.RedisError, OSError) as exc:  # the subscriber's connection broke: it resubscribes
+            await self.leave(room, member)
+            raise HubUnavailable(f"subscribing to room {room!r} failed: {exc}") from exc
 
     async def leave(self, room, member):
         members = self.rooms.get(room)

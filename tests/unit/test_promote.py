@@ -1,15 +1,24 @@
-"""promote.sh's interrupt path, against a test double of the docker CLI.
+"""promote.sh's failure paths, against a test double of the docker CLI.
 
 The unit tier has no Docker engine, so `docker` here is a small shell script that plays a swarm
-with blue active and logs every call. The end-to-end tier runs the same path on a real swarm
-(tests/e2e/test_release.py); this test makes one timing deterministic: the signal arriving while
-a health check runs with its output sent to /dev/null.
+with blue active and logs every call. The end-to-end tier runs the same paths on a real swarm
+(tests/e2e/test_release.py); these tests make timings deterministic (a signal arriving while a
+health check runs with its output sent to /dev/null, or while the restoration itself runs) and
+reach failures a real swarm does not produce on demand (an undrain that fails).
 """
 
+import fcntl
 import os
 import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
 
 from tests.helpers import ROOT, reap, start_interruptible, wait_until
+
+ROOT_RELEASE_ENV = Path(ROOT) / "stack" / "release.env"
 
 FAKE_DOCKER = r"""#!/usr/bin/env bash
 # Test double of the docker CLI: blue is active, green comes and goes with stack deploy/rm.
@@ -23,14 +32,54 @@ case "$1 ${2:-}" in
   "ps -aq") ;;
   "exec nginx1") [[ $# -gt 3 ]] && echo "$4" >"$state/active" || cat "$state/active" ;;
   "stack ls") echo wsapp-blue; [[ -e $state/green ]] && echo wsapp-green; true ;;
-  "stack deploy") touch "$state/green" ;;
-  "stack rm") rm -f "$state/green" ;;
+  "stack deploy")
+    echo "ALLOWED_HOSTS=$ALLOWED_HOSTS REPLICAS=$REPLICAS" >>"$state/deployed"; touch "$state/green" ;;
+  "stack rm") sleep "$(cat "$state/rm-delay" 2>/dev/null || echo 0)"; rm -f "$state/green" ;;
   "service ls") ;;
   "service inspect") [[ $* == *Replicas* ]] && echo 2 || echo wsapp:old ;;
-  "service ps") touch "$state/checking"; sleep 1; echo "Starting 1 second ago" ;;
+  "service ps")
+    if [[ $* == *wsapp-ctl-* ]]; then echo "Complete 1 second ago"
+    elif [[ -e $state/healthy ]]; then printf 'Running 1 second ago\nRunning 1 second ago\n'
+    else touch "$state/checking"; sleep 1; echo "Starting 1 second ago"; fi ;;
+  "service create") [[ $* == *" undrain "* && -e $state/fail-undrain ]] && exit 1; echo job ;;
+  "service logs" | "service rm") ;;
+  "run --rm") [[ $* == *wait-drained* && -e $state/fail-wait-drained ]] && exit 1; true ;;
   *) echo "fake docker: unexpected: $*" >&2; exit 2 ;;
 esac
 """
+
+
+@pytest.fixture
+def fake(tmp_path):
+    """The docker double on PATH, blue active; returns (directory, environment)."""
+    docker = tmp_path / "docker"
+    docker.write_text(FAKE_DOCKER)
+    docker.chmod(0o755)
+    (tmp_path / "active").write_text("blue\n")
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "LOCK_FILE": str(tmp_path / "lock"),
+           "HEALTH_TIMEOUT": "60", "WATCH_SECONDS": "0", "DRAIN_SECONDS": "1"}
+    return tmp_path, env
+
+
+def calls(state):
+    path = state / "calls"
+    return path.read_text() if path.exists() else ""
+
+
+def interrupt_during_health_check(state, env, *signals, pause=0.0):
+    """Start a promotion, send each signal once promote.sh checks green's health; the output."""
+    promote = start_interruptible([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env)
+    try:
+        wait_until(lambda: (state / "checking").exists() or promote.poll() is not None, 20,
+                   "promote.sh to check the new color's health", interval=0.05)
+        assert (state / "checking").exists(), "promote.sh never checked the new color's health"
+        for number in signals:
+            promote.send_signal(number)
+            time.sleep(pause)
+        output, _ = promote.communicate(timeout=30)
+    finally:
+        reap(promote)
+    return promote.returncode, output
 
 
 def test_interrupt_during_a_health_check_restores_and_says_so(tmp_path):
@@ -58,3 +107,111 @@ def test_interrupt_during_a_health_check_restores_and_says_so(tmp_path):
     calls = (tmp_path / "calls").read_text()
     assert "stack rm wsapp-green" in calls
     assert "switch-color green" not in calls
+
+
+def test_a_closed_terminal_sighup_restores_the_old_color(fake):
+    state, env = fake
+    status, output = interrupt_during_health_check(state, env, signal.SIGHUP)
+    assert status == 129, output
+    assert "blue serves, as before the promotion." in output
+    assert not (state / "green").exists()
+    assert (state / "active").read_text() == "blue\n"
+
+
+def test_signals_during_the_restoration_do_not_cut_it_short(fake):
+    """Ctrl-C, then Ctrl-C and a kill while the restoration removes green: it still finishes."""
+    state, env = fake
+    (state / "rm-delay").write_text("2")
+    status, output = interrupt_during_health_check(state, env, signal.SIGINT, signal.SIGINT,
+                                                   signal.SIGTERM, pause=0.5)
+    assert status == 130, output
+    assert "blue serves, as before the promotion." in output
+    assert not (state / "green").exists()
+
+
+def test_a_failed_undrain_keeps_the_new_color_serving(fake):
+    """The drain fails and so does every undrain: blue may refuse clients, so green, switched to and
+    past the gate, keeps serving instead of a switch back to a color that closes everyone."""
+    state, env = fake
+    (state / "healthy").touch()
+    (state / "fail-wait-drained").touch()
+    (state / "fail-undrain").touch()
+    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode != 0
+    assert "promotion failed at state 'draining'" in result.stderr
+    assert "blue could not be undrained; green keeps serving" in result.stderr
+    assert (state / "active").read_text() == "green\n"
+    assert (state / "green").exists()
+    assert calls(state).count(" undrain blue") == 3
+
+
+def test_a_drain_failure_with_a_working_undrain_restores_the_old_color(fake):
+    state, env = fake
+    (state / "healthy").touch()
+    (state / "fail-wait-drained").touch()
+    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode != 0
+    assert "blue serves, as before the promotion." in result.stderr
+    assert (state / "active").read_text() == "blue\n"
+    assert not (state / "green").exists()
+
+
+@pytest.mark.parametrize("name, value", [
+    ("HEALTH_TIMEOUT", "abc"), ("DRAIN_SECONDS", "-1"), ("REMOVE_TIMEOUT", "0"), ("WATCH_SECONDS", "1e3"),
+    ("WATCH_ERROR_RATIO", "five"), ("WATCH_GRACE", "1.2.3"), ("KEEP_OLD", "yes"),
+])
+def test_bad_numeric_settings_stop_before_anything_changes(fake, name, value):
+    state, env = fake
+    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env={**env, name: value},
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert name in result.stderr
+    assert calls(state) == "", "promote.sh called docker before checking its settings"
+
+
+def test_the_release_file_wins_over_the_shell(fake):
+    state, env = fake
+    (state / "healthy").touch()
+    env = {**env, "ALLOWED_HOSTS": "evil.example", "REPLICAS": "9"}
+    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert (state / "deployed").read_text() == "ALLOWED_HOSTS=localhost,127.0.0.1 REPLICAS=2\n"
+    assert "ALLOWED_HOSTS=evil.example in the environment is ignored" in result.stderr
+
+
+@pytest.mark.parametrize("line, message", [
+    ("SHELL_STUFF=$(rm -rf /)", "expected NAME=value"),
+    ("UNKNOWN=1", "unknown setting UNKNOWN"),
+    ("REPLICAS=two", "REPLICAS must be a whole number"),
+    ("NGINX_WORKER_CONNECTIONS=50000", "does not fit"),
+    ("PUBLIC_ORIGIN=localhost", "PUBLIC_ORIGIN must be"),
+])
+def test_a_bad_release_file_is_refused_before_anything_changes(fake, line, message):
+    state, env = fake
+    lines = (ROOT_RELEASE_ENV.read_text().splitlines())
+    key = line.split("=")[0]
+    lines = [entry for entry in lines if not entry.startswith(key + "=")] + [line]
+    release = state / "release.env"
+    release.write_text("\n".join(lines) + "\n")
+    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"],
+                            env={**env, "RELEASE_ENV": str(release)}, capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert calls(state) == ""
+
+
+@pytest.mark.parametrize("command", [["scripts/up.sh"], ["scripts/down.sh"], ["promote.sh"],
+                                     ["promote.sh", "rollback"]])
+def test_up_down_promote_and_rollback_share_one_lock(fake, command):
+    state, env = fake
+    with open(state / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = subprocess.run([f"{ROOT}/{command[0]}", *command[1:]], env=env, capture_output=True,
+                                text=True, timeout=30)
+    assert result.returncode != 0
+    assert "another up, down, promote or rollback holds" in result.stderr
+    assert "stack" not in calls(state)

@@ -23,7 +23,7 @@ def test_server_args_are_the_validated_settings_with_their_defaults():
     options = dict(zip(lines[::2], lines[1::2], strict=True))
     assert options == {"--port": "8000", "--workers": "1", "--ws-max-size": "65536",
                        "--ws-ping-interval": "20.0", "--ws-ping-timeout": "20.0",
-                       "--timeout-graceful-shutdown": "3"}
+                       "--timeout-graceful-shutdown": "3", "--forwarded-allow-ips": "127.0.0.1"}
 
 
 @pytest.mark.parametrize(
@@ -36,6 +36,8 @@ def test_server_args_are_the_validated_settings_with_their_defaults():
         ({"WEB_CONCURRENCY": "2"}, "WEB_CONCURRENCY=2 needs REDIS_URL"),
         ({"WS_PING_TIMEOUT": "soon"}, "WS_PING_TIMEOUT must be a number, got 'soon'"),
         ({"REDIS_WAIT_SECONDS": "-1"}, "REDIS_WAIT_SECONDS must be at least 0.0, got -1.0"),
+        ({"FORWARDED_ALLOW_IPS": "*"}, "FORWARDED_ALLOW_IPS must list the proxy's addresses"),
+        ({"FORWARDED_ALLOW_IPS": "10.0.0.0/8,proxy"}, "'proxy' is not an IP address or network"),
     ],
 )
 def test_entrypoint_refuses_a_bad_setting_naming_it_before_starting_anything(env, message):

@@ -1,0 +1,255 @@
+"""Nothing exposed that should not be, on a real swarm (docs/security.md).
+
+One system for the module, brought up from a release file with small per-address limits, so the
+limits can be reached with a few clients; the other checks do not come near them.
+"""
+
+import asyncio
+import json
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import websockets
+
+from tests.e2e.conftest import BASE_URL, ENV, HTTP_PORT, WS_URL, docker, run, stacks
+from tests.e2e.load import ORIGIN
+from tests.helpers import ROOT, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+WS_PER_ADDRESS = 5
+HTTP_RATE = 5
+HTTP_BURST = 5
+PROMETHEUS_PORT = int(ENV["PROMETHEUS_PORT"])
+GRAFANA_PORT = int(ENV["GRAFANA_PORT"])
+
+
+def release_file(directory, **changes):
+    """stack/release.env with some settings changed, written to directory."""
+    lines = []
+    for line in (Path(ROOT) / "stack" / "release.env").read_text().splitlines():
+        key = line.split("=", 1)[0]
+        lines.append(f"{key}={changes.pop(key)}" if key in changes else line)
+    assert not changes, f"not in stack/release.env: {changes}"
+    path = directory / "release.env"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def system(swarm, tmp_path_factory):
+    release = release_file(tmp_path_factory.mktemp("release"), NGINX_WS_PER_ADDRESS=WS_PER_ADDRESS,
+                           NGINX_HTTP_RATE=HTTP_RATE, NGINX_HTTP_BURST=HTTP_BURST)
+    run(["scripts/down.sh"], 300)
+    run(["scripts/up.sh"], 600, RELEASE_ENV=str(release))
+    yield release
+    run(["scripts/down.sh"], 300)
+
+
+def get(url, headers=None, data=None):
+    request = urllib.request.Request(url, headers=headers or {}, data=data)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, dict(response.headers), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read().decode()
+
+
+def color():
+    return json.loads(polite_get("/version")[1])["color"]
+
+
+def polite_get(path):
+    """A GET through Nginx that waits out the module's small request-rate limit."""
+    for _ in range(20):
+        status, _, body = get(BASE_URL + path)
+        if status != 429:
+            return status, body
+        time.sleep(0.5)
+    raise AssertionError(f"GET {path} kept answering 429")
+
+
+def containers(*stacks_):
+    ids = []
+    for stack in stacks_:
+        ids += docker("ps", "-q", "--filter", f"label=com.docker.stack.namespace={stack}").split()
+    return ids
+
+
+def running_container(service):
+    """The id of the service's running container, or "" while there is none."""
+    container = docker("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={service}").split()
+    return container[0] if container else ""
+
+
+def service_container(service):
+    container = running_container(service)
+    assert container, f"no running container of {service}"
+    return container
+
+
+def host_address():
+    """This machine's address on its default route: where another host would connect."""
+    route = subprocess.run(["ip", "-4", "route", "get", "1.1.1.1"], capture_output=True, text=True,
+                           check=True).stdout.split()
+    return route[route.index("src") + 1]
+
+
+def connects(address, port):
+    try:
+        with socket.create_connection((address, port), timeout=3):
+            return True
+    except OSError:
+        return False
+
+
+def test_only_nginx_is_reachable_from_other_hosts(system):
+    address = host_address()
+    assert connects(address, HTTP_PORT), "Nginx's public port is not reachable on the host's address"
+    for port in (PROMETHEUS_PORT, GRAFANA_PORT, 9090, 3000, 6379, 8081):
+        assert not connects(address, port), f"port {port} answers on {address}"
+    published = {}
+    for service in docker("service", "ls", "--format", "{{.Name}}").split():
+        ports = json.loads(docker("service", "inspect", "--format", "{{json .Endpoint.Ports}}", service))
+        if ports:
+            published[service] = sorted(p["TargetPort"] for p in ports)
+    assert published == {"wsapp_nginx": [8080]}
+
+
+def test_the_operator_reaches_prometheus_on_loopback_and_cannot_stop_it(system):
+    status, _, body = get(f"http://127.0.0.1:{PROMETHEUS_PORT}/-/healthy")
+    assert status == 200, body
+    status, _, body = get(f"http://127.0.0.1:{PROMETHEUS_PORT}/-/quit", data=b"")
+    assert status == 403 and "lifecycle" in body.lower(), (status, body)
+    status, _, body = get(f"http://127.0.0.1:{PROMETHEUS_PORT}/-/reload", data=b"")
+    assert status == 403, (status, body)
+    status, _, _ = get(f"http://127.0.0.1:{PROMETHEUS_PORT}/-/healthy")
+    assert status == 200
+
+
+def test_every_container_runs_unprivileged_on_a_read_only_root(system):
+    checked = []
+    ops_proxy = docker("ps", "-q", "--filter", "name=wsapp-ops-proxy")
+    for container in containers("wsapp", f"wsapp-{color()}") + [ops_proxy]:
+        info = json.loads(docker("inspect", container))[0]
+        name = info["Name"]
+        host = info["HostConfig"]
+        assert info["Config"]["User"] not in ("", "0", "root", "0:0"), f"{name} runs as root"
+        assert host["ReadonlyRootfs"], f"{name} has a writable root filesystem"
+        assert host["CapDrop"] and "ALL" in [c.replace("CAP_", "") for c in host["CapDrop"]], name
+        assert not host["CapAdd"], f"{name} adds capabilities {host['CapAdd']}"
+        for limit in host.get("Ulimits") or []:
+            assert limit["Hard"] <= 20000, f"{name}: {limit}"
+        status = docker("exec", container, "cat", "/proc/1/status")
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        assert fields["Uid"].split()[1] != "0", f"{name}: PID 1 runs as root: {fields['Uid']}"
+        assert int(fields["CapEff"], 16) == 0 and int(fields["CapBnd"], 16) == 0, f"{name}: {fields}"
+        touched = subprocess.run(["docker", "exec", container, "touch", "/etc/written"], capture_output=True,
+                                 text=True, timeout=30)
+        assert touched.returncode != 0 and "Read-only" in touched.stderr, f"{name} wrote to /etc"
+        checked.append(name)
+    print("hardened:", sorted(checked))
+    assert len(checked) >= 6  # nginx, redis, prometheus, two replicas, the ops proxy
+
+
+def test_replicas_believe_forwarded_headers_only_from_the_overlay(system):
+    env = docker("service", "inspect", "--format", "{{json .Spec.TaskTemplate.ContainerSpec.Env}}",
+                 f"wsapp-{color()}_app")
+    subnet = next(line.split("=", 1)[1] for line in system.read_text().splitlines()
+                  if line.startswith("NETWORK_SUBNET="))
+    assert f"FORWARDED_ALLOW_IPS={subnet}" in json.loads(env)
+    network = docker("network", "inspect", "--format", "{{range .IPAM.Config}}{{.Subnet}}{{end}}", "wsapp")
+    assert network == subnet
+
+
+def redis_cli(*args, password=True):
+    container = service_container("wsapp_redis")
+    auth = 'REDISCLI_AUTH="$(cat /run/secrets/redis_password)" ' if password else ""
+    return docker("exec", container, "sh", "-c", auth + "redis-cli " + " ".join(args))
+
+
+def test_redis_requires_the_password_and_never_evicts(system):
+    assert "NOAUTH" in redis_cli("ping", password=False)
+    assert redis_cli("ping") == "PONG"
+    assert redis_cli("config", "get", "maxmemory-policy").split() == ["maxmemory-policy", "noeviction"]
+    assert redis_cli("config", "get", "appendonly").split() == ["appendonly", "yes"]
+    assert int(redis_cli("config", "get", "maxmemory").split()[1]) > 0
+
+
+async def send_and_get_seq(room, body):
+    async with websockets.connect(f"{WS_URL}/ws/rooms/{room}/", origin=ORIGIN, open_timeout=10) as ws:
+        assert json.loads(await ws.recv())["type"] == "welcome"
+        await ws.send(json.dumps({"type": "message", "body": body}))
+        while True:
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            if frame["type"] == "message":
+                return frame["seq"]
+
+
+async def test_seq_continues_after_redis_restarts(system):
+    room = "persist"
+    for index in range(3):
+        before = await send_and_get_seq(room, f"before {index}")
+    old = service_container("wsapp_redis")
+    docker("service", "update", "--force", "--detach", "wsapp_redis", timeout=120)
+    wait_until(lambda: running_container("wsapp_redis") not in ("", old), 60, "a new Redis container")
+
+    def ready():
+        answer = subprocess.run(["docker", "exec", running_container("wsapp_redis"), "sh", "-c",
+                                 'REDISCLI_AUTH="$(cat /run/secrets/redis_password)" redis-cli ping'],
+                                capture_output=True, text=True, timeout=30).stdout.strip()
+        return answer == "PONG" and polite_get("/readyz")[0] == 200
+
+    wait_until(ready, 90, "Redis back and the replicas ready")
+    after = None
+    deadline = time.monotonic() + 60
+    while after is None:
+        try:
+            after = await send_and_get_seq(room, "after")
+        except (OSError, websockets.WebSocketException, TimeoutError):
+            assert time.monotonic() < deadline, "no message went through after the Redis restart"
+            await asyncio.sleep(1)
+    print(f"seq before the restart {before}, after {after}")
+    assert after == before + 1
+
+
+async def test_per_address_limits_answer_429(system):
+    await asyncio.sleep(2)  # let the request-rate bucket of earlier tests empty
+    sockets = []
+    try:
+        for _ in range(WS_PER_ADDRESS):
+            ws = await websockets.connect(f"{WS_URL}/ws/rooms/limits/", origin=ORIGIN)
+            assert json.loads(await ws.recv())["type"] == "welcome"
+            sockets.append(ws)
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(f"{WS_URL}/ws/rooms/limits/", origin=ORIGIN)
+        assert refused.value.response.status_code == 429
+    finally:
+        for ws in sockets:
+            await ws.close()
+    answers = [get(BASE_URL + "/version") for _ in range(HTTP_BURST + HTTP_RATE + 10)]
+    statuses = [status for status, _, _ in answers]
+    assert statuses.count(200) >= HTTP_BURST and 429 in statuses, statuses
+    status, headers, body = next(answer for answer in answers if answer[0] == 429)
+    assert json.loads(body)["error"] == "too_many_requests" and headers.get("Retry-After") == "1"
+    await asyncio.sleep(2)
+    assert polite_get("/version")[0] == 200, "the limit did not lift"
+
+
+def test_a_release_that_would_refuse_browsers_fails_before_the_switch(system, tmp_path):
+    before = color()
+    idle = "green" if before == "blue" else "blue"
+    wrong = release_file(tmp_path, ALLOWED_HOSTS="wrong.example.com", NGINX_WS_PER_ADDRESS=WS_PER_ADDRESS,
+                         NGINX_HTTP_RATE=HTTP_RATE, NGINX_HTTP_BURST=HTTP_BURST)
+    result = run(["./promote.sh"], 600, False, RELEASE_ENV=str(wrong), WATCH_SECONDS="0")
+    print(result.stderr[-3000:])
+    assert result.returncode != 0
+    assert "FAILED smoke" in result.stderr and "ALLOWED_HOSTS" in result.stderr
+    assert f"{before} serves, as before the promotion" in result.stderr
+    assert f"wsapp-{idle}" not in stacks()
+    assert color() == before
