@@ -13,7 +13,7 @@ from wsserver import SEND_TEXT_NOWAIT
 
 from . import draining, metrics, resume
 from .generic import DatabaseFreeConsumer
-from .hub import HubUnavailable, get_hub
+from .hub import HubUnavailable, frame_seq, get_hub
 from .names import (
     CLOSE_POLICY_VIOLATION,
     CLOSE_SERVER_ERROR,
@@ -91,8 +91,15 @@ class RoomConsumer(DatabaseFreeConsumer):
             await self.send(text_data=json.dumps(welcome))
             if resync is not None:
                 await self.send(text_data=json.dumps(resync))
-            for frame in backlog.frames:
-                await self.send(text_data=frame)
+            cut = await self.replay(backlog)
+            if cut is not None:
+                # The rest of the history went (trimmed, or Redis lost) while this client was read
+                # its first pages: live frames would leave a gap. It resumes from what it got.
+                self.outbox = ()
+                self.outbox_bytes = 0
+                await self.send(text_data=draining.notice(cut, draining.REASON_RESUME))
+                await self.close_with(CLOSE_SERVICE_RESTART)
+                return
         except Exception as exc:  # the client left while the room was being joined
             log.info("handshake not completed: %r", exc)
             raise StopConsumer from exc  # DatabaseFreeConsumer runs disconnect()
@@ -104,6 +111,24 @@ class RoomConsumer(DatabaseFreeConsumer):
             self.outbox_bytes = sum(map(len, self.outbox))
         self.open = True
         self.kick()
+
+    async def replay(self, backlog):
+        """Send the backlog a page at a time, so that only one page is held for a client that does
+        not read. None once every frame up to backlog.seq is sent, else the last seq sent."""
+        frames, sent = backlog.frames, None
+        while frames:
+            for frame in frames:
+                await self.send(text_data=frame)
+            sent = frame_seq(frames[-1])
+            if sent >= backlog.seq:
+                return None
+            try:
+                frames = await get_hub().page(self.room, sent, backlog.seq)
+            except HubUnavailable:
+                return sent
+            if not frames or frame_seq(frames[0]) != sent + 1:
+                return sent
+        return None
 
     async def refuse_since(self, detail):
         metrics.ERRORS.labels(Error.INVALID_SINCE).inc()

@@ -54,6 +54,10 @@ def reconnect_notice(room, joined_seq, reason=REASON_RELEASE):
     Queued after every frame already handed to the connection, so the last seq it will have been
     sent is the last one fanned out in its room here, or its welcome's seq if none came since.
     """
-    seq = max(joined_seq, get_hub().last_seq(room))
+    return notice(max(joined_seq, get_hub().last_seq(room)), reason)
+
+
+def notice(seq, reason):
+    """A reconnect notice telling the client that seq is the last one this connection was sent."""
     return json.dumps({"type": "reconnect", "reason": reason, "color": settings.COLOR, "seq": seq,
                        "retry_ms": RECONNECT_RETRY_MS})

@@ -77,9 +77,9 @@ redis.call('PUBLISH', KEYS[3], frame)
 return seq
 """
 
-# KEYS: seq, history. ARGV: since ('' for none), history seconds.
-# Returns {seq, oldest kept seq (0: none), frames with seq > since...}; all kept frames when since
-# is ahead of seq. Atomic with PUBLISH_SCRIPT, so the frames end exactly at seq.
+# KEYS: seq, history. ARGV: since ('' for none), history seconds, page size.
+# Returns {seq, oldest kept seq (0: none), the first page of frames with seq > since...}; of all
+# kept frames when since is ahead of seq. Atomic with PUBLISH_SCRIPT, so the frames end at seq.
 BACKLOG_SCRIPT = TRIM_LUA + """
 local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
 if seq > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
@@ -91,7 +91,7 @@ if #first == 0 or tonumber(string.match(last[1][1], '^%d+')) > seq then return {
 local after = tonumber(ARGV[1])
 if after > seq then after = 0 end
 local result = {seq, tonumber(string.match(first[1][1], '^%d+'))}
-for _, entry in ipairs(redis.call('XRANGE', KEYS[2], (after + 1) .. '-0', '+')) do
+for _, entry in ipairs(redis.call('XRANGE', KEYS[2], (after + 1) .. '-0', '+', 'COUNT', ARGV[3])) do
   result[#result + 1] = entry[2][4]
 end
 return result
@@ -118,8 +118,16 @@ def frame_seq(frame):
     return int(frame[start : frame.index(",", start)])
 
 
+def replay_page():
+    """Frames per page of a replay: a page of the largest frames fits in OUTBOUND_QUEUE_BYTES, so a
+    resuming client that does not read pins no more than a live one (a body of MAX_BODY_CHARS
+    characters is at most 12 bytes each once JSON-escaped, plus the frame's other fields)."""
+    return max(1, settings.OUTBOUND_QUEUE_BYTES // (12 * settings.MAX_BODY_CHARS + 256))
+
+
 class Backlog(NamedTuple):
-    """A room's state read atomically: its seq, its oldest kept seq (0: none) and kept frames."""
+    """A room's state read atomically: its seq, its oldest kept seq (0: none) and the first page
+    (replay_page()) of the kept frames to replay; hub.page() gives the next pages."""
 
     seq: int
     oldest: int
@@ -232,7 +240,17 @@ class LocalHub(BaseHub):
         if since is None or not history:
             return Backlog(seq, 0, [])
         after = 0 if since > seq else since
-        return Backlog(seq, history[0][0], [frame for number, _, frame in history if number > after])
+        return Backlog(seq, history[0][0], self._after(history, after, seq))
+
+    async def page(self, room, after, upto):
+        """The next page of kept frames with after < seq <= upto (it starts above after + 1 if
+        those were dropped meanwhile)."""
+        return self._after(self._kept(room), after, upto)
+
+    @staticmethod
+    def _after(history, after, upto):
+        frames = [frame for number, _, frame in history if after < number <= upto]
+        return frames[: replay_page()]
 
 
 class RedisHub(BaseHub):
@@ -331,12 +349,22 @@ class RedisHub(BaseHub):
     async def backlog(self, room, since):
         """The room's seq and, if since is given, its kept frames after since (all, if it is ahead)."""
         keys = [SEQ_PREFIX + room, HISTORY_PREFIX + room]
-        args = ["" if since is None else since, self.history_seconds]
+        args = ["" if since is None else since, self.history_seconds, replay_page()]
         try:
             seq, oldest, *frames = await self.backlog_script(keys=keys, args=args)
         except (aioredis.RedisError, OSError) as exc:
             raise HubUnavailable(str(exc)) from exc
         return Backlog(seq, oldest, [frame.decode() for frame in frames])
+
+    async def page(self, room, after, upto):
+        """The next page of kept frames with after < seq <= upto (it starts above after + 1 if
+        those were trimmed meanwhile)."""
+        try:
+            entries = await self.redis.xrange(HISTORY_PREFIX + room, f"{after + 1}-0", f"{upto}-0",
+                                              count=replay_page())
+        except (aioredis.RedisError, OSError) as exc:
+            raise HubUnavailable(str(exc)) from exc
+        return [fields[b"f"].decode() for _, fields in entries]
 
     async def _keep_alive(self):
         """Keep the seq key of every room with local members from expiring (see the module doc)."""

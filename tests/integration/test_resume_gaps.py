@@ -3,6 +3,7 @@
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import time
 
@@ -12,9 +13,10 @@ import websockets
 
 from rooms.hub import PUBLISH_SCRIPT, frame_parts
 from rooms.names import CHANNEL_PREFIX, HISTORY_PREFIX, SEQ_PREFIX
-from tests.helpers import ROOT
+from tests.helpers import ROOT, AppServer
 from tests.integration import test_history
 from tests.integration.test_history import recv, say
+from tests.integration.test_hostile import BIG_BODY, BIG_MESSAGES, SLOW_CLIENTS, WireClient, rss
 
 # The fixtures of test_history, shared.
 connect, make_server, store = test_history.connect, test_history.make_server, test_history.store
@@ -145,3 +147,123 @@ async def test_the_drain_notice_seq_is_the_last_message_sent_before_it_in_a_busy
     await publishing
     wrong = [(last, said) for last, said in results if last != said]
     assert not wrong, f"{len(wrong)} of 60 notices say another seq than the last sent: {wrong[:5]}"
+
+
+async def test_slow_clients_replayed_a_big_history_do_not_grow_the_process(redis_server, tmp_path, store):
+    """Five clients ask for a full history of 49 KB messages (?since=0) and stop reading. Live frames
+    are bounded by OUTBOUND_QUEUE_BYTES (1 MiB); the replay is not: each connection holds every kept
+    frame until its client reads them."""
+    server = AppServer(redis_server.url, tmp_path, workers=1)
+    server.start()
+    slow = []
+    try:
+        keys = [prefix + "big-replay" for prefix in (SEQ_PREFIX, HISTORY_PREFIX, CHANNEL_PREFIX)]
+        with store.pipeline(transaction=False) as pipe:
+            for _ in range(BIG_MESSAGES):
+                frame = frame_parts("big-replay", "other", BIG_BODY, 0)
+                pipe.eval(PUBLISH_SCRIPT, len(keys), *keys, *frame, 1000, 600)
+            pipe.execute()
+        pid = server.process.pid
+        before = rss(pid)
+        slow = [WireClient(server.port, rcvbuf=4096, path="/ws/rooms/big-replay/?since=0")
+                for _ in range(SLOW_CLIENTS)]
+        for client in slow:
+            assert json.loads(client.next_frame()[1])["type"] == "welcome"
+        await asyncio.sleep(2)
+        peak = rss(pid, "VmHWM")
+        print(f"\nreplay of {BIG_MESSAGES} x 49 KB to {SLOW_CLIENTS} clients that stop reading: "
+              f"RSS {before / 2**20:.1f} MiB before, peak {peak / 2**20:.1f}")
+        assert peak - before < 16 * 2**20
+    finally:
+        for client in slow:
+            client.close()
+        server.stop()
+
+
+async def test_a_connected_client_whose_rooms_keys_expired_resumes_instead_of_dropping_news(
+        redis_server, tmp_path, store, connect):
+    """keep_alive refreshes a room's seq key while it has members, but a process stalled longer
+    than ROOM_HISTORY_SECONDS (here: stopped) lets it expire, and the counter starts again at 1.
+    A connected client that had seq 3 would drop 1, 2, 3 as already seen: it must be told to resume."""
+    server = AppServer(redis_server.url, tmp_path, workers=1, ROOM_HISTORY_SECONDS="1")
+    server.start()
+    try:
+        alice = await connect(server, "expired")
+        await say(alice, "1", "2", "3")
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 5
+            while store.exists(SEQ_PREFIX + "expired"):
+                assert time.monotonic() < deadline, "the seq key did not expire"
+                await asyncio.sleep(0.1)
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        keys = [prefix + "expired" for prefix in (SEQ_PREFIX, HISTORY_PREFIX, CHANNEL_PREFIX)]
+        store.eval(PUBLISH_SCRIPT, len(keys), *keys, *frame_parts("expired", "other", "news", 0), 1000, 1)
+        notice = (await recv(alice))[0]
+        assert (notice["type"], notice["reason"], notice["seq"]) == ("reconnect", "resume", 3)
+        alice = await connect(server, "expired", "?since=3")
+        resync, news = await recv(alice, 2)
+        assert (resync["reason"], resync["from"], news["seq"], news["body"]) == ("ahead", 1, 1, "news")
+    finally:
+        server.stop()
+
+
+async def test_since_at_every_boundary_replays_exactly_what_follows_through_one_frame_pages(
+        connect, make_server):
+    """Kept: 4 to 8 of 8. Pages of one frame (the smallest OUTBOUND_QUEUE_BYTES), so every replay
+    goes through the paged reads; then one live message, which must follow without gap or dup."""
+    server = make_server(ROOM_HISTORY_MAX="5", OUTBOUND_QUEUE_BYTES="65536")
+    alice = await connect(server, "bounds")
+    await say(alice, *"12345678")
+    expected = {  # since: (resync reason or None, seqs replayed)
+        0: ("too_old", [4, 5, 6, 7, 8]), 2: ("too_old", [4, 5, 6, 7, 8]), 3: (None, [4, 5, 6, 7, 8]),
+        4: (None, [5, 6, 7, 8]), 7: (None, [8]), 8: (None, []), 9: ("ahead", [4, 5, 6, 7, 8]),
+        999999999999999999: ("ahead", [4, 5, 6, 7, 8]),
+    }
+    clients = {since: await connect(server, "bounds", f"?since={since}") for since in expected}
+    await say(alice, "live")
+    for since, (reason, seqs) in expected.items():
+        frames = await recv(clients[since], len(seqs) + 1 + (reason is not None))
+        if reason is not None:
+            got = frames.pop(0)
+            assert (got["type"], got["reason"], got["from"], got["seq"]) == ("resync", reason, 4, 8)
+        assert [f["seq"] for f in frames] == seqs + [9], since
+
+
+async def test_redis_lost_during_a_paged_replay_ends_it_with_a_resume_notice(redis_server, tmp_path, store):
+    """Redis goes away while a slow client is being replayed a long history: the client gets what
+    was read, then a resume notice with the last seq it was sent, then 1012; nothing out of order."""
+    server = AppServer(redis_server.url, tmp_path, workers=1)
+    server.start()
+    client = None
+    try:
+        keys = [prefix + "lost-redis" for prefix in (SEQ_PREFIX, HISTORY_PREFIX, CHANNEL_PREFIX)]
+        with store.pipeline(transaction=False) as pipe:
+            for _ in range(200):
+                frame = frame_parts("lost-redis", "o", BIG_BODY, 0)
+                pipe.eval(PUBLISH_SCRIPT, len(keys), *keys, *frame, 1000, 600)
+            pipe.execute()
+        client = WireClient(server.port, rcvbuf=4096, path="/ws/rooms/lost-redis/?since=0")
+        assert json.loads(client.next_frame()[1])["type"] == "welcome"
+        redis_server.stop()  # the first page (21 frames) is on its way; the next cannot be read
+        last, notice = 0, None
+        while True:
+            opcode, payload = client.next_frame()
+            if opcode == 0x8:  # close
+                assert int.from_bytes(payload[:2], "big") == 1012
+                break
+            frame = json.loads(payload)
+            if frame["type"] == "reconnect":
+                assert (frame["reason"], frame["seq"]) == ("resume", last)
+                notice = frame
+                continue
+            assert frame["seq"] == last + 1
+            last = frame["seq"]
+        assert 0 < last < 200 and notice
+        client.close()
+        await server.until_metric("ws_active_connections", 0, timeout=15)
+    finally:
+        if client is not None:
+            client.close()
+        server.stop()

@@ -77,3 +77,29 @@ async def test_a_message_fanned_out_as_the_drain_picks_a_connection_counts_in_it
     assert (await alice.receive_json_from())["seq"] == 2
     notice = await alice.receive_json_from()
     assert (notice["type"], notice["seq"]) == ("reconnect", 2)
+
+
+@override_settings(OUTBOUND_QUEUE_BYTES=65536, ROOM_HISTORY_MAX=5)  # a replay page of one frame
+async def test_a_replay_whose_rest_was_trimmed_meanwhile_ends_in_a_resume_notice(connect, monkeypatch):
+    """The replay goes a page at a time; if the history moved on between pages, the client is told
+    to resume from what it got, and no live frame (which would jump the gap) is sent before that."""
+    _, alice = await connect("/ws/rooms/trimmed/")
+    for n in range(1, 4):
+        await alice.send_to(text_data=json.dumps({"type": "message", "body": str(n)}))
+        assert (await alice.receive_json_from())["seq"] == n
+    hub = get_hub()
+    read = type(hub).page
+
+    async def trimmed_meanwhile(self, room, after, upto):
+        for n in range(5):  # 4..8 are kept now: 2 and 3 are gone
+            await self.publish(room, "other", f"more {n}")
+        return await read(self, room, after, upto)
+
+    monkeypatch.setattr(type(hub), "page", trimmed_meanwhile)
+    _, bob = await connect("/ws/rooms/trimmed/?since=0")
+    monkeypatch.undo()
+    assert bob.welcome["seq"] == 3
+    assert (await bob.receive_json_from())["seq"] == 1
+    notice = await bob.receive_json_from()
+    assert (notice["type"], notice["reason"], notice["seq"]) == ("reconnect", "resume", 1)
+    assert await bob.receive_output() == {"type": "websocket.close", "code": 1012}
