@@ -13,7 +13,7 @@ readonly COLORS=(blue green)
 readonly IMAGES_ENV="$ROOT_DIR/.images.env"
 readonly REDIS_SECRET=wsapp_redis_password
 # One lock for every command that changes the system: up, down, promote and rollback.
-readonly LOCK_FILE=${LOCK_FILE:-/tmp/wsapp-deploy.lock}
+readonly LOCK_FILE=${LOCK_FILE:-/tmp/wsapp.lock}
 
 STEP_STARTED=$SECONDS
 
