@@ -28,6 +28,9 @@ main() {
   if (($#)); then
     exec "$@"
   fi
+  # Every WebSocket and pooled Redis connection is a descriptor: use all the hard limit allows
+  # (the settings check that MAX_CONNECTIONS and the pools fit under it).
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   # Fail now, with the setting's name, rather than in every worker.
   local server_args
   server_args=$("$PYTHON" -m rooms.ctl server-args) || die "configuration error (see above)"

@@ -13,7 +13,7 @@ readonly COLORS=(blue green)
 readonly IMAGES_ENV="$ROOT_DIR/.images.env"
 readonly REDIS_SECRET=wsapp_redis_password
 # One lock for every command that changes the system: up, down, promote and rollback.
-readonly LOCK_FILE=${LOCK_FILE:-/tmp/wsapp-deploy.lock}
+readonly LOCK_FILE=${LOCK_FILE:-/tmp/wsapp.lock}
 
 STEP_STARTED=$SECONDS
 
@@ -166,12 +166,15 @@ ctl_job() {
   done
   docker service logs --raw "$name" 2>&1 || true
   docker service rm "$name" >/dev/null 2>&1 || true
+  # A finished job's container outlives its service: remove it (on this node, where jobs run here).
+  docker ps -aq --filter "label=com.docker.swarm.service.name=$name" | xargs -r docker rm -f >/dev/null 2>&1 || true
   [[ $state == Complete* ]] || { echo "ERROR: rooms.ctl $* ended '${state:-not started}'" >&2; return 1; }
 }
 
-# Remove ctl jobs an interrupted command left behind.
+# Remove ctl jobs an interrupted command left behind, and their containers.
 remove_jobs() {
   docker service ls -q --filter label=com.wsapp.job | xargs -r docker service rm >/dev/null 2>&1 || true
+  docker ps -aq --filter name=wsapp-ctl- | xargs -r docker rm -f >/dev/null 2>&1 || true
 }
 
 # take_lock: hold LOCK_FILE until this script exits; a second command that changes the system

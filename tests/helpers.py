@@ -14,6 +14,8 @@ __all__ = ["DASHBOARDS", "ROOT", "AppServer", "Process", "RedisServer", "dashboa
            "reap", "require_command", "start_interruptible", "wait_until"]
 
 # Grafana dashboards: checked statically by the unit tier, every query evaluated by the e2e tier.
+# The Origin header the unit tier's ASGI clients send (ALLOWED_HOSTS has localhost).
+ORIGIN_HEADER = (b"origin", b"http://localhost")
 DASHBOARDS = sorted(Path(ROOT, "observability", "grafana", "dashboards").glob("*.json"))
 
 

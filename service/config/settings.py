@@ -6,6 +6,7 @@ DJANGO_SECRET_KEY (or DJANGO_SECRET_KEY_FILE) startup fails unless DJANGO_DEBUG=
 
 import ipaddress
 import os
+import resource
 import socket
 from pathlib import Path
 
@@ -174,6 +175,17 @@ RATE_LIMIT_BURST = env_int("RATE_LIMIT_BURST", 40, minimum=1)
 # Consecutive rate-limited frames tolerated before the connection is closed with 1008.
 RATE_LIMIT_STRIKES = env_int("RATE_LIMIT_STRIKES", 20, minimum=1)
 MAX_CONNECTIONS = env_int("MAX_CONNECTIONS", 10000, minimum=1)
+# Each WebSocket is a descriptor of its process, and so is each connection of the two Redis pools
+# (channel layer, publish); 100 more for listeners, logs and the metrics files.
+_NOFILE, _NOFILE_HARD = resource.getrlimit(resource.RLIMIT_NOFILE)
+if _NOFILE != _NOFILE_HARD:  # use all the hard limit allows (entrypoint.sh does the same)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_NOFILE_HARD, _NOFILE_HARD))
+    _NOFILE = _NOFILE_HARD
+if _NOFILE != resource.RLIM_INFINITY and MAX_CONNECTIONS + 2 * REDIS_MAX_CONNECTIONS + 100 > _NOFILE:
+    raise ImproperlyConfigured(
+        f"MAX_CONNECTIONS={MAX_CONNECTIONS} and REDIS_MAX_CONNECTIONS={REDIS_MAX_CONNECTIONS} do not fit "
+        f"this process' open-file limit of {_NOFILE}: lower them or raise the limit (ulimit -n)"
+    )
 # What may wait for one client before it is closed as a slow consumer (1013): frames, and bytes.
 # Room frames are shared between members, but a queue of 1000 of the largest (a 4096-character body
 # of escaped emoji is 49 KB) would pin 49 MB; 1 MiB is 21 such frames, or thousands of small ones.

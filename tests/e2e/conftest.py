@@ -7,20 +7,7 @@ import subprocess
 
 import pytest
 
-# BASE_URL ... version are not used here: they stay importable from this file only for tests written
-# before the helpers moved to tests/e2e/helpers.py (branches in flight). Remove once none imports them.
-from tests.e2e.helpers import (  # noqa: F401
-    BASE_URL,
-    ENV,
-    HTTP_PORT,
-    WS_URL,
-    active_service,
-    docker,
-    run,
-    service_image,
-    stacks,
-    version,
-)
+from tests.e2e.helpers import active_service, docker, run, service_image
 from tests.helpers import require_command
 
 

@@ -58,6 +58,12 @@ class Traffic:
                 f"{self.delivery['replayed']} (largest {self.delivery['max_replay']}); longest handover "
                 f"{longest * 1000:.0f} ms; closes {dict(self.closes)}")
 
+    def assert_every_message_reached_every_client_once_in_order(self):
+        assert self.received > 0
+        assert self.frame_errors == []
+        for count in ("lost", "duplicated", "out_of_order", "resync_too_old", "resync_ahead"):
+            assert self.delivery[count] == 0, f"{count}: {self.summary()}"
+
     async def run(self):
         tasks = [asyncio.create_task(self.client(i)) for i in range(self.clients)]
         tasks.append(asyncio.create_task(self.poller()))

@@ -56,12 +56,6 @@ async def promote_under_load(*args, clients=100, promotions=1, **env):
     return result, traffic, seconds
 
 
-def assert_every_message_reached_every_client_once_in_order(traffic):
-    assert traffic.received > 0
-    assert traffic.frame_errors == []
-    for count in ("lost", "duplicated", "out_of_order", "resync_too_old", "resync_ahead"):
-        assert traffic.delivery[count] == 0, f"{count}: {traffic.summary()}"
-
 
 async def test_two_promotions_under_load_hand_every_connection_over_losing_nothing(system):
     """100 chatting clients resume with ?since= across two releases: every message of their room
@@ -81,7 +75,7 @@ async def test_two_promotions_under_load_hand_every_connection_over_losing_nothi
     assert len(traffic.reconnected_at) == 100
     assert len(traffic.windows) == 2 and max(traffic.windows) <= DRAIN_SECONDS, \
         f"a client reconnected after the drain window: {traffic.windows}"
-    assert_every_message_reached_every_client_once_in_order(traffic)
+    traffic.assert_every_message_reached_every_client_once_in_order()
     assert traffic.delivery["resumes"] == 200
     assert f"wsapp-{after}" not in stacks()
     print(f"drain: clients reconnected over {', '.join(f'{w:.1f}s' for w in traffic.windows)}")
@@ -93,7 +87,7 @@ async def assert_failed_release_left_old_color_serving(result, traffic, before):
     assert traffic.http_failures == [] and traffic.connect_failures == []
     assert set(traffic.http_colors) == {before}
     assert dict(traffic.closes) == {}, "a failed release closed client connections"
-    assert_every_message_reached_every_client_once_in_order(traffic)
+    traffic.assert_every_message_reached_every_client_once_in_order()
     idle = "green" if before == "blue" else "blue"
     assert f"wsapp-{idle}" not in stacks()
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import websockets
 
-from tests.e2e.conftest import BASE_URL, ENV, HTTP_PORT, WS_URL, docker, run, stacks
+from tests.e2e.helpers import BASE_URL, ENV, HTTP_PORT, WS_URL, docker, run, stacks
 from tests.e2e.load import ORIGIN
 from tests.helpers import ROOT, wait_until
 

@@ -2,9 +2,7 @@
 
 import pytest
 
-# Process is not used here: it stays importable from this file only for tests written before the
-# helpers moved to testkit/ (branches in flight). Remove once none imports it.
-from tests.helpers import AppServer, Process, RedisServer, require_command  # noqa: F401
+from tests.helpers import AppServer, RedisServer, require_command
 
 
 @pytest.fixture
@@ -22,3 +20,19 @@ def app_server(redis_server, tmp_path):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def make_server(redis_server, tmp_path):
+    """Start app servers with extra settings, make(workers=1, **env); all are stopped afterwards."""
+    servers = []
+
+    def make(workers=1, **env):
+        server = AppServer(redis_server.url, tmp_path, workers=workers, **env)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()

@@ -11,27 +11,11 @@ import pytest
 import redis
 import websockets
 
-from tests.integration.conftest import AppServer
-
 pytestmark = pytest.mark.integration
 
 ORIGIN = "http://localhost"
 FAST = {"RATE_LIMIT_PER_SECOND": "100000", "RATE_LIMIT_BURST": "100000"}
 
-
-@pytest.fixture
-def make_server(redis_server, tmp_path):
-    servers = []
-
-    def make(**env):
-        server = AppServer(redis_server.url, tmp_path, workers=2, **env)
-        servers.append(server)
-        server.start()
-        return server
-
-    yield make
-    for server in servers:
-        server.stop()
 
 
 @pytest.fixture
@@ -71,7 +55,7 @@ async def say(ws, *bodies):
 
 
 async def test_resume_replays_the_messages_sent_while_away(connect, make_server):
-    server = make_server()
+    server = make_server(workers=2)
     alice = await connect(server, "gap")
     bob = await connect(server, "gap")
     await say(alice, "1")
@@ -87,7 +71,7 @@ async def test_resume_replays_the_messages_sent_while_away(connect, make_server)
 
 async def test_the_seam_has_no_duplicate_and_no_gap_under_concurrent_senders(connect, make_server, store):
     """A client that keeps dropping and resuming while four others send gets every message once, in order."""
-    server = make_server(**FAST)
+    server = make_server(workers=2, **FAST)
     senders = [await connect(server, "seam") for _ in range(4)]
     observer = await connect(server, "seam")
     stop = asyncio.Event()
@@ -134,7 +118,7 @@ async def test_the_seam_has_no_duplicate_and_no_gap_under_concurrent_senders(con
 
 
 async def test_history_keeps_room_history_max_messages_and_resyncs_older(connect, make_server, store):
-    server = make_server(ROOM_HISTORY_MAX="5")
+    server = make_server(workers=2, ROOM_HISTORY_MAX="5")
     alice = await connect(server, "bounded")
     await say(alice, *"0123456789")
     assert store.xlen("wsapp:history:bounded") == 5
@@ -148,7 +132,7 @@ async def test_history_keeps_room_history_max_messages_and_resyncs_older(connect
 
 
 async def test_a_lost_counter_gives_resync_ahead_and_the_history_starts_over(connect, make_server, store):
-    server = make_server()
+    server = make_server(workers=2)
     alice = await connect(server, "reset")
     await say(alice, "1", "2", "3")
     store.delete("wsapp:seq:reset")  # Redis lost the counter but not the history
@@ -163,7 +147,7 @@ async def test_a_lost_counter_gives_resync_ahead_and_the_history_starts_over(con
 
 
 async def test_room_keys_expire_once_the_room_is_idle(connect, make_server, store):
-    server = make_server(ROOM_HISTORY_SECONDS="2")
+    server = make_server(workers=2, ROOM_HISTORY_SECONDS="2")
     alice = await connect(server, "idle")
     await say(alice, "1", "2")
     for key in ("wsapp:seq:idle", "wsapp:history:idle"):
@@ -178,7 +162,7 @@ async def test_room_keys_expire_once_the_room_is_idle(connect, make_server, stor
 
 
 async def test_a_quiet_room_with_members_keeps_its_seq_but_not_its_old_history(connect, make_server, store):
-    server = make_server(ROOM_HISTORY_SECONDS="1")
+    server = make_server(workers=2, ROOM_HISTORY_SECONDS="1")
     alice = await connect(server, "quiet")
     await say(alice, "1", "2", "3")
     await asyncio.sleep(2.5)
@@ -191,7 +175,7 @@ async def test_a_quiet_room_with_members_keeps_its_seq_but_not_its_old_history(c
 
 
 async def test_messages_older_than_the_window_are_trimmed_from_a_busy_room(connect, make_server, store):
-    server = make_server(ROOM_HISTORY_SECONDS="2")
+    server = make_server(workers=2, ROOM_HISTORY_SECONDS="2")
     alice = await connect(server, "aging")
     await say(alice, "1")
     await asyncio.sleep(1.2)
@@ -206,7 +190,7 @@ async def test_messages_older_than_the_window_are_trimmed_from_a_busy_room(conne
 
 @pytest.mark.parametrize("query", ["?since=x", "?since=1&since=2", "?since=1234567890123456789"])
 async def test_malformed_since_gets_invalid_since_and_1008(connect, make_server, query):
-    server = make_server()
+    server = make_server(workers=2)
     ws = await connect(server, "bad", query, welcome=False)
     frame = json.loads(await asyncio.wait_for(ws.recv(), 5))
     assert (frame["type"], frame["error"]) == ("error", "invalid_since")
@@ -217,7 +201,7 @@ async def test_malformed_since_gets_invalid_since_and_1008(connect, make_server,
 
 
 async def test_the_drain_notice_tells_each_client_its_last_seq(connect, make_server):
-    server = make_server()
+    server = make_server(workers=2)
     alice = await connect(server, "notice")
     await say(alice, "1", "2")
     bob = await connect(server, "notice-quiet")

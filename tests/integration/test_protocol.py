@@ -17,26 +17,10 @@ from websockets.frames import Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
-from tests.helpers import AppServer
-
 pytestmark = pytest.mark.integration
 
 ORIGIN = "http://localhost"
 
-
-@pytest.fixture
-def make_server(redis_server, tmp_path):
-    servers = []
-
-    def make(**env):
-        server = AppServer(redis_server.url, tmp_path, workers=1, **env)
-        servers.append(server)
-        server.start()
-        return server
-
-    yield make
-    for server in servers:
-        server.stop()
 
 
 class RawClient:

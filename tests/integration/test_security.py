@@ -15,8 +15,7 @@ import time
 import pytest
 import websockets
 
-from tests.helpers import ROOT, free_port, require_command
-from tests.integration.conftest import AppServer, Process
+from tests.helpers import ROOT, AppServer, Process, free_port, require_command
 
 pytestmark = pytest.mark.integration
 

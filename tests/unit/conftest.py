@@ -15,8 +15,7 @@ from channels.testing import WebsocketCommunicator  # noqa: E402
 
 from config.asgi import application  # noqa: E402
 from rooms import draining  # noqa: E402
-
-ORIGIN = (b"origin", b"http://localhost")
+from tests.helpers import ORIGIN_HEADER as ORIGIN  # noqa: E402
 
 
 @pytest.fixture

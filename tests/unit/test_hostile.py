@@ -14,9 +14,9 @@ from rooms import metrics
 from rooms.hub import get_hub
 from rooms.names import SERVER_ERRORS, Error
 from rooms.sessions import SESSIONS
+from tests.helpers import ORIGIN_HEADER as ORIGIN
 from tests.hostile import cases
 
-ORIGIN = (b"origin", b"http://localhost")
 CLIENT_ERRORS = {str(kind) for kind in Error} - {str(kind) for kind in SERVER_ERRORS}
 EXAMPLES = 6000
 QUERY_EXAMPLES = 1000

@@ -12,7 +12,7 @@ from config.asgi import application
 from rooms import draining
 from rooms.hub import HubUnavailable, LocalHub, RedisHub, get_hub
 from rooms.sessions import SESSIONS
-from tests.unit.conftest import ORIGIN
+from tests.helpers import ORIGIN_HEADER as ORIGIN
 
 
 async def test_a_fault_between_join_and_welcome_leaves_the_room(monkeypatch):

@@ -44,3 +44,26 @@ def test_entrypoint_refuses_a_bad_setting_naming_it_before_starting_anything(env
     result = run([os.path.join(ROOT, "entrypoint.sh")], **env)
     assert result.returncode == 64 and message in result.stderr
     assert "starting uvicorn" not in result.stderr
+
+
+def test_connection_limits_must_fit_the_open_file_limit():
+    """MAX_CONNECTIONS and both Redis pools are descriptors: a limit they do not fit stops startup."""
+    import resource
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
+
+    base = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DJANGO_DEBUG", "PORT")}
+    base.update(DJANGO_SECRET_KEY="x")
+
+    def server_args(**env):
+        return subprocess.run([sys.executable, "-m", "rooms.ctl", "server-args"],
+                              cwd=os.path.join(ROOT, "service"), env={**base, **env}, capture_output=True,
+                              text=True, timeout=30, preexec_fn=low_limit)
+
+    result = server_args()
+    assert result.returncode == 2
+    assert "MAX_CONNECTIONS=10000 and REDIS_MAX_CONNECTIONS=1000 do not fit" in result.stderr
+    assert "open-file limit of 4096" in result.stderr
+    fits = server_args(MAX_CONNECTIONS="1000")
+    assert fits.returncode == 0, fits.stderr
