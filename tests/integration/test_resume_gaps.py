@@ -18,8 +18,8 @@ from tests.integration import test_history
 from tests.integration.test_history import recv, say
 from tests.integration.test_hostile import BIG_BODY, BIG_MESSAGES, SLOW_CLIENTS, WireClient, rss
 
-# The fixtures of test_history, shared.
-connect, make_server, store = test_history.connect, test_history.make_server, test_history.store
+# The fixtures of test_history, shared (make_server is in conftest.py).
+connect, store = test_history.connect, test_history.store
 
 pytestmark = pytest.mark.integration
 
