@@ -121,16 +121,19 @@ async def test_rate_limit_answers_rate_limited_then_closes_with_1008(connect):
     assert await alice.receive_output() == {"type": "websocket.close", "code": 1008}
 
 
+def stop_reading(communicator):
+    """Test double: the client behind this communicator stopped reading (its sends never return)."""
+    async def never_returns(**_):
+        await asyncio.Event().wait()
+
+    SESSIONS[communicator.welcome["session"]].consumer.send = never_returns
+
+
 @override_settings(OUTBOUND_QUEUE_MAX=5)
 async def test_slow_consumer_is_closed_with_1013_and_the_room_loses_nothing(connect):
     _, slow = await connect("/ws/rooms/slow/")
     _, fast = await connect("/ws/rooms/slow/")
-    stuck = asyncio.Event()
-
-    async def never_returns(**_):  # test double: a client that stopped reading
-        await stuck.wait()
-
-    SESSIONS[slow.welcome["session"]].consumer.send = never_returns
+    stop_reading(slow)
     before = metrics.ERRORS.labels("slow_consumer")._value.get()
     for i in range(20):
         await send(fast, {"type": "message", "body": str(i)})
@@ -144,12 +147,7 @@ async def test_slow_consumer_is_closed_with_1013_and_the_room_loses_nothing(conn
 async def test_a_slow_consumer_is_closed_by_bytes_long_before_the_frame_count(connect):
     _, slow = await connect("/ws/rooms/slowbytes/")
     _, fast = await connect("/ws/rooms/slowbytes/")
-    stuck = asyncio.Event()
-
-    async def never_returns(**_):  # test double: a client that stopped reading
-        await stuck.wait()
-
-    SESSIONS[slow.welcome["session"]].consumer.send = never_returns
+    stop_reading(slow)
     body = "\U0001F600" * 4096  # 49 KB once JSON-escaped: the largest frame a body can make
     for _ in range(4):
         await send(fast, {"type": "message", "body": body})
