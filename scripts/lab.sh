@@ -238,18 +238,31 @@ remove_cgroup() {
   find "$dir" -depth -type d -exec rmdir {} + 2>/dev/null || true
 }
 
+lab_nodes() {
+  local node
+  for ((node = 1; node <= 9; node++)); do
+    [[ -e /var/run/netns/$(node_ns "$node") ]] && echo "$node"
+  done
+  return 0
+}
+
 down() {
   require_root
   local node dir mounts
-  for ((node = 1; node <= 9; node++)); do
-    [[ -e /var/run/netns/$(node_ns "$node") ]] || continue
-    # Containers first (their mounts and shims), then the engine, then whatever is left.
+  local -a nodes
+  mapfile -t nodes < <(lab_nodes)
+  # Containers first (their mounts and shims), then every engine at once, then whatever is left.
+  for node in "${nodes[@]}"; do
     if nd "$node" info >/dev/null 2>&1; then
       nd "$node" ps -aq | xargs -r timeout 60 docker -H "$(node_sock "$node")" rm -f >/dev/null 2>&1 || true
     fi
+  done
+  for node in "${nodes[@]}"; do
     if [[ -s $RUN_DIR/n$node/docker.pid ]]; then
       kill "$(cat "$RUN_DIR/n$node/docker.pid")" 2>/dev/null || true
     fi
+  done
+  for node in "${nodes[@]}"; do
     while read -r dir; do
       wait_for 20 "node $node to stop" test -z "$(find "$dir" -name cgroup.procs -exec cat {} + 2>/dev/null)" ||
         kill_processes "$dir"
@@ -275,8 +288,7 @@ status() {
     return 0
   fi
   local node
-  for ((node = 1; node <= 9; node++)); do
-    [[ -e /var/run/netns/$(node_ns "$node") ]] || continue
+  for node in $(lab_nodes); do
     if nd "$node" info >/dev/null 2>&1; then
       echo "node $node $(node_addr "$node"): engine up, $(nd "$node" info --format '{{.Swarm.LocalNodeState}}')"
     else
