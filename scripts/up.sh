@@ -7,6 +7,8 @@ set -Eeuo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 readonly HTTP_PORT=${HTTP_PORT:-80}
+# Where the site is checked from this machine (an edge's address when the swarm is elsewhere).
+readonly SITE_URL=${SITE_URL:-http://localhost:$HTTP_PORT}
 readonly UP_TIMEOUT=${UP_TIMEOUT:-180}
 readonly SWARM_ADVERTISE_ADDR=${SWARM_ADVERTISE_ADDR:-127.0.0.1}
 readonly PROMETHEUS_PORT=${PROMETHEUS_PORT:-9090}
@@ -29,6 +31,7 @@ release file stack/release.env (RELEASE_ENV=path for another one), not from the 
 
 Settings of this machine (environment):
   HTTP_PORT=$HTTP_PORT              public port of Nginx (host mode, every interface)
+  SITE_URL=$SITE_URL  where up.sh checks that the site answers
   PROMETHEUS_PORT=$PROMETHEUS_PORT, GRAFANA_PORT=$GRAFANA_PORT
                                   Prometheus and Grafana through a proxy on 127.0.0.1 only
   OPS_PROXY=$OPS_PROXY                 0: no such proxy (reach them with an ssh tunnel and docker run)
@@ -127,8 +130,7 @@ deploy_first_color() {
 }
 
 site_answers() {
-  curl -fsS -o /dev/null --max-time 3 "http://localhost:$HTTP_PORT/" &&
-    curl -fsS --max-time 3 "http://localhost:$HTTP_PORT/readyz" >/dev/null
+  curl -fsS -o /dev/null --max-time 3 "$SITE_URL/" && curl -fsS --max-time 3 "$SITE_URL/readyz" >/dev/null
 }
 
 main() {
@@ -157,7 +159,7 @@ main() {
   step "first color"
   deploy_first_color
   step "site"
-  wait_for "$UP_TIMEOUT" "http://localhost:$HTTP_PORT/ to answer" site_answers
+  wait_for "$UP_TIMEOUT" "$SITE_URL/ to answer" site_answers
   if [[ $OPS_PROXY == 1 ]]; then
     step "up: http://localhost:$HTTP_PORT/ serves $(active_color);" \
       "Prometheus http://127.0.0.1:$PROMETHEUS_PORT/ and Grafana http://127.0.0.1:$GRAFANA_PORT/ (this machine only)"
