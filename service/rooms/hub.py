@@ -519,10 +519,9 @@ class RedisHub(BaseHub):
                 event.set()
 
     def _on_old_primary(self):
-        """Whether the subscriber is connected elsewhere than the primary the publish pool last
-        learnt from the Sentinels. A demoted primary keeps its subscribers and, as a replica, even
-        passes them what the new primary publishes, but the pool's writes there fail READONLY and
-        reconnect; the subscriber follows it here rather than staying on a replica."""
+        """Whether the subscriber is connected elsewhere than the primary the Sentinels named last
+        (_beat asks them). A demoted primary keeps its subscribers and, as a replica, even passes
+        them what the new primary publishes, but they would stay on a replica for good."""
         primary = getattr(self.redis.connection_pool, "master_address", None)
         connection = self.pubsub.connection if self.pubsub is not None else None
         if self.sentinels is None or primary is None or connection is None:
@@ -532,6 +531,11 @@ class RedisHub(BaseHub):
     async def _beat(self):
         while True:
             try:
+                if self.sentinels is not None:
+                    # Ask the Sentinels who the primary is now: a process that only reads and sends
+                    # heartbeats (not writes) would otherwise never learn of a failover that left
+                    # the old primary running as a replica. A change drops the pool's idle connections.
+                    await self.redis.connection_pool.get_master_address()
                 await self.redis.publish(HEARTBEAT_CHANNEL, "1")
             except asyncio.CancelledError:
                 raise

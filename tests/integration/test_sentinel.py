@@ -13,7 +13,7 @@ import pytest
 import websockets
 from loadtest.delivery import Receipt, new_totals
 
-from rooms.names import HISTORY_PREFIX
+from rooms.names import CHANNEL_PREFIX, HEARTBEAT_CHANNEL, HISTORY_PREFIX
 from tests.helpers import ROOT, AppServer, RedisNode, free_port, require_command, wait_until
 
 pytestmark = pytest.mark.integration
@@ -265,9 +265,14 @@ async def test_a_manual_failover_and_restarts_follow_the_new_primary(topology, s
         seq = frame_seq
         assert time.monotonic() - started < 15, "no publish after the manual failover"
     assert seq == 2
-    # The subscriber leaves the demoted primary: the new primary has both workers' subscribers.
-    wait_until(lambda: (topology.replica.command("PUBSUB", "NUMSUB", "wsapp:room:manual") or "").split()[-1:]
-               == ["2"] or False, 15, "the subscribers on the new primary")
+    # Both workers' subscribers leave the demoted primary, also the one that published nothing.
+    def subscribers(node, channel):
+        return (node.command("PUBSUB", "NUMSUB", channel) or "").split()[-1:]
+
+    wait_until(lambda: subscribers(topology.replica, HEARTBEAT_CHANNEL) == ["2"], 15,
+               "both workers to subscribe on the new primary")
+    assert subscribers(topology.primary, HEARTBEAT_CHANNEL) == ["0"]
+    assert subscribers(topology.replica, CHANNEL_PREFIX + "manual") == ["1"]
     await ws.close()
 
     # The old primary restarts: it asks the Sentinels and comes back as the new primary's replica.
