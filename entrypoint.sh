@@ -8,6 +8,7 @@ set -Eeuo pipefail
 
 readonly HOST=${HOST:-0.0.0.0}
 readonly REDIS_URL=${REDIS_URL:-}
+readonly REDIS_SENTINELS=${REDIS_SENTINELS:-}
 readonly PYTHON=${PYTHON:-python3}
 readonly RELOAD=${RELOAD:-}
 # Uvicorn logs three INFO lines per WebSocket; at warning, handshakes are about 7% cheaper.
@@ -41,7 +42,7 @@ main() {
   rm -rf "$PROMETHEUS_MULTIPROC_DIR"
   mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
 
-  if [[ -n $REDIS_URL ]]; then
+  if [[ -n $REDIS_URL || -n $REDIS_SENTINELS ]]; then
     "$PYTHON" -m rooms.ctl wait-redis || die "Redis did not answer (see above)"
   fi
 

@@ -156,7 +156,8 @@ ctl_job() {
   name=wsapp-ctl-$(date -u +%H%M%S)-$RANDOM
   docker service create --quiet --detach --name "$name" --label com.wsapp.job=ctl \
     --mode replicated-job --restart-condition none --network "$NETWORK" --read-only --cap-drop ALL \
-    --secret "source=$REDIS_SECRET,target=redis_password" --env REDIS_URL=redis://wsapp_redis:6379/0 \
+    --secret "source=$REDIS_SECRET,target=redis_password" --env REDIS_SENTINELS=wsapp_sentinel:26379 \
+    --env REDIS_SENTINEL_MASTER=wsapp \
     --env REDIS_PASSWORD_FILE=/run/secrets/redis_password \
     "$image" python -m rooms.ctl "$@" >/dev/null || return 1
   while ((SECONDS < deadline)); do

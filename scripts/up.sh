@@ -102,7 +102,7 @@ deploy_infra() {
   export CONFIG_VERSION
   docker stack deploy --detach=true --resolve-image never -c "$ROOT_DIR/stack/infra.yml" "$INFRA_STACK" >/dev/null
   local service
-  for service in wsapp_redis "$NGINX_SERVICE"; do
+  for service in wsapp_redis wsapp_redis-replica wsapp_sentinel "$NGINX_SERVICE"; do
     wait_for "$UP_TIMEOUT" "$service to run" service_running "$service"
   done
   [[ $GRAFANA_REPLICAS == 0 ]] &&

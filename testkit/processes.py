@@ -134,6 +134,82 @@ class RedisServer:
             self.process = None
 
 
+def redis_command(port, *args, password=None, timeout=2):
+    """One command to a Redis or Sentinel on loopback, through redis-cli; its output or None."""
+    env = dict(os.environ, REDISCLI_AUTH=password) if password else None
+    try:
+        result = subprocess.run(
+            [command("redis-cli", "Redis is queried"), "--no-auth-warning", "-h", "127.0.0.1",
+             "-p", str(port), "--raw", *map(str, args)],
+            env=env, capture_output=True, text=True, timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return None
+    return result.stdout if result.returncode == 0 else None
+
+
+class RedisNode:
+    """A Redis or Sentinel on loopback started through redis/start.sh, as the stack starts them
+    (REDIS_ROLE primary, replica or sentinel), with the password of `password_file`.
+
+    `sentinels` lists the Sentinels the script asks (host:port,...), `primary` is its REDIS_PRIMARY
+    (host:port). Nothing is persisted. start() again after kill() or stop() reuses the port.
+    """
+
+    def __init__(self, role, workdir, password_file, sentinels="", primary="", port=None, **env):
+        self.role, self.port = role, port or free_port()
+        self.password = Path(password_file).read_text().strip()
+        self.workdir = Path(workdir)
+        name = f"{role}-{self.port}"
+        self.base = self.workdir / f"{name}.base.conf"
+        lines = [f"port {self.port}", "bind 127.0.0.1", f"dir {self.workdir}"]
+        if role == "sentinel":
+            lines += ["sentinel resolve-hostnames yes", "sentinel announce-hostnames yes"]
+        else:
+            lines += ['save ""', "appendonly no"]
+        self.base.write_text("\n".join(lines) + "\n")
+        self.log_path = self.workdir / f"{name}.log"
+        self.env = dict(
+            os.environ, REDIS_ROLE=role, REDIS_PASSWORD_FILE=str(password_file),
+            REDIS_BASE_CONF=str(self.base),
+            REDIS_RUN_CONF=str(self.workdir / f"{name}.conf"), REDIS_ANNOUNCE="127.0.0.1",
+            REDIS_PORT=str(self.port), REDIS_PRIMARY=primary, SENTINELS=sentinels, **env,
+        )
+        self.process = None
+
+    def start(self):
+        command("redis-server", "a real Redis is started")
+        with open(self.log_path, "ab") as log:
+            self.process = Process(["sh", os.path.join(ROOT, "redis", "start.sh")], env=self.env, log=log)
+        try:
+            wait_until(
+                lambda: self.command("PING") == "PONG\n" or not self.process.running(),
+                15, f"{self.role} on port {self.port} to answer PING", interval=0.05,
+            )
+            assert self.process.running(), f"{self.role} on port {self.port} exited at start:\n{self.log()}"
+        except BaseException:
+            self.stop()
+            raise
+
+    def command(self, *args):
+        return redis_command(self.port, *args, password=self.password)
+
+    def log(self):
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self):
+        """SIGKILL: the machine or container dies, nothing is flushed."""
+        if self.process is not None and self.process.running():
+            self.process.proc.kill()
+            self.process.proc.wait(5)
+        self.process = None
+
+    def stop(self):
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
+
+
 class AppServer:
     """The service started through entrypoint.sh on loopback, as a replica runs it.
 

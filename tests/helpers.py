@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from testkit import ROOT, AppServer, MissingCommand, Process, RedisServer, free_port, wait_until
+from testkit import ROOT, AppServer, MissingCommand, Process, RedisNode, RedisServer, free_port, wait_until
 from testkit.processes import command
 
-__all__ = ["DASHBOARDS", "ROOT", "AppServer", "Process", "RedisServer", "dashboard_queries", "free_port",
+__all__ = ["DASHBOARDS", "ROOT", "AppServer", "Process", "RedisNode", "RedisServer", "dashboard_queries",
+           "free_port",
            "reap", "require_command", "start_interruptible", "wait_until"]
 
 # Grafana dashboards: checked statically by the unit tier, every query evaluated by the e2e tier.

@@ -13,7 +13,8 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from rooms.names import CHANNEL_LAYER_PREFIX, DEFAULT_PORT
-from rooms.redis_url import RedisUrlError
+from rooms.redis_url import RedisUrlError, layer_host
+from rooms.redis_url import redis_sentinels as redis_sentinels_with_password
 from rooms.redis_url import redis_url as redis_url_with_password
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -91,6 +92,14 @@ def redis_url():
         raise ImproperlyConfigured(str(exc)) from None
 
 
+def redis_sentinels():
+    """REDIS_SENTINELS and REDIS_SENTINEL_MASTER (rooms.redis_url.Sentinels), or None."""
+    try:
+        return redis_sentinels_with_password()
+    except RedisUrlError as exc:
+        raise ImproperlyConfigured(str(exc)) from None
+
+
 def forwarded_allow_ips():
     raw = env_str("FORWARDED_ALLOW_IPS", "127.0.0.1")
     entries = [entry.strip() for entry in raw.split(",") if entry.strip()]
@@ -139,26 +148,31 @@ COLOR = env_str("COLOR", "dev")
 APP_VERSION = env_str("APP_VERSION", "dev")
 REPLICA = env_str("REPLICA") or socket.gethostname()
 
-# Redis: the channel layer (control messages) and room fan-out (pub/sub) share it.
+# Redis: the channel layer (control messages) and room fan-out (pub/sub) share it. It is either
+# one server (REDIS_URL) or whichever primary the Sentinels name (REDIS_SENTINELS), never both.
+REDIS_SENTINELS = redis_sentinels()
 REDIS_URL = redis_url()
+REDIS_ENABLED = bool(REDIS_URL or REDIS_SENTINELS)
 REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 1000, minimum=10)
 # Must stay above the channel layer's 5 s BZPOPMIN wait, or idle receivers die with TimeoutError.
 REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 15.0, minimum=6.0)
 REDIS_CONNECT_TIMEOUT = env_float("REDIS_CONNECT_TIMEOUT", 3.0, minimum=0.1)
 
-if REDIS_URL:
+if REDIS_ENABLED:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
                 "hosts": [
-                    {
-                        "address": REDIS_URL,
-                        "max_connections": REDIS_MAX_CONNECTIONS,
-                        "socket_timeout": REDIS_SOCKET_TIMEOUT,
-                        "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
-                        "health_check_interval": 30,
-                    }
+                    layer_host(
+                        REDIS_URL,
+                        REDIS_SENTINELS,
+                        REDIS_CONNECT_TIMEOUT,
+                        max_connections=REDIS_MAX_CONNECTIONS,
+                        socket_timeout=REDIS_SOCKET_TIMEOUT,
+                        socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
+                        health_check_interval=30,
+                    )
                 ],
                 "prefix": CHANNEL_LAYER_PREFIX,
             },
@@ -211,10 +225,10 @@ GC_GEN0_THRESHOLD = env_int("GC_GEN0_THRESHOLD", 50000, minimum=100)
 # which imports these settings (so a bad value fails here, with its name) and prints Uvicorn's options.
 PORT = env_int("PORT", DEFAULT_PORT, minimum=1, maximum=65535)
 WEB_CONCURRENCY = env_int("WEB_CONCURRENCY", 1, minimum=1)
-if WEB_CONCURRENCY > 1 and not REDIS_URL:
+if WEB_CONCURRENCY > 1 and not REDIS_ENABLED:
     raise ImproperlyConfigured(
-        f"WEB_CONCURRENCY={WEB_CONCURRENCY} needs REDIS_URL: without Redis, rooms exist only inside "
-        "one process"
+        f"WEB_CONCURRENCY={WEB_CONCURRENCY} needs REDIS_URL (or REDIS_SENTINELS): without Redis, rooms "
+        "exist only inside one process"
     )
 GRACEFUL_TIMEOUT = env_int("GRACEFUL_TIMEOUT", 8, minimum=0)  # whole seconds, as Uvicorn takes it
 REDIS_WAIT_SECONDS = env_float("REDIS_WAIT_SECONDS", 30.0, minimum=0.0)  # `rooms.ctl wait-redis` at start

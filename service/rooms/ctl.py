@@ -2,7 +2,8 @@
 
   server-args                  validate every setting (config.settings) and print the options
                                entrypoint.sh gives Uvicorn, one per line
-  wait-redis [--timeout S]     wait until REDIS_URL answers PING (default: REDIS_WAIT_SECONDS)
+  wait-redis [--timeout S]     wait until Redis answers PING (default: REDIS_WAIT_SECONDS): REDIS_URL,
+                               or with REDIS_SENTINELS the primary they name
   probe                        container healthcheck: exit 0 if /readyz says ready, draining, or
                                not ready after having been ready (a Redis outage: restarting
                                replicas would not fix it and would cut every WebSocket)
@@ -17,7 +18,7 @@ import sys
 import time
 
 from .names import DEFAULT_PORT, DRAIN, UNDRAIN
-from .redis_url import RedisUrlError, redacted, redis_url
+from .redis_url import RedisUrlError, describe, layer_host, redis_sentinels, redis_url, sentinel_kwargs
 
 
 def load_settings():
@@ -55,39 +56,60 @@ def server_args(args):
     return 0
 
 
-def configured_url():
-    """REDIS_URL with the password of REDIS_PASSWORD_FILE (rooms.redis_url, as the service does), or
-    None after printing what is wrong."""
+def configured_redis():
+    """(REDIS_URL with the password of REDIS_PASSWORD_FILE, Sentinels or None), as the service reads
+    them (rooms.redis_url), or None after printing what is wrong."""
     try:
+        sentinels = redis_sentinels()
         url = redis_url()
     except RedisUrlError as exc:
         print(exc, file=sys.stderr)
         return None
-    if not url:
-        print("REDIS_URL must be set: control messages travel through the Redis channel layer",
-              file=sys.stderr)
+    if not url and sentinels is None:
+        print("REDIS_URL or REDIS_SENTINELS must be set: control messages travel through the Redis "
+              "channel layer", file=sys.stderr)
         return None
-    return url
+    return url, sentinels
+
+
+def sync_client(url, sentinels, timeout):
+    import redis
+    from redis.sentinel import Sentinel
+
+    if sentinels is None:
+        return redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    sentinel = Sentinel(sentinels.addresses, sentinel_kwargs=sentinel_kwargs(sentinels, timeout))
+    return sentinel.master_for(sentinels.master, password=sentinels.password,
+                               socket_connect_timeout=timeout, socket_timeout=timeout)
 
 
 def wait_redis(args):
     import redis
 
-    url = configured_url()
-    if url is None:
+    configured = configured_redis()
+    if configured is None:
         return 2
-    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    client = sync_client(*configured, timeout=1)
+    where = describe(*configured)
     deadline = time.monotonic() + args.timeout
     while True:
         try:
             client.ping()
             return 0
         except redis.AuthenticationError as exc:  # waiting does not fix a wrong password
-            print(f"Redis at {redacted(url)} refused the password: {exc}", file=sys.stderr)
+            print(f"Redis at {where} refused the password: {exc}", file=sys.stderr)
             return 1
-        except (redis.RedisError, OSError) as exc:
+        except redis.ResponseError as exc:
+            if "auth" in str(exc).lower():  # a Sentinel that wants a password (NOAUTH, WRONGPASS)
+                print(f"Redis at {where} refused the password: {exc}", file=sys.stderr)
+                return 1
             if time.monotonic() > deadline:
-                print(f"Redis at {redacted(url)} did not answer: {exc}", file=sys.stderr)
+                print(f"Redis at {where} did not answer: {exc}", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+        except (redis.RedisError, OSError) as exc:  # MasterNotFoundError is a ConnectionError
+            if time.monotonic() > deadline:
+                print(f"Redis at {where} did not answer: {exc}", file=sys.stderr)
                 return 1
             time.sleep(0.5)
 
@@ -115,10 +137,10 @@ def control(args, message):
 
     from .names import CHANNEL_LAYER_PREFIX, control_group
 
-    url = configured_url()
-    if url is None:
+    configured = configured_redis()
+    if configured is None:
         return 2
-    layer = RedisChannelLayer(hosts=[url], prefix=CHANNEL_LAYER_PREFIX)
+    layer = RedisChannelLayer(hosts=[layer_host(*configured, timeout=3)], prefix=CHANNEL_LAYER_PREFIX)
 
     async def send():
         await layer.group_send(control_group(args.color), message)

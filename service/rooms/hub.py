@@ -28,10 +28,12 @@ from typing import NamedTuple
 import redis.asyncio as aioredis
 from django.conf import settings
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
 from . import metrics
 from .names import CHANNEL_PREFIX, HEARTBEAT_CHANNEL, HISTORY_PREFIX, IDS_PREFIX, SEQ_PREFIX, Error
+from .redis_url import sentinel_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -318,10 +320,17 @@ class LocalHub(BaseHub):
         return frames[: replay_page()]
 
 
+class BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """A pool of connections to the primary the Sentinels name that waits for a free connection (as
+    the pool with REDIS_URL does) instead of failing at once."""
+
+
 class RedisHub(BaseHub):
-    def __init__(self, url):
+    def __init__(self, url, sentinels=None):
+        """`url`, or with `sentinels` (rooms.redis_url.Sentinels) the primary they name."""
         super().__init__()
         self.url = url
+        self.sentinels = sentinels
         self.subscribed = {}  # room -> Event set once Redis confirmed the subscription
         self.pubsub = None
         self.last_beat = 0.0
@@ -336,21 +345,33 @@ class RedisHub(BaseHub):
         return self.pubsub is not None and time.monotonic() - self.last_beat < HEARTBEAT_STALE_SECONDS
 
     async def start(self):
-        pool = aioredis.BlockingConnectionPool.from_url(
-            self.url,
+        options = dict(
             max_connections=settings.REDIS_MAX_CONNECTIONS,
             timeout=settings.REDIS_CONNECT_TIMEOUT,
             socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
             socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT,
             retry=FAIL_FAST,
         )
-        self.redis = aioredis.Redis(connection_pool=pool)
         # The subscriber blocks on reads for as long as rooms are quiet: no socket timeout;
         # the heartbeat notices a dead connection instead.
-        self.listener = aioredis.Redis.from_url(
-            self.url, socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT, decode_responses=True,
-            retry=FAIL_FAST,
+        listener_options = dict(
+            socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT, decode_responses=True, retry=FAIL_FAST
         )
+        if self.sentinels is None:
+            pool = aioredis.BlockingConnectionPool.from_url(self.url, **options)
+            self.listener = aioredis.Redis.from_url(self.url, **listener_options)
+        else:
+            # Every new connection of both asks the Sentinels for the primary: after a failover the
+            # pool's connections fail (or get READONLY, which drops them) and reconnect to the new
+            # one, and the subscriber reconnects through _listen or _beat.
+            sentinel = Sentinel(
+                self.sentinels.addresses,
+                sentinel_kwargs=sentinel_kwargs(self.sentinels, settings.REDIS_CONNECT_TIMEOUT),
+            )
+            master, password = self.sentinels.master, self.sentinels.password
+            pool = BlockingSentinelPool(master, sentinel, password=password, **options)
+            self.listener = sentinel.master_for(master, password=password, **listener_options)
+        self.redis = aioredis.Redis(connection_pool=pool)
         self.script = self.redis.register_script(PUBLISH_SCRIPT)
         self.backlog_script = self.redis.register_script(BACKLOG_SCRIPT)
         self.history_max = settings.ROOM_HISTORY_MAX
@@ -497,16 +518,32 @@ class RedisHub(BaseHub):
             if event is not None:
                 event.set()
 
+    def _on_old_primary(self):
+        """Whether the subscriber is connected elsewhere than the primary the Sentinels named last
+        (_beat asks them). A demoted primary keeps its subscribers and, as a replica, even passes
+        them what the new primary publishes, but they would stay on a replica for good."""
+        primary = getattr(self.redis.connection_pool, "master_address", None)
+        connection = self.pubsub.connection if self.pubsub is not None else None
+        if self.sentinels is None or primary is None or connection is None:
+            return False
+        return (connection.host, connection.port) != tuple(primary)
+
     async def _beat(self):
         while True:
             try:
+                if self.sentinels is not None:
+                    # Ask the Sentinels who the primary is now: a process that only reads and sends
+                    # heartbeats (not writes) would otherwise never learn of a failover that left
+                    # the old primary running as a replica. A change drops the pool's idle connections.
+                    await self.redis.connection_pool.get_master_address()
                 await self.redis.publish(HEARTBEAT_CHANNEL, "1")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("heartbeat to Redis failed: %s", exc)
-            if self.pubsub is not None and not self.connected:
-                self.tasks[0].cancel()  # a silent connection: restart the subscriber
+            if self.pubsub is not None and (not self.connected or self._on_old_primary()):
+                # A silent connection, or one to a primary the Sentinels demoted: resubscribe.
+                self.tasks[0].cancel()
                 self.tasks[0] = asyncio.create_task(self._listen())
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
@@ -517,5 +554,8 @@ _hub = None
 def get_hub():
     global _hub
     if _hub is None:
-        _hub = RedisHub(settings.REDIS_URL) if settings.REDIS_URL else LocalHub()
+        if settings.REDIS_ENABLED:
+            _hub = RedisHub(settings.REDIS_URL, settings.REDIS_SENTINELS)
+        else:
+            _hub = LocalHub()
     return _hub

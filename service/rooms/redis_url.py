@@ -1,19 +1,89 @@
-"""REDIS_URL with the password from REDIS_PASSWORD_FILE (a Swarm secret) merged in.
+"""Where Redis is: REDIS_URL with the password from REDIS_PASSWORD_FILE (a Swarm secret) merged
+in, or the Sentinels of REDIS_SENTINELS that name the primary of REDIS_SENTINEL_MASTER.
 
 Used by the settings (channel layer and room hub) and by `rooms.ctl` (wait-redis, drain,
-undrain), so every Redis client of the service authenticates the same way. Plain Python: ctl
-runs it without setting Django up.
+undrain), so every Redis client of the service finds Redis and authenticates the same way. Plain
+Python: ctl runs it without setting Django up.
+
+With Sentinels, every new connection asks them for the primary (redis-py's SentinelConnectionPool),
+so after a failover new connections reach the new primary; a pooled connection to a demoted
+primary gets READONLY on its next write, which redis-py turns into a ConnectionError that drops it.
 """
 
 import os
+import re
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import quote, urlsplit, urlunsplit
 
 SCHEMES = ("redis://", "rediss://", "unix://")
+DEFAULT_SENTINEL_MASTER = "wsapp"
+SENTINEL_PORT = 26379
+MASTER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+HOST_NAME = re.compile(r"[A-Za-z0-9._-]{1,253}")
 
 
 class RedisUrlError(ValueError):
     pass
+
+
+class Sentinels(NamedTuple):
+    """REDIS_SENTINELS as (host, port) pairs, the master name and the password for both the
+    Sentinels and Redis (None: no password). A host name may resolve to several Sentinels: every
+    connection resolves it again, so Sentinels that move keep being found."""
+
+    addresses: tuple
+    master: str
+    password: str | None
+
+
+def read_password(environ):
+    """The password of REDIS_PASSWORD_FILE, or None when it is not set."""
+    path = environ.get("REDIS_PASSWORD_FILE", "").strip()
+    if not path:
+        return None
+    try:
+        password = Path(path).read_text().strip()
+    except OSError as exc:
+        raise RedisUrlError(f"REDIS_PASSWORD_FILE={path} cannot be read: {exc}") from None
+    if not password:
+        raise RedisUrlError(f"REDIS_PASSWORD_FILE={path} is empty")
+    return password
+
+
+def sentinel_address(entry):
+    """'host:port', '[v6]:port' or 'host' (port 26379) as (host, port)."""
+    host, port = entry, str(SENTINEL_PORT)
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        if rest:
+            port = rest[1:] if rest.startswith(":") else ""
+    elif ":" in entry:
+        host, _, port = entry.rpartition(":")
+    if not (host and (":" in host or HOST_NAME.fullmatch(host))):
+        raise RedisUrlError(f"REDIS_SENTINELS: {entry!r} is not host:port")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise RedisUrlError(f"REDIS_SENTINELS: {entry!r} has no port between 1 and 65535")
+    return host, int(port)
+
+
+def redis_sentinels(environ=None):
+    """Sentinels, or None when REDIS_SENTINELS is empty. Raises RedisUrlError."""
+    environ = os.environ if environ is None else environ
+    raw = environ.get("REDIS_SENTINELS", "").strip()
+    master = environ.get("REDIS_SENTINEL_MASTER", "").strip() or DEFAULT_SENTINEL_MASTER
+    if not raw:
+        return None
+    if environ.get("REDIS_URL", "").strip():
+        raise RedisUrlError("REDIS_URL and REDIS_SENTINELS are both set: use one (Sentinels name the "
+                            "primary)")
+    if not MASTER_NAME.fullmatch(master):
+        raise RedisUrlError(f"REDIS_SENTINEL_MASTER must be 1-64 characters of [A-Za-z0-9._-], "
+                            f"got {master!r}")
+    addresses = tuple(sentinel_address(entry.strip()) for entry in raw.split(",") if entry.strip())
+    if not addresses:
+        raise RedisUrlError(f"REDIS_SENTINELS lists no Sentinel: {raw!r}")
+    return Sentinels(addresses, master, read_password(environ))
 
 
 def redis_url(environ=None):
@@ -22,17 +92,13 @@ def redis_url(environ=None):
     url = environ.get("REDIS_URL", "").strip()
     if url and not url.startswith(SCHEMES):
         raise RedisUrlError(f"REDIS_URL is not a redis://, rediss:// or unix:// URL: {url!r}")
-    path = environ.get("REDIS_PASSWORD_FILE", "").strip()
-    if not path:
+    if not url and environ.get("REDIS_SENTINELS", "").strip():
+        return ""  # redis_sentinels() reads the password
+    if not environ.get("REDIS_PASSWORD_FILE", "").strip():
         return url
     if not url:
-        raise RedisUrlError("REDIS_PASSWORD_FILE is set but REDIS_URL is empty")
-    try:
-        password = Path(path).read_text().strip()
-    except OSError as exc:
-        raise RedisUrlError(f"REDIS_PASSWORD_FILE={path} cannot be read: {exc}") from None
-    if not password:
-        raise RedisUrlError(f"REDIS_PASSWORD_FILE={path} is empty")
+        raise RedisUrlError("REDIS_PASSWORD_FILE is set but REDIS_URL (or REDIS_SENTINELS) is empty")
+    password = read_password(environ)
     parts = urlsplit(url)
     if parts.password is not None:
         raise RedisUrlError("REDIS_URL has a password and REDIS_PASSWORD_FILE is set: use one")
@@ -50,3 +116,30 @@ def redacted(url):
     if parts.password is None:
         return url
     return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
+
+
+def sentinel_kwargs(sentinels, timeout):
+    """Connection options for the Sentinels themselves: their password, and a timeout so that a
+    Sentinel that does not answer is given up and the next one asked."""
+    return {"password": sentinels.password, "socket_timeout": timeout, "socket_connect_timeout": timeout}
+
+
+def layer_host(url, sentinels, timeout, **options):
+    """The channel layer's host entry (channels_redis.utils.create_pool): a URL, or the Sentinels."""
+    if sentinels is None:
+        return {"address": url, **options}
+    return {
+        "sentinels": list(sentinels.addresses),
+        "master_name": sentinels.master,
+        "sentinel_kwargs": sentinel_kwargs(sentinels, timeout),
+        "password": sentinels.password,
+        **options,
+    }
+
+
+def describe(url, sentinels):
+    """Where Redis is, for messages (no password)."""
+    if sentinels is None:
+        return redacted(url)
+    listed = ",".join(f"{host}:{port}" for host, port in sentinels.addresses)
+    return f"the primary {sentinels.master!r} of the Sentinels {listed}"

@@ -1,9 +1,13 @@
-"""rooms.redis_url: REDIS_URL with the password from REDIS_PASSWORD_FILE merged in."""
+"""rooms.redis_url: REDIS_URL with the password from REDIS_PASSWORD_FILE merged in, or the Sentinels."""
+
+import re
 
 import pytest
 import redis
+from channels_redis.utils import create_pool
+from redis.asyncio.sentinel import SentinelConnectionPool
 
-from rooms.redis_url import RedisUrlError, redacted, redis_url
+from rooms.redis_url import RedisUrlError, Sentinels, layer_host, redacted, redis_sentinels, redis_url
 
 
 @pytest.fixture
@@ -39,7 +43,7 @@ def test_a_unix_socket_gets_the_password_as_a_parameter(secret):
 
 @pytest.mark.parametrize("environ, message", [
     ({"REDIS_URL": "http://r"}, "is not a redis://"),
-    ({"REDIS_PASSWORD_FILE": "/x"}, "REDIS_URL is empty"),
+    ({"REDIS_PASSWORD_FILE": "/x"}, "REDIS_URL \\(or REDIS_SENTINELS\\) is empty"),
     ({"REDIS_URL": "redis://r", "REDIS_PASSWORD_FILE": "/nonexistent/file"}, "cannot be read"),
     ({"REDIS_URL": "redis://:a@r", "REDIS_PASSWORD_FILE": "SECRET"}, "use one"),
     ({"REDIS_URL": "redis://r", "REDIS_PASSWORD_FILE": "EMPTY"}, "is empty"),
@@ -52,3 +56,44 @@ def test_bad_settings_say_what_to_fix(secret, environ, message):
         environ["REDIS_PASSWORD_FILE"] = secret("\n")
     with pytest.raises(RedisUrlError, match=message):
         redis_url(environ)
+
+
+def test_sentinels_are_parsed_with_the_default_port_and_master(secret):
+    sentinels = redis_sentinels({"REDIS_SENTINELS": " wsapp_sentinel:26379, s2 ,[::1]:5000,10.0.0.7:1",
+                                 "REDIS_PASSWORD_FILE": secret("pw\n")})
+    assert sentinels == Sentinels(
+        (("wsapp_sentinel", 26379), ("s2", 26379), ("::1", 5000), ("10.0.0.7", 1)), "wsapp", "pw"
+    )
+    assert redis_url({"REDIS_SENTINELS": "s:1", "REDIS_PASSWORD_FILE": secret("pw")}) == ""
+    assert redis_sentinels({"REDIS_SENTINELS": "s", "REDIS_SENTINEL_MASTER": "other"}).master == "other"
+    assert redis_sentinels({"REDIS_SENTINELS": "s"}).password is None
+    assert redis_sentinels({"REDIS_URL": "redis://r"}) is None
+
+
+@pytest.mark.parametrize("environ, message", [
+    ({"REDIS_SENTINELS": "s:1", "REDIS_URL": "redis://r"}, "both set: use one"),
+    ({"REDIS_SENTINELS": "s:0"}, "'s:0' has no port between 1 and 65535"),
+    ({"REDIS_SENTINELS": "s:x"}, "'s:x' has no port"),
+    ({"REDIS_SENTINELS": "[::1]x"}, "has no port"),
+    ({"REDIS_SENTINELS": ":1"}, "':1' is not host:port"),
+    ({"REDIS_SENTINELS": "a b:1"}, "is not host:port"),
+    ({"REDIS_SENTINELS": " , "}, "lists no Sentinel"),
+    ({"REDIS_SENTINELS": "s", "REDIS_SENTINEL_MASTER": "my master"}, "REDIS_SENTINEL_MASTER must be"),
+    ({"REDIS_SENTINELS": "s", "REDIS_PASSWORD_FILE": "/nonexistent/file"}, "cannot be read"),
+])
+def test_bad_sentinel_settings_say_what_to_fix(environ, message):
+    with pytest.raises(RedisUrlError, match=re.escape(message)):
+        redis_sentinels(environ)
+
+
+def test_the_channel_layer_gets_a_sentinel_pool_that_authenticates_to_both():
+    sentinels = Sentinels((("s1", 26379), ("s2", 26380)), "wsapp", "pw")
+    host = layer_host("", sentinels, 3, max_connections=10)
+    pool = create_pool(host)
+    assert isinstance(pool, SentinelConnectionPool) and pool.service_name == "wsapp"
+    assert pool.connection_kwargs["password"] == "pw" and pool.max_connections == 10
+    sentinel_pool = pool.sentinel_manager.sentinels[1].connection_pool
+    assert sentinel_pool.connection_kwargs["password"] == "pw"
+    assert (sentinel_pool.connection_kwargs["host"], sentinel_pool.connection_kwargs["port"]) == ("s2", 26380)
+    plain = {"address": "redis://r", "max_connections": 10}
+    assert layer_host("redis://r", None, 3, max_connections=10) == plain

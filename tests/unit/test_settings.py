@@ -37,6 +37,8 @@ def test_server_args_are_the_validated_settings_with_their_defaults():
         ({"WS_PING_TIMEOUT": "soon"}, "WS_PING_TIMEOUT must be a number, got 'soon'"),
         ({"REDIS_WAIT_SECONDS": "-1"}, "REDIS_WAIT_SECONDS must be at least 0.0, got -1.0"),
         ({"FORWARDED_ALLOW_IPS": "*"}, "FORWARDED_ALLOW_IPS must list the proxy's addresses"),
+        ({"REDIS_SENTINELS": "sentinel:x"}, "REDIS_SENTINELS: 'sentinel:x' has no port between 1 and 65535"),
+        ({"REDIS_SENTINELS": "s", "REDIS_URL": "redis://r"}, "REDIS_URL and REDIS_SENTINELS are both set"),
         ({"FORWARDED_ALLOW_IPS": "10.0.0.0/8,proxy"}, "'proxy' is not an IP address or network"),
     ],
 )
