@@ -161,10 +161,10 @@ main() {
   step "site"
   wait_for "$UP_TIMEOUT" "$SITE_URL/ to answer" site_answers
   if [[ $OPS_PROXY == 1 ]]; then
-    step "up: http://localhost:$HTTP_PORT/ serves $(active_color);" \
+    step "up: $SITE_URL/ serves $(active_color);" \
       "Prometheus http://127.0.0.1:$PROMETHEUS_PORT/ and Grafana http://127.0.0.1:$GRAFANA_PORT/ (this machine only)"
   else
-    step "up: http://localhost:$HTTP_PORT/ serves $(active_color)"
+    step "up: $SITE_URL/ serves $(active_color)"
   fi
 }
 
