@@ -4,6 +4,7 @@
 #   ./promote.sh --image NAME:TAG   release a given image
 #   ./promote.sh status             active color, image, replicas and health of both colors
 #   ./promote.sh rollback           switch back to the previous color while it still runs
+#   ./promote.sh unlock             remove the swarm-wide lock of a command that was killed outright
 # Any failure or interrupt before the old color is removed leaves the old color serving.
 set -Eeuo pipefail
 [[ -n ${TRACE:-} ]] && set -x
@@ -20,6 +21,7 @@ readonly WATCH_MIN_RATE=${WATCH_MIN_RATE:-0.5}
 readonly WATCH_GRACE=${WATCH_GRACE:-10}
 readonly PROMETHEUS_URL=${PROMETHEUS_URL:-http://wsapp_prometheus:9090}
 readonly UNDRAIN_ATTEMPTS=3
+readonly ENGINE_WAIT=${ENGINE_WAIT:-120}
 # Nginx's public port inside the overlay network (published as HTTP_PORT) and its internal one.
 readonly NGINX_PUBLIC=http://$NGINX_SERVICE:8080
 readonly NGINX_INTERNAL=http://$NGINX_SERVICE:8081
@@ -34,7 +36,7 @@ STATE=none
 
 usage() {
   cat <<USAGE
-Usage: ./promote.sh [--image NAME:TAG] | status | rollback | --help
+Usage: ./promote.sh [--image NAME:TAG] | status | rollback | unlock | --help
 
 Releases a new version by blue/green promotion: deploys the idle color, waits until every
 replica is healthy, smoke-tests it through Nginx's preview route, switches Nginx (checked,
@@ -61,6 +63,11 @@ Settings of the procedure (environment, with defaults):
   PROMETHEUS_URL=$PROMETHEUS_URL  queried by the watch (on the overlay network)
   RELEASE_ENV=\${RELEASE_ENV:-stack/release.env}  the release file
   LOCK_FILE=$LOCK_FILE  shared with make up and make down: one change at a time
+                              on this machine; a Swarm config (wsapp-lock) does the same
+                              across managers (./promote.sh unlock removes one left by a
+                              killed command; one older than LOCK_STALE_SECONDS=$LOCK_STALE_SECONDS is taken over)
+  ENGINE_WAIT=$ENGINE_WAIT          seconds a failed promotion waits for a restarting engine before
+                              it restores the old color
   TRACE=1                     trace every command
 USAGE
 }
@@ -199,32 +206,49 @@ shield() {
   exec 1>&7 2>&8
 }
 
-# The exit trap: restore the old color if the promotion did not finish.
+# The exit trap: restore the old color if the promotion did not finish, then give the lock back.
 on_exit() {
-  local status=$?
+  local status=$? code
   trap - EXIT
   shield
   remove_jobs
-  [[ $STATE == none || $STATE == released ]] && exit "$status"
+  restore "$status"
+  code=$?
+  release_lock
+  exit "$code"
+}
+
+# restore STATUS: put the old color back as it was; returns the script's exit status.
+restore() {
+  local status=$1
+  [[ $STATE == none || $STATE == released ]] && return "$status"
+  status=$((status == 0 ? 1 : status))
   report "ERROR: promotion failed at state '$STATE'; restoring $ACTIVE"
+  # The engine may be what failed (restarted under us): wait for it, bounded, then restore.
+  if ! docker info >/dev/null 2>&1; then
+    report "the Docker engine does not answer; waiting up to ${ENGINE_WAIT}s for it to restore $ACTIVE"
+    wait_for "$ENGINE_WAIT" "the Docker engine" docker info ||
+      { report "ERROR: no engine; nothing restored. When it is back: ./promote.sh status"; return "$status"; }
+  fi
+  remove_jobs
   if [[ $STATE == draining ]] && ! undrain "$ACTIVE"; then
     # The old color may be refusing clients: the new one (switched to, past the gate) keeps serving.
     report "ERROR: $ACTIVE could not be undrained; $IDLE keeps serving and $ACTIVE is left as it is." \
       "Check Redis, then run: ./promote.sh rollback (to $ACTIVE) or docker stack rm $(color_stack "$ACTIVE")"
-    exit $((status == 0 ? 1 : status))
+    return "$status"
   fi
   if [[ $STATE == switched || $STATE == draining ]]; then
     if ! docker exec "$(nginx_container)" switch-color "$ACTIVE" >&2; then
       report "ERROR: switching Nginx back to $ACTIVE failed; $IDLE still serves and is kept." \
         "Run: ./promote.sh rollback"
-      exit $((status == 0 ? 1 : status))
+      return "$status"
     fi
   fi
   if stack_exists "$(color_stack "$IDLE")"; then
     remove_color "$IDLE" || report "ERROR: could not remove $(color_stack "$IDLE"); remove it by hand"
   fi
   report "$ACTIVE serves, as before the promotion."
-  exit $((status == 0 ? 1 : status))
+  return "$status"
 }
 
 promote() {
@@ -272,16 +296,19 @@ on_rollback_exit() {
   trap - EXIT
   shield
   remove_jobs
-  [[ $STATE == released ]] && exit "$status"
-  local serving
-  serving=$(active_color 2>/dev/null) || serving="unknown (check with ./promote.sh status)"
-  if [[ $STATE == none ]]; then
-    report "ERROR: rollback stopped before the switch; $serving serves, as before."
-  else
-    report "ERROR: rollback stopped after the switch; $serving serves. $(color_stack "$ACTIVE") is left" \
-      "running (the next promotion removes it, or: docker stack rm $(color_stack "$ACTIVE"))."
+  if [[ $STATE != released ]]; then
+    status=$((status == 0 ? 1 : status))
+    local serving
+    serving=$(active_color 2>/dev/null) || serving="unknown (check with ./promote.sh status)"
+    if [[ $STATE == none ]]; then
+      report "ERROR: rollback stopped before the switch; $serving serves, as before."
+    else
+      report "ERROR: rollback stopped after the switch; $serving serves. $(color_stack "$ACTIVE") is left" \
+        "running (the next promotion removes it, or: docker stack rm $(color_stack "$ACTIVE"))."
+    fi
   fi
-  exit $((status == 0 ? 1 : status))
+  release_lock
+  exit "$status"
 }
 
 rollback() {
@@ -312,6 +339,14 @@ rollback() {
   step "rolled back to $previous"
 }
 
+# unlock: remove the swarm-wide lock a killed command left (it says who held it, and since when).
+unlock() {
+  local holder
+  holder=$(swarm_lock_holder)
+  docker config rm "$SWARM_LOCK" >/dev/null 2>&1 || die "no swarm lock to remove"
+  log "removed the swarm lock held by $holder"
+}
+
 status() {
   local active color service
   active=$(active_color 2>/dev/null || echo "unknown (Nginx not running here)")
@@ -332,6 +367,7 @@ main() {
     -h | --help | help) usage ;;
     status) status ;;
     rollback) rollback ;;
+    unlock) unlock ;;
     --image)
       [[ -n ${2:-} ]] || die "--image needs NAME:TAG"
       IMAGE=$2

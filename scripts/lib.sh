@@ -178,11 +178,52 @@ remove_jobs() {
   docker ps -aq --filter name=wsapp-ctl- | xargs -r docker rm -f >/dev/null 2>&1 || true
 }
 
-# take_lock: hold LOCK_FILE until this script exits; a second command that changes the system
-# stops at once instead of racing this one.
+# The swarm-wide lock: a Swarm config, created atomically in the managers' Raft store, so that
+# commands on two managers cannot change the system at once either. A lock older than
+# LOCK_STALE_SECONDS was left by a command that was killed outright: it is taken over, with a warning.
+readonly SWARM_LOCK=wsapp-lock
+readonly LOCK_STALE_SECONDS=${LOCK_STALE_SECONDS:-1800}
+SWARM_LOCK_HELD=""
+
+# take_lock: hold LOCK_FILE (this machine) and the swarm-wide lock until this script exits; a
+# second command that changes the system stops at once instead of racing this one. The lock is
+# released by release_lock, from the EXIT trap (a script with its own EXIT trap calls it there).
 take_lock() {
   exec 9>"$LOCK_FILE"
   flock -n 9 || die "another up, down, promote or rollback holds $LOCK_FILE; wait for it to finish"
+  trap release_lock EXIT
+  [[ $(docker info --format '{{.Swarm.ControlAvailable}}' 2>/dev/null) == true ]] || return 0
+  local holder since
+  holder="${0##*/} pid $$ on $(hostname) via ${DOCKER_HOST:-the local engine}"
+  if ! create_swarm_lock "$holder"; then
+    since=$(docker config inspect --format '{{index .Spec.Labels "com.wsapp.lock.since"}}' "$SWARM_LOCK" 2>/dev/null) || true
+    if [[ $since =~ ^[0-9]+$ ]] && (($(date +%s) - since > LOCK_STALE_SECONDS)); then
+      warn "taking over the swarm lock left $(($(date +%s) - since))s ago by $(swarm_lock_holder)"
+      docker config rm "$SWARM_LOCK" >/dev/null 2>&1 || true
+      create_swarm_lock "$holder" || die "could not take the swarm lock"
+    else
+      die "another command holds the swarm lock: $(swarm_lock_holder). If none runs (it was killed)," \
+        "remove it: ./promote.sh unlock"
+    fi
+  fi
+  SWARM_LOCK_HELD=1
+}
+
+create_swarm_lock() {
+  printf '%s\n' "$1" | docker config create --label "com.wsapp.lock.since=$(date +%s)" \
+    --label "com.wsapp.lock.holder=$1" "$SWARM_LOCK" - >/dev/null 2>&1
+}
+
+swarm_lock_holder() {
+  docker config inspect --format '{{index .Spec.Labels "com.wsapp.lock.holder"}}' "$SWARM_LOCK" 2>/dev/null ||
+    echo "(gone meanwhile)"
+}
+
+# release_lock: give the swarm-wide lock back (the file lock ends with the process). Never fails.
+release_lock() {
+  [[ -n $SWARM_LOCK_HELD ]] || return 0
+  docker config rm "$SWARM_LOCK" >/dev/null 2>&1 || warn "could not remove the swarm lock $SWARM_LOCK: ./promote.sh unlock"
+  SWARM_LOCK_HELD=""
 }
 
 # require_int NAME MIN: the variable NAME holds a whole number of at least MIN.

@@ -54,6 +54,16 @@ ensure_swarm() {
     die "this node is not a swarm manager; run make up on a manager"
 }
 
+# ensure_node_label KEY: label this node KEY=true unless some node of the swarm has KEY already
+# (on one node, every role lands here; on several, the operator chooses the nodes beforehand).
+ensure_node_label() {
+  local key=$1
+  if ! docker node ls -q | xargs docker node inspect --format "{{index .Spec.Labels \"$key\"}}" | grep -qx true; then
+    log "labelling this node $key=true (no node had it)"
+    docker node update --label-add "$key=true" self >/dev/null
+  fi
+}
+
 # The overlay network, on NETWORK_SUBNET: replicas believe X-Forwarded-For only from it.
 ensure_network() {
   local subnet
@@ -147,6 +157,8 @@ main() {
   step "images"
   load_images
   export NGINX_IMAGE REDIS_IMAGE PROMETHEUS_IMAGE GRAFANA_IMAGE GRAFANA_REPLICAS
+  ensure_node_label wsapp.redis-primary
+  ensure_node_label wsapp.redis-replica
   step "network and secrets"
   ensure_network
   ensure_secret wsapp_django_secret_key

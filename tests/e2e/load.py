@@ -44,6 +44,7 @@ class Traffic:
         self.unconfirmed = 0  # own messages never seen back (sent as the connection was released)
         self.handovers = []  # seconds each client went without room messages across a 1012
         self.color_of = {}  # client index -> color of its current connection
+        self.replica_of = {}  # client index -> replica of its current connection
         self.reconnected_at = {}  # client index -> time of its latest welcome after a close
         self.away = set()  # indexes of clients between a close and their next welcome
         self.first_close_at = None
@@ -106,6 +107,7 @@ class Traffic:
                 welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
                 client.receipt.welcome(welcome)
                 self.color_of[index] = welcome["color"]
+                self.replica_of[index] = welcome.get("replica")
                 self.away.discard(index)
                 if client.closed_before:
                     self.reconnected_at[index] = time.monotonic()

@@ -28,6 +28,12 @@ case "$1 ${2:-}" in
   "info --format") echo true ;;
   "info ") ;;
   "network inspect" | "image inspect") ;;
+  # The swarm-wide lock (a Swarm config): create fails while it exists, as the managers make it.
+  "config create") [[ -e $state/swarm-lock ]] && exit 1; echo "${*: -2:1}" >/dev/null
+    printf '%s\n' "$*" >"$state/swarm-lock" ;;
+  "config rm") [[ -e $state/swarm-lock ]] || exit 1; rm "$state/swarm-lock" ;;
+  "config inspect") [[ -e $state/swarm-lock ]] || exit 1
+    [[ $* == *since* ]] && echo "${LOCK_SINCE:-$(date +%s)}" || echo "promote.sh pid 1 on elsewhere" ;;
   "ps -q") echo nginx1 ;;
   "ps -aq") ;;
   "exec nginx1") [[ $# -gt 3 ]] && echo "$4" >"$state/active" || cat "$state/active" ;;
@@ -215,3 +221,31 @@ def test_up_down_promote_and_rollback_share_one_lock(fake, command):
     assert result.returncode != 0
     assert "another up, down, promote or rollback holds" in result.stderr
     assert "stack" not in calls(state)
+
+
+def test_a_promotion_on_another_manager_holds_the_swarm_lock(fake):
+    """Two managers have two lock files: the Swarm config is what stops the second promotion."""
+    state, env = fake
+    (state / "swarm-lock").write_text("held\n")
+    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 1
+    assert "another command holds the swarm lock: promote.sh pid 1 on elsewhere" in result.stderr
+    assert "stack deploy" not in calls(state)
+    assert (state / "swarm-lock").exists(), "the other promotion's lock must stay"
+    unlock = subprocess.run([f"{ROOT}/promote.sh", "unlock"], env=env, capture_output=True, text=True, timeout=30)
+    assert unlock.returncode == 0, unlock.stderr
+    assert not (state / "swarm-lock").exists()
+
+
+def test_a_stale_swarm_lock_is_taken_over_and_released(fake):
+    state, env = fake
+    (state / "swarm-lock").write_text("held\n")
+    (state / "healthy").touch()
+    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], capture_output=True, text=True,
+                            timeout=60, env={**env, "LOCK_SINCE": str(int(time.time()) - 7200),
+                                             "LOCK_STALE_SECONDS": "1800"})
+    assert "taking over the swarm lock left" in result.stderr
+    assert result.returncode == 0, result.stderr
+    assert "stack deploy" in calls(state)
+    assert not (state / "swarm-lock").exists(), "released at exit"
