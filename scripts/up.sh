@@ -157,6 +157,7 @@ main() {
   step "images"
   load_images
   export NGINX_IMAGE REDIS_IMAGE PROMETHEUS_IMAGE GRAFANA_IMAGE GRAFANA_REPLICAS
+  ensure_node_label wsapp.edge
   ensure_node_label wsapp.redis-primary
   ensure_node_label wsapp.redis-replica
   step "network and secrets"
