@@ -39,6 +39,7 @@ class Traffic:
         self.closes = Counter()  # close code -> count
         self.connect_failures = []
         self.frame_errors = []  # error frames and protocol surprises, as strings
+        self.refused = 0  # messages answered `unavailable`: never published, the sender knows
         self.sent = 0
         self.delivery = new_totals()  # received, lost, duplicated, out_of_order, resumes, replayed, ...
         self.unconfirmed = 0  # own messages never seen back (sent as the connection was released)
@@ -59,8 +60,9 @@ class Traffic:
         longest = max(self.handovers, default=0.0)
         return (f"WS sent {self.sent}, received {self.received}, lost {self.delivery['lost']}, "
                 f"duplicated {self.delivery['duplicated']}, out of order {self.delivery['out_of_order']}, "
-                f"unconfirmed own {self.unconfirmed}; {self.delivery['resumes']} resumes replayed "
-                f"{self.delivery['replayed']} (largest {self.delivery['max_replay']}); longest handover "
+                f"unconfirmed own {self.unconfirmed}, refused {self.refused}; "
+                f"{self.delivery['resumes']} resumes replayed {self.delivery['replayed']} "
+                f"(largest {self.delivery['max_replay']}); longest handover "
                 f"{longest * 1000:.0f} ms; closes {dict(self.closes)}")
 
     def assert_every_message_reached_every_client_once_in_order(self):
@@ -183,6 +185,8 @@ class Client:
             elif kind == "resync":
                 self.receipt.resync(frame)
                 self.traffic.frame_errors.append(f"client {self.index}: {frame}")
+            elif kind == "error" and frame.get("error") == "unavailable":
+                self.traffic.refused += 1
             elif kind == "reconnect":
                 self.draining = True  # stop sending: the close with 1012 follows
                 self.retry_ms = frame.get("retry_ms", RETRY_MS)

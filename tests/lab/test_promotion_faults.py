@@ -1,0 +1,137 @@
+"""Faults in the middle of a release on several nodes, under chatting clients and an HTTP poller:
+the Docker engine of the manager that runs promote.sh restarts during the drain, and two promotions
+start at once on two managers (each with its own lock file, as on two machines). Afterwards exactly
+one color serves on every edge, nothing is left half-deployed, `promote.sh status` says so, and the
+next promotion succeeds. docs/operations.md, "Faults"."""
+
+import asyncio
+import subprocess
+import time
+
+import pytest
+
+from tests.e2e.load import Traffic
+from tests.helpers import ROOT
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
+
+PROMOTER = 3  # a manager without an edge, a registry or a Redis: promote.sh works from any manager
+FAST = {"DRAIN_SECONDS": "6", "WATCH_SECONDS": "5", "WATCH_GRACE": "4"}
+
+
+def color_stacks(lab):
+    names = lab.docker(lab.manager(), "stack", "ls", "--format", "{{.Name}}").split()
+    return {name for name in names if name in ("wsapp-blue", "wsapp-green")}
+
+
+def assert_one_color_serves(lab, color):
+    """Every edge serves `color`, only its stack exists, and status says so from any manager."""
+    for edge in (1, 2):
+        assert lab.version(edge)["color"] == color, f"edge {edge}"
+    assert color_stacks(lab) == {f"wsapp-{color}"}
+    status = lab.run(PROMOTER, ["./promote.sh", "status"], 60).stdout
+    other = "green" if color == "blue" else "blue"
+    assert f"active color: {color}" in status and f"{other}: not deployed" in status, status
+    return status
+
+
+def next_image(lab, node, tag):
+    """A new version of the running image on `node` (promote.sh pushes it and deploys its digest)."""
+    service = f"wsapp-{lab.version(1)['color']}_app"
+    image = lab.docker(node, "service", "inspect", "--format", "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
+                       service)
+    if "@" in image:
+        lab.docker(node, "pull", image, timeout=300)
+    lab.docker(node, "tag", image, tag)
+    return tag
+
+
+def start_promotion(lab, node, image, **extra):
+    env = dict(lab.env(node), **FAST, **extra)
+    return subprocess.Popen(["./promote.sh", "--image", image], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+async def under_traffic(lab, fault):
+    traffic = Traffic(lab.url(1), lab.ws_url(1), clients=20, rooms=4, message_interval=0.5, keepalive=5.0)
+    runner = asyncio.create_task(traffic.run())
+    try:
+        await asyncio.wait_for(traffic.connected.wait(), 60)
+        await asyncio.sleep(1)
+        result = await asyncio.to_thread(fault)
+        started = time.monotonic()
+        while traffic.away and time.monotonic() - started < 60:
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(3)
+    finally:
+        traffic.stop.set()
+        await runner
+    print(f"HTTP {traffic.http_ok} ok / {len(traffic.http_failures)} failed {traffic.http_failures[:3]}; "
+          f"connect failures {len(traffic.connect_failures)}; {traffic.summary()}")
+    return traffic, result
+
+
+async def test_engine_restart_in_the_middle_of_promote_leaves_one_color(lab):
+    before = lab.version(1)["color"]
+    image = next_image(lab, PROMOTER, "wsapp:lab-restarted")
+
+    def promote_and_restart_the_engine():
+        promote = start_promotion(lab, PROMOTER, image)
+        lines = []
+        try:
+            for line in promote.stdout:
+                lines.append(line)
+                if "==>" in line and " drain " in line:
+                    lab.script("restart-engine", str(PROMOTER))
+                    break
+            lines.extend(promote.stdout)
+            return promote.wait(timeout=400), "".join(lines)
+        finally:
+            if promote.poll() is None:
+                promote.kill()
+            promote.wait()
+            promote.stdout.close()
+
+    traffic, (code, output) = await under_traffic(lab, promote_and_restart_the_engine)
+    print(f"promote.sh exited {code}:\n{output[-3000:]}")
+    assert "drain" in output, "the engine was never restarted: the promotion did not reach the drain"
+    # Either the promotion finished after the engine came back, or it restored the old color.
+    serving = before if code != 0 else ("green" if before == "blue" else "blue")
+    status = assert_one_color_serves(lab, serving)
+    print(status)
+    assert lab.docker(lab.manager(), "config", "ls", "-q", "--filter", "name=wsapp-lock") == "", "lock left"
+    traffic.assert_every_message_reached_every_client_once_in_order()
+    assert traffic.http_failures == []
+    lab.run(PROMOTER, ["./promote.sh", "--image", next_image(lab, PROMOTER, "wsapp:lab-after-restart")], 600,
+            **FAST)
+    assert lab.version(1)["color"] != serving
+
+
+async def test_two_promotions_on_two_managers_run_one_and_refuse_the_other(lab):
+    before = lab.version(1)["color"]
+    after = "green" if before == "blue" else "blue"
+    images = {node: next_image(lab, node, f"wsapp:lab-twice-{node}") for node in (2, PROMOTER)}
+
+    def two_promotions():
+        both = [start_promotion(lab, node, images[node], LOCK_FILE=f"/tmp/wsapp-lab-node{node}.lock")
+                for node in images]
+        try:
+            return [(p.wait(timeout=600), p.stdout.read()) for p in both]
+        finally:
+            for p in both:
+                if p.poll() is None:
+                    p.kill()
+                p.wait()
+                p.stdout.close()
+
+    traffic, results = await under_traffic(lab, two_promotions)
+    print("\n".join(f"exit {code}:\n{output[-1500:]}" for code, output in results))
+    codes = sorted(code for code, _ in results)
+    assert codes[0] == 0 and codes[1] != 0
+    refused = next(output for code, output in results if code != 0)
+    assert "another command holds the swarm lock" in refused, refused
+    assert "preflight" not in refused, "the refused promotion went on past the lock"
+    print(assert_one_color_serves(lab, after))
+    assert traffic.http_failures == []
+    assert set(traffic.closes) <= {1012}
+    traffic.assert_every_message_reached_every_client_once_in_order()
