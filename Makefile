@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: help deps up down test test-unit test-integration test-e2e lint dev image promote status
+.PHONY: help deps up down test test-unit test-integration test-e2e test-lab lab-up lab-down lint dev image promote status
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -28,7 +28,7 @@ promote:  ## release the working tree by blue/green promotion
 status:  ## active color, image, replicas and health of both colors
 	./promote.sh status
 
-test: deps  ## run every tier: unit, integration, e2e
+test: deps  ## run every tier: unit, integration, e2e, lab
 	$(PYTEST) tests
 
 test-unit: deps  ## unit tier only
@@ -39,6 +39,15 @@ test-integration: deps  ## integration tier only (real Redis and Uvicorn)
 
 test-e2e: deps  ## end-to-end tier only (a real swarm)
 	$(PYTEST) tests/e2e
+
+test-lab: deps  ## lab tier only (a multi-node swarm on this machine, scripts/lab.sh; root)
+	$(PYTEST) tests/lab
+
+lab-up:  ## a 4-node test swarm on this machine with the whole system on it (root; LAB_ID=0-9)
+	./scripts/lab.sh up
+
+lab-down:  ## remove the test swarm
+	./scripts/lab.sh down
 
 lint: deps  ## ruff and shellcheck
 	$(VENV)/bin/ruff check .
