@@ -1,0 +1,34 @@
+"""Prometheus on several nodes: every replica of the active color, on every node, is a target that
+is up, and the recorded totals count each replica once."""
+
+import json
+import urllib.parse
+
+import pytest
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(300)]
+
+
+def query(lab, expr):
+    """A PromQL query, from a throwaway container on the overlay network of node 1 (Prometheus
+    publishes no port)."""
+    nginx = lab.docker(1, "service", "inspect", "--format", "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
+                       "wsapp_nginx")
+    url = "http://wsapp_prometheus:9090/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    out = lab.docker(1, "run", "--rm", "--network", "wsapp", "--entrypoint", "curl", nginx, "-fsS", url)
+    return json.loads(out)["data"]["result"]
+
+
+def test_every_replica_on_every_node_is_scraped(lab):
+    color = lab.version(1)["color"]
+    tasks = lab.tasks(f"wsapp-{color}_app")
+    nodes = set(tasks.values())
+    assert len(nodes) == lab.nodes, f"replicas are not spread over every node: {tasks}"
+
+    def scraped():
+        up = query(lab, f'up{{job="app", color="{color}"}} == 1')
+        return len(up) == len(tasks)
+    lab.wait(scraped, 60, f"{len(tasks)} targets of {color} to be up", 2)
+    ready = query(lab, f'color:ws_ready_replicas:sum{{color="{color}"}}')
+    assert [float(sample["value"][1]) for sample in ready] == [len(tasks)]
+    print(f"{len(tasks)} replicas of {color} on {len(nodes)} nodes, each scraped and counted once")
