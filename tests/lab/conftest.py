@@ -20,6 +20,9 @@ def lab():
     if subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode != 0:
         pytest.fail("no Docker engine answers on this host: start dockerd (bash .ci/run does)", pytrace=False)
     lab = Lab()
+    if os.environ.get("LAB_REUSE") == "1":  # development: a lab already up, left as it is
+        yield lab
+        return
     lab.script("down", check=False)
     lab.script("up", timeout=1200)
     yield lab
