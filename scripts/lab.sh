@@ -207,9 +207,10 @@ up() {
     for ((node = 2; node <= LAB_NODES; node++)); do seed "$node" "${images[@]}"; done
   fi
   step "the system, deployed from node 1"
+  # In node 1's network namespace, so that up.sh's check of http://localhost/ reaches node 1's Nginx;
   # env, not eval "$(env_of 1)": lib.sh has made LOCK_FILE readonly in this shell.
-  env DOCKER_HOST="$(node_sock 1)" RELEASE_ENV="$RUN_DIR/release.env" LOCK_FILE="$RUN_DIR/wsapp.lock" \
-    APP_IMAGE="$image" OPS_PROXY=0 HTTP_PORT=80 "$ROOT_DIR/scripts/up.sh"
+  nsenter --net="/var/run/netns/$(node_ns 1)" env DOCKER_HOST="$(node_sock 1)" RELEASE_ENV="$RUN_DIR/release.env" \
+    LOCK_FILE="$RUN_DIR/wsapp.lock" APP_IMAGE="$image" OPS_PROXY=0 HTTP_PORT=80 "$ROOT_DIR/scripts/up.sh"
   step "lab $LAB_ID up: http://$(node_addr 1)/ and http://$(node_addr 2)/"
 }
 
