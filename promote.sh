@@ -369,7 +369,7 @@ status() {
   done
   [[ -n $active ]] || return 0
   echo "edges (nodes labelled $EDGE_LABEL=true) and their Nginx:"
-  docker service ps "$NGINX_SERVICE" --filter desired-state=running --format '  {{.Node}}: {{.CurrentState}}'
+  docker service ps "$NGINX_SERVICE" --filter desired-state=running --format '{{.Node}}: {{.CurrentState}}' | sed 's/^/  /'
   if ! stack_exists "$(color_stack "$active")"; then
     echo "  (the colors Nginx serve are asked with the active color's image; $active is not deployed)"
     return 0
