@@ -21,24 +21,29 @@ from tests.helpers import ROOT, reap, start_interruptible, wait_until
 ROOT_RELEASE_ENV = Path(ROOT) / "stack" / "release.env"
 
 FAKE_DOCKER = r"""#!/usr/bin/env bash
-# Test double of the docker CLI: blue is active, green comes and goes with stack deploy/rm.
+# Test double of the docker CLI: blue is active (the Nginx service's label, in $state/active), green
+# comes and goes with stack deploy/rm, Nginx is a global service and every edge agrees.
 state=$(dirname "$0")
 echo "$*" >>"$state/calls"
 case "$1 ${2:-}" in
   "info --format") echo true ;;
   "info ") ;;
-  "network inspect" | "image inspect") ;;
-  "ps -q") echo nginx1 ;;
+  "network inspect" | "image inspect" | "config inspect") ;;
   "ps -aq") ;;
-  "exec nginx1") [[ $# -gt 3 ]] && echo "$4" >"$state/active" || cat "$state/active" ;;
   "stack ls") echo wsapp-blue; [[ -e $state/green ]] && echo wsapp-green; true ;;
   "stack deploy")
     echo "ALLOWED_HOSTS=$ALLOWED_HOSTS REPLICAS=$REPLICAS" >>"$state/deployed"; touch "$state/green" ;;
   "stack rm") sleep "$(cat "$state/rm-delay" 2>/dev/null || echo 0)"; rm -f "$state/green" ;;
   "service ls") ;;
-  "service inspect") [[ $* == *Replicas* ]] && echo 2 || echo wsapp:old ;;
+  "service inspect")
+    if [[ $* == *active-color* ]]; then cat "$state/active"
+    elif [[ $* == *Mode.Global*wsapp_nginx ]]; then echo global
+    elif [[ $* == *Replicas* ]]; then echo 2
+    else echo wsapp:old; fi ;;
+  "service update") [[ $* =~ active-color=([a-z]+) ]] && echo "${BASH_REMATCH[1]}" >"$state/active"; true ;;
   "service ps")
-    if [[ $* == *wsapp-ctl-* ]]; then echo "Complete 1 second ago"
+    if [[ $* == *wsapp-ctl-* || $* == *wsapp-edge-* ]]; then echo "Complete 1 second ago"
+    elif [[ $* == *wsapp_nginx* ]]; then echo "Running 1 second ago"
     elif [[ -e $state/healthy ]]; then printf 'Running 1 second ago\nRunning 1 second ago\n'
     else touch "$state/checking"; sleep 1; echo "Starting 1 second ago"; fi ;;
   "service create") [[ $* == *" undrain "* && -e $state/fail-undrain ]] && exit 1; echo job ;;
@@ -106,7 +111,7 @@ def test_interrupt_during_a_health_check_restores_and_says_so(tmp_path):
     assert not (tmp_path / "green").exists()
     calls = (tmp_path / "calls").read_text()
     assert "stack rm wsapp-green" in calls
-    assert "switch-color green" not in calls
+    assert "active-color=green" not in calls and "--color green" not in calls
 
 
 def test_a_closed_terminal_sighup_restores_the_old_color(fake):
@@ -215,3 +220,22 @@ def test_up_down_promote_and_rollback_share_one_lock(fake, command):
     assert result.returncode != 0
     assert "another up, down, promote or rollback holds" in result.stderr
     assert "stack" not in calls(state)
+
+
+def test_a_switch_records_the_color_then_switches_and_asks_every_edge(fake):
+    """The label first (an Nginx that starts later serves it), then switch-color on every edge node
+    (a global job with the node's Docker socket), then every Nginx is asked; no local Nginx needed."""
+    state, env = fake
+    (state / "healthy").touch()
+    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = calls(state).splitlines()
+    record = lines.index("service update --detach --label-add com.wsapp.active-color=green wsapp_nginx")
+    job = next(i for i, line in enumerate(lines)
+               if "switch-local --service wsapp_nginx --color green" in line)
+    check = next(i for i, line in enumerate(lines) if "expect-color --color green --nginx-service" in line)
+    assert record < job < check
+    assert "--mode global-job --constraint node.labels.wsapp.edge==true" in lines[job]
+    assert "source=/var/run/docker.sock" in lines[job]
+    assert (state / "active").read_text() == "green\n"
