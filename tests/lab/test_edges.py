@@ -11,7 +11,9 @@ import pytest
 from tests.lab.lab import EDGES
 
 NOT_EDGE = 3  # a manager that runs no Nginx
-FAST = {"DRAIN_SECONDS": "3", "WATCH_SECONDS": "5"}
+# No release gate: on a busy machine Prometheus may not see every new replica within a short watch,
+# and the gate is not what these tests are about (tests/e2e covers it).
+FAST = {"DRAIN_SECONDS": "3", "WATCH_SECONDS": "0"}
 
 
 def served_color(lab, node):
