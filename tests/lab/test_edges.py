@@ -97,6 +97,9 @@ def test_an_nginx_moved_to_another_node_serves_the_active_color(lab):
         lab.wait(lambda: served_color(lab, new) is not None, 90, f"Nginx on node {new}")
         assert served_color(lab, new) == active
         lab.wait(lambda: served_color(lab, old) is None, 60, f"Nginx on node {old} to stop")
+        # Its port answers before its healthcheck passes; Swarm's DNS (and so status) lists it after.
+        lab.wait(lambda: lab.node_name(new) in lab.tasks("wsapp_nginx").values(), 60,
+                 f"the Nginx task on node {new} to be healthy")
         out = lab.run(1, ["./promote.sh", "status"], timeout=120).stdout
         assert f"nginx on {lab.node_name(new)} " in out and "DISAGREES" not in out, out
     finally:
