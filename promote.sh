@@ -2,10 +2,13 @@
 # promote.sh: zero-downtime blue/green release on a Docker Swarm manager.
 #   ./promote.sh                    build the working tree and release it
 #   ./promote.sh --image NAME:TAG   release a given image
-#   ./promote.sh status             active color, image, replicas and health of both colors
+#   ./promote.sh status             active color, image, replicas and health of both colors, and
+#                                   the color each Nginx (one per edge node) serves
 #   ./promote.sh rollback           switch back to the previous color while it still runs
 #   ./promote.sh unlock             remove the swarm-wide lock of a command that was killed outright
 # Any failure or interrupt before the old color is removed leaves the old color serving.
+# Runs on any manager: the active color is recorded in a label of the Nginx service, and a switch
+# reaches the Nginx of every edge node through a Swarm job.
 set -Eeuo pipefail
 [[ -n ${TRACE:-} ]] && set -x
 # shellcheck source=scripts/lib.sh
@@ -22,6 +25,8 @@ readonly WATCH_GRACE=${WATCH_GRACE:-10}
 readonly PROMETHEUS_URL=${PROMETHEUS_URL:-http://wsapp_prometheus:9090}
 readonly UNDRAIN_ATTEMPTS=3
 readonly ENGINE_WAIT=${ENGINE_WAIT:-120}
+# Seconds for the switch job to run switch-color in the Nginx of every edge node.
+readonly SWITCH_TIMEOUT=60
 # Nginx's public port inside the overlay network (published as HTTP_PORT) and its internal one.
 readonly NGINX_PUBLIC=http://$NGINX_SERVICE:8080
 readonly NGINX_INTERNAL=http://$NGINX_SERVICE:8081
@@ -39,8 +44,8 @@ usage() {
 Usage: ./promote.sh [--image NAME:TAG] | status | rollback | unlock | --help
 
 Releases a new version by blue/green promotion: deploys the idle color, waits until every
-replica is healthy, smoke-tests it through Nginx's preview route, switches Nginx (checked,
-graceful reload), drains the old color (each client gets {"type":"reconnect"} and close 1012,
+replica is healthy, smoke-tests it through Nginx's preview route, switches every Nginx (the
+recorded color, then each edge's Nginx: checked, graceful reload; then each is asked), drains the old color (each client gets {"type":"reconnect"} and close 1012,
 spread over the drain window) and removes it. Any failure or Ctrl-C before the old color is
 removed puts everything back as it was and exits non-zero.
 
@@ -89,12 +94,14 @@ preflight() {
   docker info >/dev/null 2>&1 || die "no Docker engine answers"
   [[ $(docker info --format '{{.Swarm.ControlAvailable}}') == true ]] ||
     die "run promote.sh on a swarm manager"
-  [[ -n $(nginx_container) ]] || die "no running Nginx of stack $INFRA_STACK on this node; run make up"
+  docker service inspect "$NGINX_SERVICE" >/dev/null 2>&1 || die "service $NGINX_SERVICE is missing; run make up"
+  service_running "$NGINX_SERVICE" 1 ||
+    die "no Nginx of $NGINX_SERVICE runs (is a node labelled $EDGE_LABEL=true?); run make up"
   docker network inspect "$NETWORK" >/dev/null 2>&1 || die "network $NETWORK is missing; run make up"
 }
 
 find_colors() {
-  ACTIVE=$(active_color) || die "cannot read the active color from Nginx"
+  ACTIVE=$(active_color) || die "cannot read the active color (label $COLOR_LABEL of $NGINX_SERVICE)"
   IDLE=$(other_color "$ACTIVE")
   stack_exists "$(color_stack "$ACTIVE")" || die "the active color $ACTIVE is not deployed; run make up"
   ACTIVE_IMAGE=$(service_image "$ACTIVE")
@@ -136,9 +143,41 @@ smoke() {
     --live "$NGINX_PUBLIC" --color "$IDLE" --version "${IMAGE##*:}" --origin "$PUBLIC_ORIGIN"
 }
 
+# switch_to COLOR: make COLOR active everywhere. The record first (an Nginx that starts from now
+# on, on any node, serves COLOR; the label restarts no task), then every running Nginx (a job on
+# each edge node runs switch-color there), then every Nginx is asked, over the overlay network,
+# which color it serves and what its public route answers.
 switch_to() {
-  docker exec "$(nginx_container)" switch-color "$1" >&2
-  release_tool "$ACTIVE_IMAGE" expect-color --url "$NGINX_PUBLIC/version" --color "$1"
+  docker service update --detach --label-add "$COLOR_LABEL=$1" "$NGINX_SERVICE" >/dev/null
+  switch_edges "$1"
+  expect_edges "$1"
+}
+
+switch_edges() {
+  edge_job "$SWITCH_TIMEOUT" "$ACTIVE_IMAGE" switch-local --service "$NGINX_SERVICE" --color "$1" >&2
+}
+
+expect_edges() {
+  release_tool "$ACTIVE_IMAGE" expect-color --color "$1" --nginx-service "$NGINX_SERVICE" \
+    --count "$(running_tasks "$NGINX_SERVICE")"
+}
+
+# edges_report RECORD: one line per Nginx (its node, the color it serves); fails when one
+# disagrees with RECORD or does not answer.
+edges_report() {
+  release_tool "$ACTIVE_IMAGE" edges --nginx-service "$NGINX_SERVICE" --record "$1" \
+    --count "$(running_tasks "$NGINX_SERVICE")"
+}
+
+# repair_edges: before anything changes, every Nginx must serve the recorded color. One that does
+# not (it missed a switch: its node was unreachable, or a switch was interrupted) is switched to it.
+repair_edges() {
+  local report
+  report=$(edges_report "$ACTIVE" 2>&1) && return 0
+  warn "not every Nginx serves the recorded color $ACTIVE; switching every Nginx to $ACTIVE:"
+  echo "$report" >&2
+  switch_edges "$ACTIVE"
+  expect_edges "$ACTIVE" >&2
 }
 
 # Post-switch watch: the release gate (docs/operations.md, "The release gate"). A failure
@@ -238,7 +277,7 @@ restore() {
     return "$status"
   fi
   if [[ $STATE == switched || $STATE == draining ]]; then
-    if ! docker exec "$(nginx_container)" switch-color "$ACTIVE" >&2; then
+    if ! switch_to "$ACTIVE" >&2; then
       report "ERROR: switching Nginx back to $ACTIVE failed; $IDLE still serves and is kept." \
         "Run: ./promote.sh rollback"
       return "$status"
@@ -259,6 +298,8 @@ promote() {
   preflight
   step "find the active color"
   find_colors
+  step "every Nginx serves $ACTIVE"
+  repair_edges
   step "image"
   prepare_image
   exec 7>&1 8>&2
@@ -316,12 +357,13 @@ rollback() {
   take_lock
   preflight
   local current previous
-  current=$(active_color) || die "cannot read the active color from Nginx"
+  current=$(active_color) || die "cannot read the active color (label $COLOR_LABEL of $NGINX_SERVICE)"
   previous=$(other_color "$current")
   stack_exists "$(color_stack "$previous")" ||
     die "the previous color $previous no longer runs; release the old image with --image instead"
   ACTIVE=$current
   ACTIVE_IMAGE=$(service_image "$current")
+  repair_edges
   REPLICAS=$(service_replicas "$(color_service "$previous")")
   exec 7>&1 8>&2
   trap on_rollback_exit EXIT
@@ -349,8 +391,8 @@ unlock() {
 
 status() {
   local active color service
-  active=$(active_color 2>/dev/null || echo "unknown (Nginx not running here)")
-  echo "active color: $active"
+  active=$(active_color 2>/dev/null) || active=""
+  echo "active color: ${active:-unknown (no service $NGINX_SERVICE with a $COLOR_LABEL label; run make up)}"
   for color in "${COLORS[@]}"; do
     service=$(color_service "$color")
     if ! docker service inspect "$service" >/dev/null 2>&1; then
@@ -360,6 +402,15 @@ status() {
     echo "$color: image $(service_image "$color"), replicas $(service_replicas "$service")," \
       "healthy $(running_tasks "$service")"
   done
+  [[ -n $active ]] || return 0
+  echo "edges (nodes labelled $EDGE_LABEL=true) and their Nginx:"
+  docker service ps "$NGINX_SERVICE" --filter desired-state=running --format '{{.Node}}: {{.CurrentState}}' | sed 's/^/  /'
+  if ! stack_exists "$(color_stack "$active")"; then
+    echo "  (the colors Nginx serve are asked with the active color's image; $active is not deployed)"
+    return 0
+  fi
+  ACTIVE_IMAGE=$(service_image "$active")
+  edges_report "$active" 2>&1 | sed 's/^/  /' || true
 }
 
 main() {

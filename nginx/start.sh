@@ -1,8 +1,10 @@
 #!/bin/sh
 # shellcheck disable=SC2016  # printf formats write nginx variables literally
 # Nginx container command. Runs as the image's non-root nginx user on a read-only root
-# filesystem: writes the settings that come from the environment to /tmp/nginx (a tmpfs), keeps
-# the persisted active color (or starts with DEFAULT_COLOR), then runs nginx in the foreground.
+# filesystem: writes the settings that come from the environment, the active color among them,
+# to /tmp/nginx (a tmpfs), then runs nginx in the foreground.
+#   ACTIVE_COLOR          blue or green: the service's label com.wsapp.active-color (Swarm template)
+#   DEFAULT_COLOR         the color when ACTIVE_COLOR is empty (default blue)
 #   NGINX_WORKERS         worker processes; match the service's CPU limit (default 1)
 #   NGINX_NOFILE          worker_rlimit_nofile, at most the container's hard limit (default 20000)
 #   NGINX_WORKER_CONNECTIONS  per worker, client and upstream sockets both count (default 19000)
@@ -40,7 +42,7 @@ hard=$(ulimit -Hn)
 [ "$connections" -le $((nofile - 100)) ] ||
   die "NGINX_WORKER_CONNECTIONS=$connections must stay 100 below NGINX_NOFILE=$nofile"
 
-conf=/tmp/nginx
+conf=${NGINX_RUNTIME_DIR:-/tmp/nginx}  # overridable for tests/unit/test_switch_color.py
 mkdir -p "$conf"
 printf 'worker_processes %s;\nworker_rlimit_nofile %s;\n' "$workers" "$nofile" >"$conf/main.conf"
 printf 'worker_connections %s;\n' "$connections" >"$conf/events.conf"
@@ -55,9 +57,14 @@ if [ "$http_rate" -gt 0 ]; then
   printf 'limit_req zone=http_per_address burst=%s nodelay;\n' "$http_burst" >"$conf/http-limits.conf"
 fi
 
-dir=/etc/nginx/active
-[ -w "$dir" ] || die "$dir is not writable by $(id -un); scripts/up.sh gives the volume to the nginx user"
-if [ ! -s "$dir/color.conf" ]; then
-  printf 'map "" $active_color { default "%s"; }\n' "${DEFAULT_COLOR:-blue}" > "$dir/color.conf"
-fi
+# The active color: the Nginx service's label com.wsapp.active-color, which Swarm puts in
+# ACTIVE_COLOR when it creates this task (stack/infra.yml). A task started after a switch (a
+# restart, another node) so serves the switched-to color; DEFAULT_COLOR only if the label is unset.
+color=${ACTIVE_COLOR:-${DEFAULT_COLOR:-blue}}
+case "$color" in
+  blue|green) ;;
+  *) die "ACTIVE_COLOR must be blue or green, got '$color' (the label com.wsapp.active-color)" ;;
+esac
+mkdir -p "$conf/active"
+printf 'map "" $active_color { default "%s"; }\n' "$color" >"$conf/active/color.conf"
 exec nginx -g 'daemon off;'

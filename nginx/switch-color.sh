@@ -5,7 +5,7 @@
 # reloads gracefully (never a restart). `switch-color` with no argument prints the color.
 # Self-contained (no scripts/lib.sh): it runs inside the Nginx container, under /bin/sh.
 set -eu
-dir=${ACTIVE_DIR:-/etc/nginx/active}  # overridable for tests/unit/test_switch_color.py
+dir=${ACTIVE_DIR:-/tmp/nginx/active}  # overridable for tests/unit/test_switch_color.py
 current=$(sed -n 's/.*default "\(.*\)";.*/\1/p' "$dir/color.conf")
 if [ $# -eq 0 ]; then
   echo "$current"

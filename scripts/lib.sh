@@ -9,6 +9,10 @@ readonly ROOT_DIR
 readonly NETWORK=wsapp
 readonly INFRA_STACK=wsapp
 readonly NGINX_SERVICE=wsapp_nginx
+# The record of the active color: a label on the Nginx service, kept in the managers' Raft store.
+readonly COLOR_LABEL=com.wsapp.active-color
+# Nodes with this label run Nginx (stack/infra.yml, global service) and publish the public port.
+readonly EDGE_LABEL=wsapp.edge
 readonly COLORS=(blue green)
 readonly IMAGES_ENV="$ROOT_DIR/.images.env"
 readonly REDIS_SECRET=wsapp_redis_password
@@ -58,9 +62,17 @@ stack_gone() {
     [[ -z $(docker ps -aq --filter "label=com.docker.stack.namespace=$1") ]]
 }
 
-# service_replicas SERVICE: the number of replicas the service's spec asks for.
+# service_replicas SERVICE: the number of replicas the service's spec asks for; for a global
+# service (Nginx), the number of tasks Swarm wants running (one per eligible node).
 service_replicas() {
-  docker service inspect --format '{{.Spec.Mode.Replicated.Replicas}}' "$1"
+  local replicas
+  replicas=$(docker service inspect --format '{{if .Spec.Mode.Global}}global{{else}}{{.Spec.Mode.Replicated.Replicas}}{{end}}' "$1") ||
+    return 1
+  if [[ $replicas == global ]]; then
+    docker service ps -q --filter desired-state=running "$1" | wc -l
+  else
+    echo "$replicas"
+  fi
 }
 
 # running_tasks SERVICE: how many of its tasks are Running, which for a service with a
@@ -72,11 +84,13 @@ running_tasks() {
   echo "${count:-0}"
 }
 
-# service_running SERVICE [WANT]: at least WANT (default: the spec's replicas) tasks are Running.
+# service_running SERVICE [WANT]: at least WANT (default: the spec's replicas, and at least one: a
+# global service has no task for a moment after its deploy) tasks are Running.
 service_running() {
   local service=$1 want=${2:-} running
   if [[ -z $want ]]; then
     want=$(service_replicas "$service") || return 1
+    ((want > 0)) || return 1
   fi
   running=$(running_tasks "$service")
   ((running >= want))
@@ -114,16 +128,12 @@ config_version() {
     sha256sum | cut -c1-12
 }
 
-# The running nginx container on this node (promote.sh runs on the manager nginx is pinned to).
-nginx_container() {
-  docker ps -q --filter "label=com.docker.swarm.service.name=$NGINX_SERVICE" --filter status=running | head -n 1
-}
-
+# active_color: the recorded active color, the Nginx service's label (readable on any manager).
 active_color() {
-  local container
-  container=$(nginx_container)
-  [[ -n $container ]] || return 1
-  docker exec "$container" switch-color
+  local color
+  color=$(docker service inspect --format "{{index .Spec.Labels \"$COLOR_LABEL\"}}" "$NGINX_SERVICE") || return 1
+  [[ $color == blue || $color == green ]] || { error "$NGINX_SERVICE has no $COLOR_LABEL label (got '$color')"; return 1; }
+  echo "$color"
 }
 
 # build_app_image TAG: build the working tree as TAG on the best base image available. The
@@ -146,35 +156,75 @@ run_on_network() {
     --security-opt no-new-privileges "$@"
 }
 
+# swarm_job SECONDS KIND WHAT CREATE_ARGS...: a one-off Swarm job, `docker service create
+# CREATE_ARGS` (which give its mode, image and command), waited for until every task of it has
+# ended. Prints its output, removes it, and fails (naming WHAT) unless every task completed within
+# SECONDS.
+swarm_job() {
+  local seconds=$1 kind=$2 what=$3
+  shift 3
+  local name states="" deadline=$((SECONDS + seconds))
+  name=wsapp-$kind-$(date -u +%H%M%S)-$RANDOM
+  docker service create --quiet --detach --name "$name" --label "com.wsapp.job=$kind" \
+    --container-label "com.wsapp.job=$kind" --restart-condition none "$@" >/dev/null || return 1
+  while ((SECONDS < deadline)); do
+    states=$(docker service ps "$name" --format '{{.CurrentState}}' 2>/dev/null) || true
+    [[ -n $states ]] && ! grep -qvE '^(Complete|Failed|Rejected|Shutdown|Orphaned)' <<<"$states" && break
+    sleep 0.5
+  done
+  docker service logs --raw "$name" 2>&1 || true
+  docker service rm "$name" >/dev/null 2>&1 || true
+  # A finished job's container outlives its service: remove it where it ran on this node (an edge
+  # job's containers on other nodes are removed by the next edge job there, release_tools.py).
+  docker ps -aq --filter "label=com.docker.swarm.service.name=$name" | xargs -r docker rm -f >/dev/null 2>&1 || true
+  if [[ -z $states ]] || grep -qv '^Complete' <<<"$states"; then
+    echo "ERROR: $what ended: $(tr '\n' ',' <<<"${states:-not started}" | sed 's/,$//')" >&2
+    return 1
+  fi
+}
+
 # ctl_job SECONDS IMAGE ARGS...: `python -m rooms.ctl ARGS` from IMAGE as a one-off Swarm job on the
 # overlay network with the Redis password (a plain `docker run` cannot mount a Swarm secret).
 # Prints its output; fails when the command fails or does not finish within SECONDS.
 ctl_job() {
   local seconds=$1 image=$2
   shift 2
-  local name state="" deadline=$((SECONDS + seconds))
-  name=wsapp-ctl-$(date -u +%H%M%S)-$RANDOM
-  docker service create --quiet --detach --name "$name" --label com.wsapp.job=ctl \
-    --mode replicated-job --restart-condition none --network "$NETWORK" --read-only --cap-drop ALL \
-    --secret "source=$REDIS_SECRET,target=redis_password" --env REDIS_SENTINELS=wsapp_sentinel:26379 \
-    --env REDIS_SENTINEL_MASTER=wsapp \
+  swarm_job "$seconds" ctl "rooms.ctl $*" --mode replicated-job --network "$NETWORK" --read-only \
+    --cap-drop ALL --secret "source=$REDIS_SECRET,target=redis_password" \
+    --env REDIS_SENTINELS=wsapp_sentinel:26379 --env REDIS_SENTINEL_MASTER=wsapp \
     --env REDIS_PASSWORD_FILE=/run/secrets/redis_password \
-    "$image" python -m rooms.ctl "$@" >/dev/null || return 1
-  while ((SECONDS < deadline)); do
-    state=$(docker service ps "$name" --format '{{.CurrentState}}' 2>/dev/null | head -n 1) || true
-    case $state in Complete* | Failed* | Rejected*) break ;; esac
-    sleep 0.5
-  done
-  docker service logs --raw "$name" 2>&1 || true
-  docker service rm "$name" >/dev/null 2>&1 || true
-  # A finished job's container outlives its service: remove it (on this node, where jobs run here).
-  docker ps -aq --filter "label=com.docker.swarm.service.name=$name" | xargs -r docker rm -f >/dev/null 2>&1 || true
-  [[ $state == Complete* ]] || { echo "ERROR: rooms.ctl $* ended '${state:-not started}'" >&2; return 1; }
+    "$image" python -m rooms.ctl "$@"
 }
 
-# Remove ctl jobs an interrupted command left behind, and their containers.
+# tools_config: the Swarm config holding scripts/release_tools.py, named by its content (configs are
+# immutable), created when missing. Prints its name.
+tools_config() {
+  local name
+  name=wsapp_release_tools_$(sha256sum "$ROOT_DIR/scripts/release_tools.py" | cut -c1-12)
+  docker config inspect "$name" >/dev/null 2>&1 ||
+    docker config create --label "com.docker.stack.namespace=$INFRA_STACK" "$name" \
+      "$ROOT_DIR/scripts/release_tools.py" >/dev/null || return 1
+  echo "$name"
+}
+
+# edge_job SECONDS IMAGE ARGS...: `release_tools.py ARGS` once on every edge node, at the same time
+# (a global job), with that node's Docker socket: it reaches the node's own Nginx containers, on
+# any node, from any manager. IMAGE is an app image (it has Python); root inside, to use the socket.
+edge_job() {
+  local seconds=$1 image=$2 config
+  shift 2
+  config=$(tools_config) || return 1
+  swarm_job "$seconds" edge "release_tools.py $*" --mode global-job \
+    --constraint "node.labels.$EDGE_LABEL==true" --user 0 --read-only --cap-drop ALL \
+    --mount type=bind,source=/var/run/docker.sock,target=/var/run/docker.sock \
+    --config "source=$config,target=/release_tools.py,mode=0444" \
+    --entrypoint python "$image" /release_tools.py "$@"
+}
+
+# Remove jobs an interrupted command left behind, and their containers on this node.
 remove_jobs() {
   docker service ls -q --filter label=com.wsapp.job | xargs -r docker service rm >/dev/null 2>&1 || true
+  docker ps -aq --filter label=com.wsapp.job | xargs -r docker rm -f >/dev/null 2>&1 || true
   docker ps -aq --filter name=wsapp-ctl- | xargs -r docker rm -f >/dev/null 2>&1 || true
 }
 

@@ -1,10 +1,18 @@
 """Release checks that promote.sh runs in a throwaway container on the overlay network.
 
-Standard library and `websockets` only (both are in the app image), so any app image can run it:
+Standard library and `websockets` only (both are in the app image), so any app image can run it.
+switch-local runs as a Swarm job on every edge node instead (scripts/lib.sh edge_job), with that
+node's Docker socket:
   smoke --preview URL --live URL --color C [--version V] [--origin O]
                                                             HTTP, WebSocket and cross-color checks,
                                                             as a browser at Origin O would connect
-  expect-color --url URL --color C                          the public route serves color C
+  expect-color --color C [--url URL] [--nginx-service NAME --count N]
+                                                            the public route serves color C; with
+                                                            --nginx-service, through every Nginx
+                                                            (N of them), each also saying so itself
+  edges --nginx-service NAME --record C                     each Nginx: its node and its color
+  switch-local --service NAME --color C                     in a job on an edge node: switch-color C
+                                                            in each Nginx container on this node
   wait-drained --service NAME --timeout S                   until the service holds no WebSockets
   watch --prometheus URL --color C --seconds N --max-error-ratio R --replicas N
                                                             the release gate (docs/operations.md)
@@ -13,6 +21,7 @@ Standard library and `websockets` only (both are in the app image), so any app i
 import argparse
 import asyncio
 import datetime
+import http.client
 import json
 import math
 import re
@@ -104,13 +113,148 @@ async def smoke(args):
         print(f"ok: broadcast between {args.color} and {live_welcome['color']} through the shared Redis")
 
 
+def served_color(url, times=6):
+    """The color /version answers at url, asked several times (several replicas); one color only."""
+    colors = set()
+    for _ in range(times):
+        status, body = get(url)
+        check(status == 200, f"GET {url} answered {status}")
+        colors.add(json.loads(body)["color"])
+    check(len(colors) == 1, f"{url} serves several colors: {sorted(colors)}")
+    return colors.pop()
+
+
+def nginx_addresses(service):
+    """The address of every Nginx task, through Swarm's DNS (tasks.<service>; dnsrr)."""
+    try:
+        return sorted({info[4][0] for info in socket.getaddrinfo(f"tasks.{service}", 8081, socket.AF_INET)})
+    except socket.gaierror:
+        return []
+
+
+def ask_nginx(address):
+    """(node, color) an Nginx reports on its internal port (nginx.conf, location /active-color)."""
+    request = urllib.request.Request(f"http://{address}:8081/active-color")
+    with urllib.request.urlopen(request, timeout=STEP_TIMEOUT) as response:
+        return response.headers.get("X-Edge-Node", "?"), response.read().decode().strip()
+
+
+def edge_disagreements(args, public):
+    """Ask every Nginx; print one line each and return what is wrong (empty: all serve args.color,
+    and there are --count of them). With public, also its public route's /version."""
+    wrong = []
+    addresses = nginx_addresses(args.nginx_service)
+    if args.count is not None and len(addresses) != args.count:
+        wrong.append(f"{len(addresses)} Nginx answer in DNS, {args.count} run")
+    for address in addresses:
+        try:
+            node, color = ask_nginx(address)
+            if public and color == args.color:
+                color = served_color(f"http://{address}:8080/version", times=2)
+        except (OSError, CheckFailed, ValueError, KeyError) as exc:
+            node, color = "?", f"no answer ({exc})"
+        line = f"nginx on {node} ({address}): {color}"
+        if color != args.color:
+            wrong.append(line)
+            line += f"  <- DISAGREES with the record ({args.color})"
+        print(line, flush=True)
+    return wrong
+
+
 def expect_color(args):
-    for _ in range(6):
-        status, body = get(args.url)
-        check(status == 200, f"GET {args.url} answered {status}")
-        color = json.loads(body)["color"]
+    if args.url:
+        color = served_color(args.url)
         check(color == args.color, f"{args.url} serves {color}, not {args.color}")
-    print(f"ok: {args.url} serves {args.color}")
+        print(f"ok: {args.url} serves {args.color}")
+    if not args.nginx_service:
+        return
+    # A new Nginx enters Swarm's DNS a moment after its task runs: ask again for a bounded time.
+    deadline = time.monotonic() + args.timeout
+    while wrong := edge_disagreements(args, public=True):
+        check(time.monotonic() < deadline, "not every Nginx serves " + args.color + ": " + "; ".join(wrong))
+        time.sleep(1)
+    print(f"ok: every Nginx of {args.nginx_service} serves {args.color}")
+
+
+def edges(args):
+    wrong = edge_disagreements(args, public=False)
+    check(not wrong, f"{len(wrong)} disagreement(s) with the record {args.color}")
+
+
+class DockerSocket(http.client.HTTPConnection):
+    """HTTP to the local Docker engine's API over its unix socket (standard library only)."""
+
+    def __init__(self, path, timeout=STEP_TIMEOUT * 4):
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.socket_path)
+
+
+def docker_api(path, method="GET", body=None, socket_path="/var/run/docker.sock"):
+    """(status, raw body) of one Docker API call; a new connection each (exec start closes it)."""
+    connection = DockerSocket(socket_path)
+    try:
+        payload = None if body is None else json.dumps(body)
+        headers = {} if body is None else {"Content-Type": "application/json"}
+        connection.request(method, path, body=payload, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def docker_json(path, method="GET", body=None, socket_path="/var/run/docker.sock", ok=(200, 201)):
+    status, raw = docker_api(path, method, body, socket_path)
+    check(status in ok, f"Docker API {method} {path} answered {status}: {raw[:200]!r}")
+    return json.loads(raw) if raw else None
+
+
+def demux(raw):
+    """The text of a non-TTY exec's output: frames of an 8-byte header (stream, size) and data."""
+    out = []
+    while len(raw) >= 8:
+        size = int.from_bytes(raw[4:8], "big")
+        out.append(raw[8:8 + size])
+        raw = raw[8 + size:]
+    return b"".join(out).decode(errors="replace").strip()
+
+
+def containers(service, status, sock, label="com.docker.swarm.service.name"):
+    filters = json.dumps({"label": [f"{label}={service}"], "status": [status]})
+    return docker_json("/containers/json?all=1&filters=" + urllib.parse.quote(filters), socket_path=sock)
+
+
+def switch_local(args):
+    """In a job on an edge node: `switch-color C` in every running Nginx container of this node."""
+    sock = args.socket
+    node = docker_json("/info", socket_path=sock)["Name"]
+    # Containers of earlier edge jobs on this node: they outlive their service (scripts/lib.sh).
+    for old in containers("edge", "exited", sock, label="com.wsapp.job"):
+        docker_api(f"/containers/{old['Id']}?force=1", "DELETE", socket_path=sock)
+    running = containers(args.service, "running", sock)
+    if not running:
+        print(f"{node}: no running Nginx of {args.service} (one that starts gets the recorded color)")
+        return
+    failed = []
+    for container in running:
+        name = container["Names"][0].lstrip("/")
+        command = {"AttachStdout": True, "AttachStderr": True, "Cmd": ["switch-color", args.color]}
+        exec_id = docker_json(f"/containers/{container['Id']}/exec", "POST", command, socket_path=sock)["Id"]
+        _, raw = docker_api(f"/exec/{exec_id}/start", "POST", {"Detach": False, "Tty": False},
+                            socket_path=sock)
+        deadline = time.monotonic() + STEP_TIMEOUT * 4
+        while (result := docker_json(f"/exec/{exec_id}/json", socket_path=sock))["Running"]:
+            check(time.monotonic() < deadline, f"{node} {name}: switch-color still runs")
+            time.sleep(0.2)
+        output = demux(raw).replace("\n", "; ")
+        print(f"{node} {name}: exit {result['ExitCode']}: {output}", flush=True)
+        if result["ExitCode"] != 0:
+            failed.append(name)
+    check(not failed, f"{node}: switch-color {args.color} failed in {', '.join(failed)}")
 
 
 def connections(service):
@@ -259,8 +403,19 @@ def main(argv=None):
     p.add_argument("--version", default="")
     p.add_argument("--origin", default=ORIGIN, help=f"the production Origin (default {ORIGIN})")
     p = sub.add_parser("expect-color")
-    p.add_argument("--url", required=True)
+    p.add_argument("--url", help="a public URL whose /version must answer the color")
     p.add_argument("--color", required=True)
+    p.add_argument("--nginx-service", help="ask every task of this Nginx service (tasks.<name>)")
+    p.add_argument("--count", type=int, help="how many Nginx must answer (the running tasks)")
+    p.add_argument("--timeout", type=float, default=15.0, help="seconds for every Nginx to agree")
+    p = sub.add_parser("edges")
+    p.add_argument("--nginx-service", required=True)
+    p.add_argument("--record", dest="color", required=True, help="the recorded active color")
+    p.add_argument("--count", type=int, help="how many Nginx must answer (the running tasks)")
+    p = sub.add_parser("switch-local")
+    p.add_argument("--service", required=True, help="the Nginx service")
+    p.add_argument("--color", required=True, choices=("blue", "green"))
+    p.add_argument("--socket", default="/var/run/docker.sock", help="this node's Docker engine")
     p = sub.add_parser("wait-drained")
     p.add_argument("--service", required=True)
     p.add_argument("--timeout", type=float, required=True)
@@ -284,6 +439,10 @@ def main(argv=None):
             asyncio.run(smoke(args))
         elif args.command == "expect-color":
             expect_color(args)
+        elif args.command == "edges":
+            edges(args)
+        elif args.command == "switch-local":
+            switch_local(args)
         elif args.command == "watch":
             watch(args)
         else:

@@ -54,14 +54,15 @@ ensure_swarm() {
     die "this node is not a swarm manager; run make up on a manager"
 }
 
-# ensure_node_label KEY: label this node KEY=true unless some node of the swarm has KEY already
-# (on one node, every role lands here; on several, the operator chooses the nodes beforehand).
+# ensure_node_label KEY: label this node KEY=true unless some node has that label already. Nginx
+# runs on the wsapp.edge nodes, each Redis on its own labelled node (stack/infra.yml): on one node
+# every role lands here; on several, label the nodes beforehand, e.g.
+#   docker node update --label-add wsapp.edge=true NODE
 ensure_node_label() {
   local key=$1
-  if ! docker node ls -q | xargs docker node inspect --format "{{index .Spec.Labels \"$key\"}}" | grep -qx true; then
-    log "labelling this node $key=true (no node had it)"
-    docker node update --label-add "$key=true" self >/dev/null
-  fi
+  [[ -n $(docker node ls -q --filter "node.label=$key=true") ]] && return 0
+  log "no node is labelled $key=true: labelling this one"
+  docker node update --label-add "$key=true" "$(docker info --format '{{.Swarm.NodeID}}')" >/dev/null
 }
 
 # The overlay network, on NETWORK_SUBNET: replicas believe X-Forwarded-For only from it.
@@ -83,15 +84,36 @@ ensure_secret() {
   fi
 }
 
-# Nginx runs as its non-root user and writes the active color to this volume, which Docker would
-# create owned by root: create it (labelled as the stack's own) and give it to that user, once,
-# in a container that may do nothing else.
-prepare_nginx_volume() {
-  local volume=${INFRA_STACK}_nginx_active
-  docker volume inspect "$volume" >/dev/null 2>&1 ||
-    docker volume create --label "com.docker.stack.namespace=$INFRA_STACK" "$volume" >/dev/null
-  docker run --rm --network none --user 0 --cap-drop ALL --cap-add CHOWN --security-opt no-new-privileges \
-    -v "$volume:/active" --entrypoint chown "$NGINX_IMAGE" "$NGINX_UID:$NGINX_UID" /active >/dev/null
+# The active color to deploy Nginx with: its service's label, so a redeploy never flips it. Before
+# the label existed (Nginx with a volume), the one color deployed is the active one; else blue.
+recorded_color() {
+  local color
+  local -a deployed=()
+  if docker service inspect "$NGINX_SERVICE" >/dev/null 2>&1; then
+    color=$(active_color 2>/dev/null) && { echo "$color"; return 0; }
+    for color in "${COLORS[@]}"; do
+      stack_exists "$(color_stack "$color")" && deployed+=("$color")
+    done
+    ((${#deployed[@]} == 1)) && { echo "${deployed[0]}"; return 0; }
+    die "cannot tell the active color: $NGINX_SERVICE has no $COLOR_LABEL label. Set it, e.g." \
+      "docker service update --label-add $COLOR_LABEL=blue $NGINX_SERVICE, and run make up again"
+  fi
+  echo blue
+}
+
+# An Nginx service from before edges (one replica) cannot become global in place: remove it first.
+# Its node's public port is gone until the new one runs (seconds).
+replace_replicated_nginx() {
+  [[ $(docker service inspect --format '{{if .Spec.Mode.Replicated}}replicated{{end}}' "$NGINX_SERVICE" 2>/dev/null) == replicated ]] ||
+    return 0
+  warn "$NGINX_SERVICE runs as one replica (before edges): replacing it with one Nginx per edge node"
+  docker service rm "$NGINX_SERVICE" >/dev/null
+  wait_for "$UP_TIMEOUT" "the old Nginx to stop" no_local_nginx
+}
+
+# Its port is free on this node (elsewhere, a new Nginx that finds it taken is retried by Swarm).
+no_local_nginx() {
+  [[ -z $(docker ps -aq --filter "label=com.docker.swarm.service.name=$NGINX_SERVICE") ]]
 }
 
 # Prometheus and Grafana publish no port. This proxy, a plain container on the overlay network,
@@ -109,7 +131,9 @@ start_ops_proxy() {
 
 deploy_infra() {
   CONFIG_VERSION=$(config_version)
-  export CONFIG_VERSION
+  ACTIVE_COLOR=$(recorded_color)
+  export CONFIG_VERSION ACTIVE_COLOR
+  replace_replicated_nginx
   docker stack deploy --detach=true --resolve-image never -c "$ROOT_DIR/stack/infra.yml" "$INFRA_STACK" >/dev/null
   local service
   for service in wsapp_redis wsapp_redis-replica wsapp_sentinel "$NGINX_SERVICE"; do
@@ -157,7 +181,7 @@ main() {
   step "images"
   load_images
   export NGINX_IMAGE REDIS_IMAGE PROMETHEUS_IMAGE GRAFANA_IMAGE GRAFANA_REPLICAS
-  ensure_node_label wsapp.edge
+  ensure_node_label "$EDGE_LABEL"
   ensure_node_label wsapp.redis-primary
   ensure_node_label wsapp.redis-replica
   step "network and secrets"
@@ -166,7 +190,6 @@ main() {
   ensure_secret wsapp_grafana_admin_password
   ensure_secret "$REDIS_SECRET"
   step "infra stack"
-  prepare_nginx_volume
   deploy_infra
   start_ops_proxy
   step "first color"

@@ -117,7 +117,7 @@ async def test_release_that_fails_the_websocket_smoke_test_is_removed(system, de
 async def test_scaled_replicas_receive_new_connections_without_an_nginx_change(system):
     service = active_service()
     nginx = docker("ps", "-q", "--filter", "label=com.docker.swarm.service.name=wsapp_nginx")
-    include = docker("exec", nginx, "cat", "/etc/nginx/active/color.conf")
+    include = docker("exec", nginx, "cat", "/tmp/nginx/active/color.conf")
     docker("service", "scale", "--detach", f"{service}=3")
 
     async def replicas_seen():
@@ -133,7 +133,7 @@ async def test_scaled_replicas_receive_new_connections_without_an_nginx_change(s
     seen = await replicas_seen()
     assert {f"{service}-1", f"{service}-2", f"{service}-3"} <= seen
     assert docker("ps", "-q", "--filter", "label=com.docker.swarm.service.name=wsapp_nginx") == nginx
-    assert docker("exec", nginx, "cat", "/etc/nginx/active/color.conf") == include
+    assert docker("exec", nginx, "cat", "/tmp/nginx/active/color.conf") == include
 
 
 def test_up_is_idempotent(system):

@@ -21,7 +21,8 @@ from tests.helpers import ROOT, reap, start_interruptible, wait_until
 ROOT_RELEASE_ENV = Path(ROOT) / "stack" / "release.env"
 
 FAKE_DOCKER = r"""#!/usr/bin/env bash
-# Test double of the docker CLI: blue is active, green comes and goes with stack deploy/rm.
+# Test double of the docker CLI: blue is active (the Nginx service's label, in $state/active), green
+# comes and goes with stack deploy/rm, Nginx is a global service and every edge agrees.
 state=$(dirname "$0")
 echo "$*" >>"$state/calls"
 case "$1 ${2:-}" in
@@ -29,22 +30,33 @@ case "$1 ${2:-}" in
   "info ") ;;
   "network inspect" | "image inspect") ;;
   # The swarm-wide lock (a Swarm config): create fails while it exists, as the managers make it.
-  "config create") [[ -e $state/swarm-lock ]] && exit 1; echo "${*: -2:1}" >/dev/null
-    printf '%s\n' "$*" >"$state/swarm-lock" ;;
+  # Other configs (release_tools.py for the edge job) exist.
+  "config create")
+    if [[ $* == *wsapp-lock* ]]; then
+      [[ -e $state/swarm-lock ]] && exit 1
+      printf '%s\n' "$*" >"$state/swarm-lock"
+    fi ;;
   "config rm") [[ -e $state/swarm-lock ]] || exit 1; rm "$state/swarm-lock" ;;
-  "config inspect") [[ -e $state/swarm-lock ]] || exit 1
-    [[ $* == *since* ]] && echo "${LOCK_SINCE:-$(date +%s)}" || echo "promote.sh pid 1 on elsewhere" ;;
-  "ps -q") echo nginx1 ;;
+  "config inspect")
+    if [[ $* == *wsapp-lock* ]]; then
+      [[ -e $state/swarm-lock ]] || exit 1
+      [[ $* == *since* ]] && echo "${LOCK_SINCE:-$(date +%s)}" || echo "promote.sh pid 1 on elsewhere"
+    fi ;;
   "ps -aq") ;;
-  "exec nginx1") [[ $# -gt 3 ]] && echo "$4" >"$state/active" || cat "$state/active" ;;
   "stack ls") echo wsapp-blue; [[ -e $state/green ]] && echo wsapp-green; true ;;
   "stack deploy")
     echo "ALLOWED_HOSTS=$ALLOWED_HOSTS REPLICAS=$REPLICAS" >>"$state/deployed"; touch "$state/green" ;;
   "stack rm") sleep "$(cat "$state/rm-delay" 2>/dev/null || echo 0)"; rm -f "$state/green" ;;
   "service ls") ;;
-  "service inspect") [[ $* == *Replicas* ]] && echo 2 || echo wsapp:old ;;
+  "service inspect")
+    if [[ $* == *active-color* ]]; then cat "$state/active"
+    elif [[ $* == *Mode.Global*wsapp_nginx ]]; then echo global
+    elif [[ $* == *Replicas* ]]; then echo 2
+    else echo wsapp:old; fi ;;
+  "service update") [[ $* =~ active-color=([a-z]+) ]] && echo "${BASH_REMATCH[1]}" >"$state/active"; true ;;
   "service ps")
-    if [[ $* == *wsapp-ctl-* ]]; then echo "Complete 1 second ago"
+    if [[ $* == *wsapp-ctl-* || $* == *wsapp-edge-* ]]; then echo "Complete 1 second ago"
+    elif [[ $* == *wsapp_nginx* ]]; then echo "Running 1 second ago"
     elif [[ -e $state/healthy ]]; then printf 'Running 1 second ago\nRunning 1 second ago\n'
     else touch "$state/checking"; sleep 1; echo "Starting 1 second ago"; fi ;;
   "service create") [[ $* == *" undrain "* && -e $state/fail-undrain ]] && exit 1; echo job ;;
@@ -112,7 +124,7 @@ def test_interrupt_during_a_health_check_restores_and_says_so(tmp_path):
     assert not (tmp_path / "green").exists()
     calls = (tmp_path / "calls").read_text()
     assert "stack rm wsapp-green" in calls
-    assert "switch-color green" not in calls
+    assert "active-color=green" not in calls and "--color green" not in calls
 
 
 def test_a_closed_terminal_sighup_restores_the_old_color(fake):
@@ -233,7 +245,8 @@ def test_a_promotion_on_another_manager_holds_the_swarm_lock(fake):
     assert "another command holds the swarm lock: promote.sh pid 1 on elsewhere" in result.stderr
     assert "stack deploy" not in calls(state)
     assert (state / "swarm-lock").exists(), "the other promotion's lock must stay"
-    unlock = subprocess.run([f"{ROOT}/promote.sh", "unlock"], env=env, capture_output=True, text=True, timeout=30)
+    unlock = subprocess.run([f"{ROOT}/promote.sh", "unlock"], env=env, capture_output=True, text=True,
+                            timeout=30)
     assert unlock.returncode == 0, unlock.stderr
     assert not (state / "swarm-lock").exists()
 
@@ -249,3 +262,22 @@ def test_a_stale_swarm_lock_is_taken_over_and_released(fake):
     assert result.returncode == 0, result.stderr
     assert "stack deploy" in calls(state)
     assert not (state / "swarm-lock").exists(), "released at exit"
+
+
+def test_a_switch_records_the_color_then_switches_and_asks_every_edge(fake):
+    """The label first (an Nginx that starts later serves it), then switch-color on every edge node
+    (a global job with the node's Docker socket), then every Nginx is asked; no local Nginx needed."""
+    state, env = fake
+    (state / "healthy").touch()
+    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = calls(state).splitlines()
+    record = lines.index("service update --detach --label-add com.wsapp.active-color=green wsapp_nginx")
+    job = next(i for i, line in enumerate(lines)
+               if "switch-local --service wsapp_nginx --color green" in line)
+    check = next(i for i, line in enumerate(lines) if "expect-color --color green --nginx-service" in line)
+    assert record < job < check
+    assert "--mode global-job --constraint node.labels.wsapp.edge==true" in lines[job]
+    assert "source=/var/run/docker.sock" in lines[job]
+    assert (state / "active").read_text() == "green\n"

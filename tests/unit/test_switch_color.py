@@ -1,6 +1,7 @@
-"""nginx/switch-color.sh against a test double of nginx (the unit tier has no Nginx; the e2e tier
-switches a real one): the include is replaced by a rename inside its own directory, and a failed
-`nginx -t` puts the previous include back."""
+"""nginx/switch-color.sh and nginx/start.sh against a test double of nginx (the unit tier has no
+Nginx; the e2e and lab tiers switch real ones): the include is replaced by a rename inside its own
+directory, a failed `nginx -t` puts the previous include back, and an Nginx starts with the color
+Swarm hands it from the service's label."""
 
 import os
 import subprocess
@@ -67,3 +68,34 @@ def test_an_unknown_color_is_refused(tmp_path, active):
     result = switch(tmp_path, "red")
     assert result.returncode == 64
     assert "COLOR must be blue or green" in result.stderr
+
+
+def start(tmp_path, **env):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "nginx").write_text(FAKE.format(name="nginx", body="true"))
+    (bin_dir / "nginx").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls"),
+           "NGINX_RUNTIME_DIR": str(tmp_path / "run"), **env}
+    return subprocess.run(["sh", f"{ROOT}/nginx/start.sh"], env=env, capture_output=True, text=True,
+                          timeout=10)
+
+
+@pytest.mark.parametrize("env, color", [
+    ({"ACTIVE_COLOR": "green"}, "green"),
+    ({"ACTIVE_COLOR": "green", "DEFAULT_COLOR": "blue"}, "green"),
+    ({"ACTIVE_COLOR": "", "DEFAULT_COLOR": "green"}, "green"),
+    ({"ACTIVE_COLOR": ""}, "blue"),
+])
+def test_nginx_starts_with_the_recorded_color(tmp_path, env, color):
+    """ACTIVE_COLOR is the label com.wsapp.active-color (a Swarm template); DEFAULT_COLOR only without it."""
+    result = start(tmp_path, **env)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "run" / "active" / "color.conf").read_text() == include(color)
+    assert "nginx -g daemon off;" in (tmp_path / "calls").read_text()
+
+
+def test_nginx_refuses_an_unknown_recorded_color(tmp_path):
+    result = start(tmp_path, ACTIVE_COLOR="red")
+    assert result.returncode == 64
+    assert "ACTIVE_COLOR must be blue or green, got 'red'" in result.stderr
