@@ -2,6 +2,7 @@
 # promote.sh: zero-downtime blue/green release on a Docker Swarm manager.
 #   ./promote.sh                    build the working tree and release it
 #   ./promote.sh --image NAME:TAG   release a given image
+# Either is pushed to the registry (REGISTRY, or the project's own) and deployed by digest.
 #   ./promote.sh status             active color, image, replicas and health of both colors
 #   ./promote.sh rollback           switch back to the previous color while it still runs
 # Any failure or interrupt before the old color is removed leaves the old color serving.
@@ -25,6 +26,9 @@ readonly NGINX_PUBLIC=http://$NGINX_SERVICE:8080
 readonly NGINX_INTERNAL=http://$NGINX_SERVICE:8081
 
 IMAGE=""
+# What the nodes run: IMAGE by digest (deploy_ref), and the version it is released as.
+IMAGE_REF=""
+VERSION=""
 ACTIVE=""
 IDLE=""
 ACTIVE_IMAGE=""
@@ -45,6 +49,9 @@ removed puts everything back as it was and exits non-zero.
 The release's own settings (ALLOWED_HOSTS, PUBLIC_ORIGIN, REPLICAS, limits) come from the
 release file stack/release.env (RELEASE_ENV=path for another one), never from the environment.
 
+The image (built, or --image) is pushed to the registry and deployed by digest, so every node
+runs the same bytes; an --image already in the registry or given by digest is deployed as it is.
+
 Settings of the procedure (environment, with defaults):
   HEALTH_TIMEOUT=$HEALTH_TIMEOUT       seconds for every replica of the new color to be healthy
   DRAIN_SECONDS=$DRAIN_SECONDS         drain window of the old color
@@ -61,6 +68,8 @@ Settings of the procedure (environment, with defaults):
   PROMETHEUS_URL=$PROMETHEUS_URL  queried by the watch (on the overlay network)
   RELEASE_ENV=\${RELEASE_ENV:-stack/release.env}  the release file
   LOCK_FILE=$LOCK_FILE  shared with make up and make down: one change at a time
+  REGISTRY=$REGISTRY  where images go (empty: the project's own, at 127.0.0.1:REGISTRY_PORT)
+  PUSH_TIMEOUT=$PUSH_TIMEOUT          seconds per docker push
   TRACE=1                     trace every command
 USAGE
 }
@@ -98,19 +107,21 @@ find_colors() {
   fi
 }
 
+# service_image COLOR: the reference the color runs, by digest (REGISTRY/NAME@sha256:...).
 service_image() {
-  docker service inspect --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}' "$(color_service "$1")" |
-    sed 's/@sha256:.*//'
+  docker service inspect --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}' "$(color_service "$1")"
 }
 
 prepare_image() {
-  if [[ -n $IMAGE ]]; then
-    docker image inspect "$IMAGE" >/dev/null 2>&1 || docker pull "$IMAGE" >/dev/null ||
-      die "image $IMAGE is neither present nor pullable"
-    return
+  if [[ -z $IMAGE ]]; then
+    IMAGE=$(working_tree_tag)
+    build_app_image "$IMAGE"
+  elif [[ $IMAGE != *@sha256:* && $IMAGE != "$REGISTRY"/* ]] && ! image_exists "$IMAGE"; then
+    docker pull "$IMAGE" >/dev/null || die "image $IMAGE is neither present nor pullable"
   fi
-  IMAGE=$(working_tree_tag)
-  build_app_image "$IMAGE"
+  VERSION=$(image_version "$IMAGE")
+  IMAGE_REF=$(deploy_ref "$IMAGE") || die "cannot push $IMAGE to $REGISTRY"
+  log "$IMAGE is $IMAGE_REF (version $VERSION)"
 }
 
 wait_healthy() {
@@ -126,7 +137,7 @@ wait_healthy() {
 # the production Origin and Host, so a release that would refuse real browsers fails here.
 smoke() {
   release_tool "$ACTIVE_IMAGE" smoke --preview "$NGINX_INTERNAL/$IDLE" \
-    --live "$NGINX_PUBLIC" --color "$IDLE" --version "${IMAGE##*:}" --origin "$PUBLIC_ORIGIN"
+    --live "$NGINX_PUBLIC" --color "$IDLE" --version "$VERSION" --origin "$PUBLIC_ORIGIN"
 }
 
 switch_to() {
@@ -242,7 +253,7 @@ promote() {
   trap_signals
   step "deploy $IDLE with $IMAGE ($REPLICAS replicas)"
   STATE=deployed
-  deploy_color "$IDLE" "$IMAGE" "$REPLICAS"
+  deploy_color "$IDLE" "$IMAGE_REF" "$VERSION" "$REPLICAS"
   step "wait for every replica of $IDLE to be healthy (at most ${HEALTH_TIMEOUT}s)"
   wait_healthy "$IDLE"
   step "smoke tests through the preview route"
