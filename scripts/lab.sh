@@ -8,6 +8,8 @@
 #   scripts/lab.sh down      remove everything the lab made
 #   scripts/lab.sh env N     print `export DOCKER_HOST=...` for node N (eval it to talk to that node)
 #   scripts/lab.sh kill-node N    the machine dies: its link goes silent, then every process of it is killed
+#   scripts/lab.sh revive-node N  ...and comes back: link up, engine started on its old state
+#   scripts/lab.sh restart-engine N   `systemctl restart docker` on node N: a clean stop, then a start
 #   scripts/lab.sh status    nodes and their state
 set -Eeuo pipefail
 [[ -n ${TRACE:-} ]] && set -x
@@ -29,7 +31,7 @@ readonly CGROUP_ROOT=/sys/fs/cgroup
 
 usage() {
   cat <<USAGE
-Usage: scripts/lab.sh up|nodes|down|status|env N|kill-node N   (as root)
+Usage: scripts/lab.sh up|nodes|down|status|env N|kill-node N|revive-node N|restart-engine N   (as root)
 
 A test lab: LAB_NODES Docker engines (node 1..N, each in its own namespaces on bridge $BRIDGE,
 addresses $PREFIX.11, .12, ...) forming one swarm. Nodes 1..LAB_MANAGERS are managers.
@@ -111,8 +113,14 @@ start_node() {
   ip -n "$ns" link set eth0 up
   ip -n "$ns" link set lo up
   ip -n "$ns" route add default via "$PREFIX.1"
+  start_engine "$node"
+}
+
+# start_engine N: dockerd of node N, in the node's network namespace (see start_node).
+start_engine() {
+  local node=$1 ns dir
+  ns=$(node_ns "$node")
   mkdir -p "$RUN_DIR/n$node" "$DATA_DIR/n$node"
-  local dir
   while read -r dir; do mkdir -p "$dir"; done < <(cgroup_dirs "$node")
   # The launcher joins the node's cgroups before it becomes dockerd, so all of the node is there.
   # shellcheck disable=SC2016  # expanded by the inner shell
@@ -123,7 +131,7 @@ start_node() {
       hostname "$HOSTNAME_" && mount --bind "$NODE_RUN" /run &&
       exec dockerd --data-root "$NODE_DATA" -H unix:///run/docker.sock --pidfile /run/docker.pid \
         --cgroup-parent "/$CGROUP_NAME"' \
-    >"$RUN_DIR/n$node.log" 2>&1 </dev/null &
+    >>"$RUN_DIR/n$node.log" 2>&1 </dev/null &
 }
 
 form_swarm() {
@@ -238,6 +246,27 @@ kill_node() {
   log "node $node ($NAME-n$node, $(node_addr "$node")) is dead"
 }
 
+revive_node() {
+  local node=$1
+  require_root
+  ip link set "wl${LAB_ID}n$node" up
+  start_engine "$node"
+  wait_for "$LAB_TIMEOUT" "the engine of node $node" nd "$node" info
+  log "node $node is back"
+}
+
+# restart-engine N: stop the engine as its service manager would (SIGTERM, then wait), start it again.
+restart_engine() {
+  local node=$1 pid
+  require_root
+  pid=$(cat "$RUN_DIR/n$node/docker.pid")
+  kill "$pid"
+  wait_for 60 "the engine of node $node to stop" bash -c "! kill -0 $pid"
+  start_engine "$node"
+  wait_for "$LAB_TIMEOUT" "the engine of node $node" nd "$node" info
+  log "engine of node $node restarted"
+}
+
 remove_cgroup() {
   local dir=$1
   [[ -d $dir ]] || return 0
@@ -314,9 +343,9 @@ main() {
       [[ ${2:-} =~ ^[1-9]$ ]] || die "env needs a node number"
       env_of "$2"
       ;;
-    kill-node)
-      [[ ${2:-} =~ ^[1-9]$ ]] || die "kill-node needs a node number"
-      kill_node "$2"
+    kill-node | revive-node | restart-engine)
+      [[ ${2:-} =~ ^[1-9]$ ]] || die "$1 needs a node number"
+      "${1//-/_}" "$2"
       ;;
     -h | --help | help) usage ;;
     *)

@@ -21,8 +21,12 @@ RETRY_MS = 250  # when a reconnect notice names none
 
 
 class Traffic:
-    def __init__(self, base_url, ws_url, clients=100, rooms=10, message_interval=1.0, poll_interval=0.05):
+    def __init__(self, base_url, ws_url, clients=100, rooms=10, message_interval=1.0, poll_interval=0.05,
+                 keepalive=20.0):
         self.base_url = base_url
+        # The client's own pings (websockets' keepalive): how a client notices a connection that
+        # went silent (its server's machine died) rather than closed.
+        self.keepalive = keepalive
         self.ws_url = ws_url
         self.clients = clients
         self.rooms = rooms
@@ -92,7 +96,8 @@ class Traffic:
         while not self.stop.is_set():
             try:
                 url = f"{self.ws_url}/ws/rooms/{room}/{client.receipt.query()}"
-                ws = await websockets.connect(url, origin=ORIGIN, open_timeout=10)
+                ws = await websockets.connect(url, origin=ORIGIN, open_timeout=10,
+                                              ping_interval=self.keepalive, ping_timeout=self.keepalive)
             except Exception as exc:
                 self.connect_failures.append(repr(exc))
                 await asyncio.sleep(0.5)

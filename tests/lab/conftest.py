@@ -1,0 +1,26 @@
+"""Lab tier: the whole system on a multi-node swarm on this machine (scripts/lab.sh), brought up once
+for the tier and removed afterwards. Needs root, Docker, iproute2 and util-linux; missing ones fail
+the tier (CI installs them), they never skip it."""
+
+import os
+import subprocess
+
+import pytest
+
+from tests.helpers import require_command
+from tests.lab.lab import Lab
+
+
+@pytest.fixture(scope="session")
+def lab():
+    for name in ("docker", "ip", "nsenter", "unshare", "iptables"):
+        require_command(name, "the lab tier builds a multi-node swarm (scripts/lab.sh)")
+    if os.geteuid() != 0:
+        pytest.fail("the lab tier makes namespaces and engines: run it as root (CI does)", pytrace=False)
+    if subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode != 0:
+        pytest.fail("no Docker engine answers on this host: start dockerd (bash .ci/run does)", pytrace=False)
+    lab = Lab()
+    lab.script("down", check=False)
+    lab.script("up", timeout=1200)
+    yield lab
+    lab.script("down", check=False)
