@@ -213,15 +213,20 @@ up() {
     fi
   done
   step "the system, deployed from node 1"
-  eval "$(env_of 1)"
-  APP_IMAGE=$image OPS_PROXY=0 HTTP_PORT=80 "$ROOT_DIR/scripts/up.sh"
+  local -a vars
+  mapfile -t vars < <(node_env 1)
+  env "${vars[@]}" APP_IMAGE="$image" OPS_PROXY=0 HTTP_PORT=80 "$ROOT_DIR/scripts/up.sh"
   step "lab $LAB_ID up: http://$(node_addr 1)/ and http://$(node_addr 2)/"
 }
 
 # env_of N: the environment that makes docker, promote.sh and make talk to node N of this lab.
+node_env() {
+  printf '%s\n' "DOCKER_HOST=$(node_sock "$1")" "RELEASE_ENV=$RUN_DIR/release.env" "LOCK_FILE=$RUN_DIR/wsapp.lock"
+}
+
 env_of() {
-  printf 'export DOCKER_HOST=%q RELEASE_ENV=%q LOCK_FILE=%q\n' "$(node_sock "$1")" "$RUN_DIR/release.env" \
-    "$RUN_DIR/wsapp.lock"
+  local line
+  while read -r line; do printf 'export %q\n' "$line"; done < <(node_env "$1")
 }
 
 # kill_processes DIR: SIGKILL every process of a cgroup and its children, until none is left.
