@@ -171,7 +171,8 @@ push_image() {
 #  - a reference by digest, or a name in REGISTRY not present here: as it is (the nodes pull it);
 #  - an image pulled from elsewhere (an official image): NAME@sha256:... from its RepoDigests;
 #  - an image built here (stand-ins, the app): tagged REGISTRY/NAME:TAG, pushed, and deployed as
-#    REGISTRY/NAME@sha256:... from the push.
+#    REGISTRY/NAME@sha256:... from the push;
+#  - a name not present here: REGISTRY/NAME:TAG if another node pushed it.
 deploy_ref() {
   local image=$1 target digest
   local -a digests
@@ -181,8 +182,13 @@ deploy_ref() {
   fi
   if ! image_exists "$image"; then
     [[ $image == "$REGISTRY"/* ]] && { echo "$image"; return 0; }
-    error "image $image is not present on this node"
-    return 1
+    # Built and pushed on another node (make up there): take it back from the registry.
+    target=$(registry_tag "$image")
+    if ! timeout --kill-after=10 "$PUSH_TIMEOUT" docker pull -q "$target" >/dev/null 2>&1; then
+      error "image $image is not present on this node, nor in the registry as $target"
+      return 1
+    fi
+    image=$target
   fi
   read -ra digests <<<"$(docker image inspect --format '{{join .RepoDigests " "}}' "$image")"
   digest=$(pick_digest - "${digests[@]}")

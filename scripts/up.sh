@@ -114,7 +114,7 @@ deploy_registry() {
   fi
   label_registry_node
   prepare_registry_volume
-  REGISTRY_PORT=$REGISTRY_PORT docker stack deploy --detach=true --resolve-image never \
+  docker stack deploy --detach=true --resolve-image never \
     -c "$ROOT_DIR/stack/registry.yml" "$REGISTRY_STACK" >/dev/null
   wait_for "$UP_TIMEOUT" "${REGISTRY_STACK}_registry to run" service_running "${REGISTRY_STACK}_registry"
   wait_for "$UP_TIMEOUT" "${REGISTRY_STACK}_proxy to run" service_running "${REGISTRY_STACK}_proxy" 1
@@ -217,7 +217,7 @@ main() {
   ensure_secret "$REDIS_SECRET"
   step "registry"
   CONFIG_VERSION=$(config_version)
-  export CONFIG_VERSION NGINX_IMAGE REGISTRY_IMAGE
+  export CONFIG_VERSION NGINX_IMAGE REGISTRY_IMAGE REGISTRY_PORT
   deploy_registry
   step "push images to $REGISTRY"
   push_infra_images

@@ -65,6 +65,7 @@ case "$1 ${2:-}" in
     line=$(grep "^${@: -1} " "$state/images") || exit 1
     [[ $* == *RepoDigests* ]] && echo "${line#* }"; true ;;
   "tag "*) echo "$3 $(grep "^$2 " "$state/images" | cut -d' ' -f2-)" >>"$state/images" ;;
+  "pull -q") grep -q "^$3 " "$state/images" || exit 1 ;;
   "push -q") sed -i "s|^$3 \(.*\)|$3 \1 ${3%:*}@sha256:""" + "ef" * 32 + r"""|" "$state/images" ;;
   *) echo "fake docker: unexpected: $*" >&2; exit 2 ;;
 esac
@@ -97,7 +98,13 @@ def test_a_registry_name_not_present_here_is_left_for_the_nodes_to_pull(docker):
     assert lib(f"deploy_ref wsapp@{DIGEST}", path=docker)[:2] == (0, f"wsapp@{DIGEST}")
 
 
+def test_an_image_another_node_pushed_is_taken_from_the_registry(docker):
+    with open(docker / "images", "a") as images:
+        images.write(f"127.0.0.1:5000/wsapp:v2 127.0.0.1:5000/wsapp@{DIGEST}\n")
+    assert lib("deploy_ref wsapp:v2", path=docker)[:2] == (0, f"127.0.0.1:5000/wsapp@{DIGEST}")
+
+
 def test_a_missing_image_is_an_error_naming_it(docker):
     status, _, err = lib("deploy_ref wsapp:gone", path=docker)
     assert status != 0
-    assert "image wsapp:gone is not present on this node" in err
+    assert "wsapp:gone is not present on this node, nor in the registry as 127.0.0.1:5000/wsapp:gone" in err
