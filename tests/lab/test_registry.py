@@ -14,8 +14,8 @@ REGISTRY = "127.0.0.1:5000"
 SPEC_IMAGE = "{{.Spec.TaskTemplate.ContainerSpec.Image}}"
 
 
-def active_app(lab):
-    return f"wsapp-{lab.version(1)['color']}_app"
+def active_app(lab, edge=1):
+    return f"wsapp-{lab.version(edge)['color']}_app"
 
 
 def images_on_nodes(lab, service):
@@ -52,7 +52,7 @@ def test_the_infra_images_come_from_the_registry_by_digest(lab):
 
 
 def test_a_promotion_from_another_manager_pushes_its_image_and_deploys_it_by_digest(lab):
-    before = active_app(lab)
+    before = active_app(lab, 2)
     old = lab.docker(1, "service", "inspect", "--format", SPEC_IMAGE, before)
     # A new image made on node 2 alone (from the one it pulled): only the registry can carry it.
     dockerfile = f"FROM {old}\nLABEL com.wsapp.test=lab-registry\n"
@@ -63,12 +63,12 @@ def test_a_promotion_from_another_manager_pushes_its_image_and_deploys_it_by_dig
     result = lab.run(2, ["./promote.sh", "--image", "wsapp:lab-registry"], timeout=900, check=False,
                      DRAIN_SECONDS="3", WATCH_SECONDS="0")
     assert result.returncode == 0, result.stderr[-4000:]
-    after = active_app(lab)
+    after = active_app(lab, 2)
     assert after != before
     reference = lab.docker(2, "service", "inspect", "--format", SPEC_IMAGE,
                            after)
     assert reference.startswith(f"{REGISTRY}/wsapp@sha256:") and reference != old, reference
-    assert lab.version(1)["version"] == "lab-registry"
+    assert lab.version(2)["version"] == "lab-registry"
     lab.wait(lambda: len(images_on_nodes(lab, after)) == lab.nodes, 120, "a new replica on every node")
     assert {image_id for _, image_id in images_on_nodes(lab, after).values()} == {new_id}
     assert reference in lab.run(2, ["./promote.sh", "status"]).stdout
