@@ -70,6 +70,7 @@ Settings of the procedure (environment, with defaults):
   LOCK_FILE=$LOCK_FILE  shared with make up and make down: one change at a time
   REGISTRY=$REGISTRY  where images go (empty: the project's own, at 127.0.0.1:REGISTRY_PORT)
   PUSH_TIMEOUT=$PUSH_TIMEOUT          seconds per docker push
+  REGISTRY_WAIT=$REGISTRY_WAIT           seconds to wait for the registry to answer before a push
   TRACE=1                     trace every command
 USAGE
 }

@@ -22,6 +22,7 @@ readonly OWN_REGISTRY
 REGISTRY=${REGISTRY:-127.0.0.1:$REGISTRY_PORT}
 readonly REGISTRY=${REGISTRY%/}
 readonly PUSH_TIMEOUT=${PUSH_TIMEOUT:-300}
+readonly REGISTRY_WAIT=${REGISTRY_WAIT:-60}
 # One lock for every command that changes the system: up, down, promote and rollback.
 readonly LOCK_FILE=${LOCK_FILE:-/tmp/wsapp.lock}
 
@@ -152,17 +153,31 @@ pick_digest() {
   return 0
 }
 
-# push_image NAME: push to the registry, bounded; a few tries, as a registry that was just
-# deployed may not answer on this node yet.
+# registry_answers: the registry itself answers this node's engine. A pull of a name nobody pushed
+# is refused by a live registry ("manifest unknown", or "denied" where a login is needed); a proxy
+# whose registry is away answers 502, an address nothing listens on refuses the connection.
+registry_answers() {
+  local out
+  out=$(timeout --kill-after=5 20 docker pull -q "$REGISTRY/wsapp-probe:none" 2>&1) && return 0
+  [[ $out =~ (not\ found|manifest\ unknown|denied|unauthorized) ]]
+}
+
+# push_image NAME: push to the registry, bounded. First wait (REGISTRY_WAIT) until the registry
+# answers: one that was just deployed may not yet, and the engine retries a push to one that is
+# away for minutes.
 push_image() {
   local image=$1 attempt
-  for attempt in 1 2 3 4 5; do
+  if ! wait_for "$REGISTRY_WAIT" "the registry $REGISTRY to answer this node" registry_answers; then
+    error "no registry answers at $REGISTRY: is it up (docker service ps ${REGISTRY_STACK}_registry;" \
+      "its node must be up) or, for your own REGISTRY, reachable from this node?"
+    return 1
+  fi
+  for attempt in 1 2; do
     timeout --kill-after=10 "$PUSH_TIMEOUT" docker push -q "$image" >/dev/null && return 0
-    warn "push of $image failed (attempt $attempt of 5)"
+    warn "push of $image failed (attempt $attempt of 2)"
     sleep 3
   done
-  error "could not push $image to $REGISTRY; is the registry up (docker service ps ${REGISTRY_STACK}_registry)" \
-    "or, for REGISTRY=$REGISTRY, are you logged in (docker login)?"
+  error "could not push $image to $REGISTRY (for your own REGISTRY: are you logged in, docker login?)"
   return 1
 }
 

@@ -42,6 +42,7 @@ Settings of this machine (environment):
                                   wsapp.registry=true (this one, if none is) at 127.0.0.1:REGISTRY_PORT
   REGISTRY_PORT=$REGISTRY_PORT            the own registry's port on every node (host mode)
   PUSH_TIMEOUT=$PUSH_TIMEOUT            seconds per docker push
+  REGISTRY_WAIT=$REGISTRY_WAIT           seconds to wait for the registry to answer before a push
 USAGE
 }
 

@@ -36,6 +36,7 @@ case "$1 ${2:-}" in
     true ;;
   tag\ *) ;;
   "push -q") echo "$3" >>"$state/pushed" ;;
+  "pull -q") echo "manifest unknown" >&2; exit 1 ;;
   "ps -q") echo nginx1 ;;
   "ps -aq") ;;
   "exec nginx1") [[ $# -gt 3 ]] && echo "$4" >"$state/active" || cat "$state/active" ;;

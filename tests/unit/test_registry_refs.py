@@ -12,9 +12,9 @@ from tests.helpers import ROOT
 DIGEST = "sha256:" + "ab" * 32
 
 
-def lib(command, registry="", path=None):
+def lib(command, registry="", path=None, **extra):
     """Run `command` in bash with scripts/lib.sh sourced; (exit status, stdout, stderr)."""
-    env = {**os.environ, "REGISTRY": registry}
+    env = {**os.environ, "REGISTRY": registry, **extra}
     if path:
         env["PATH"] = f"{path}:{env['PATH']}"
     result = subprocess.run(["bash", "-c", f". {ROOT}/scripts/lib.sh && {command}"], env=env,
@@ -65,7 +65,7 @@ case "$1 ${2:-}" in
     line=$(grep "^${@: -1} " "$state/images") || exit 1
     [[ $* == *RepoDigests* ]] && echo "${line#* }"; true ;;
   "tag "*) echo "$3 $(grep "^$2 " "$state/images" | cut -d' ' -f2-)" >>"$state/images" ;;
-  "pull -q") grep -q "^$3 " "$state/images" || exit 1 ;;
+  "pull -q") grep -q "^$3 " "$state/images" || { echo "manifest unknown" >&2; exit 1; } ;;
   "push -q") sed -i "s|^$3 \(.*\)|$3 \1 ${3%:*}@sha256:""" + "ef" * 32 + r"""|" "$state/images" ;;
   *) echo "fake docker: unexpected: $*" >&2; exit 2 ;;
 esac
@@ -102,6 +102,16 @@ def test_an_image_another_node_pushed_is_taken_from_the_registry(docker):
     with open(docker / "images", "a") as images:
         images.write(f"127.0.0.1:5000/wsapp:v2 127.0.0.1:5000/wsapp@{DIGEST}\n")
     assert lib("deploy_ref wsapp:v2", path=docker)[:2] == (0, f"127.0.0.1:5000/wsapp@{DIGEST}")
+
+
+def test_a_registry_that_does_not_answer_fails_the_push_at_once(docker):
+    """A proxy whose registry is away answers 502: no push is tried (the engine would retry for minutes)."""
+    fake = (docker / "docker").read_text().replace('echo "manifest unknown"', 'echo "502 Bad Gateway"')
+    (docker / "docker").write_text(fake)
+    status, _, err = lib("deploy_ref wsapp:v1", path=docker, REGISTRY_WAIT="2")
+    assert status != 0
+    assert "no registry answers at 127.0.0.1:5000" in err
+    assert "push" not in (docker / "calls").read_text()
 
 
 def test_a_missing_image_is_an_error_naming_it(docker):
