@@ -81,6 +81,8 @@ validate_settings() {
   require_int DRAIN_SECONDS 0
   require_int REMOVE_TIMEOUT 1
   require_int WATCH_SECONDS 0
+  require_int PUSH_TIMEOUT 1
+  require_int REGISTRY_WAIT 0
   require_decimal WATCH_ERROR_RATIO
   require_decimal WATCH_MIN_RATE
   require_decimal WATCH_GRACE

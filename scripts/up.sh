@@ -204,6 +204,7 @@ main() {
   require_int UP_TIMEOUT 1
   require_int REGISTRY_PORT 1
   require_int PUSH_TIMEOUT 1
+  require_int REGISTRY_WAIT 0
   [[ $OPS_PROXY == [01] ]] || die "OPS_PROXY must be 0 or 1, got '$OPS_PROXY'"
   load_release_env
   take_lock
