@@ -36,7 +36,7 @@ Settings of this machine (environment):
   UP_TIMEOUT=$UP_TIMEOUT            seconds to wait for each part to come up
   SWARM_ADVERTISE_ADDR=$SWARM_ADVERTISE_ADDR  used only when a swarm is initialised
   APP_IMAGE                       run this image instead of building the working tree
-  REGISTRY=\${REGISTRY:-}                 where images are pushed and every node pulls them from, e.g.
+  REGISTRY                        where images are pushed and every node pulls them from, e.g.
                                   registry.example.com/team (you are logged in); empty: run the
                                   project's own (stack/registry.yml) on the node labelled
                                   wsapp.registry=true (this one, if none is) at 127.0.0.1:REGISTRY_PORT
