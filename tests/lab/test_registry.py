@@ -9,8 +9,6 @@ import pytest
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(1200)]
 
 REGISTRY = "127.0.0.1:5000"
-
-
 SPEC_IMAGE = "{{.Spec.TaskTemplate.ContainerSpec.Image}}"
 
 
@@ -33,8 +31,7 @@ def images_on_nodes(lab, service):
 
 def test_every_node_runs_the_same_app_image_by_digest(lab):
     service = active_app(lab)
-    reference = lab.docker(1, "service", "inspect", "--format", SPEC_IMAGE,
-                           service)
+    reference = lab.docker(1, "service", "inspect", "--format", SPEC_IMAGE, service)
     assert reference.startswith(f"{REGISTRY}/wsapp@sha256:"), reference
     lab.wait(lambda: len(images_on_nodes(lab, service)) == lab.nodes, 120, "a replica on every node")
     found = images_on_nodes(lab, service)
@@ -44,8 +41,7 @@ def test_every_node_runs_the_same_app_image_by_digest(lab):
 
 def test_the_infra_images_come_from_the_registry_by_digest(lab):
     for service in ("wsapp_nginx", "wsapp_redis", "wsapp_prometheus"):
-        reference = lab.docker(1, "service", "inspect", "--format",
-                               SPEC_IMAGE, service)
+        reference = lab.docker(1, "service", "inspect", "--format", SPEC_IMAGE, service)
         assert reference.startswith(f"{REGISTRY}/") and "@sha256:" in reference, (service, reference)
     # Only the registry's own two images were seeded on node 4; Redis and Prometheus were not.
     assert lab.docker(4, "image", "inspect", "wsapp-local/redis:bookworm", check=False) in ("", "[]")
@@ -65,8 +61,7 @@ def test_a_promotion_from_another_manager_pushes_its_image_and_deploys_it_by_dig
     assert result.returncode == 0, result.stderr[-4000:]
     after = active_app(lab, 2)
     assert after != before
-    reference = lab.docker(2, "service", "inspect", "--format", SPEC_IMAGE,
-                           after)
+    reference = lab.docker(2, "service", "inspect", "--format", SPEC_IMAGE, after)
     assert reference.startswith(f"{REGISTRY}/wsapp@sha256:") and reference != old, reference
     assert lab.version(2)["version"] == "lab-registry"
     lab.wait(lambda: len(images_on_nodes(lab, after)) == lab.nodes, 120, "a new replica on every node")
