@@ -2,6 +2,7 @@
 # promote.sh: zero-downtime blue/green release on a Docker Swarm manager.
 #   ./promote.sh                    build the working tree and release it
 #   ./promote.sh --image NAME:TAG   release a given image
+# Either is pushed to the registry (REGISTRY, or the project's own) and deployed by digest.
 #   ./promote.sh status             active color, image, replicas and health of both colors, and
 #                                   the color each Nginx (one per edge node) serves
 #   ./promote.sh rollback           switch back to the previous color while it still runs
@@ -32,6 +33,9 @@ readonly NGINX_PUBLIC=http://$NGINX_SERVICE:8080
 readonly NGINX_INTERNAL=http://$NGINX_SERVICE:8081
 
 IMAGE=""
+# What the nodes run: IMAGE by digest (deploy_ref), and the version it is released as.
+IMAGE_REF=""
+VERSION=""
 ACTIVE=""
 IDLE=""
 ACTIVE_IMAGE=""
@@ -51,6 +55,9 @@ removed puts everything back as it was and exits non-zero.
 
 The release's own settings (ALLOWED_HOSTS, PUBLIC_ORIGIN, REPLICAS, limits) come from the
 release file stack/release.env (RELEASE_ENV=path for another one), never from the environment.
+
+The image (built, or --image) is pushed to the registry and deployed by digest, so every node
+runs the same bytes; an --image already in the registry or given by digest is deployed as it is.
 
 Settings of the procedure (environment, with defaults):
   HEALTH_TIMEOUT=$HEALTH_TIMEOUT       seconds for every replica of the new color to be healthy
@@ -73,6 +80,9 @@ Settings of the procedure (environment, with defaults):
                               killed command; one older than LOCK_STALE_SECONDS=$LOCK_STALE_SECONDS is taken over)
   ENGINE_WAIT=$ENGINE_WAIT          seconds a failed promotion waits for a restarting engine before
                               it restores the old color
+  REGISTRY=$REGISTRY  where images go (empty: the project's own, at 127.0.0.1:REGISTRY_PORT)
+  PUSH_TIMEOUT=$PUSH_TIMEOUT          seconds per docker push
+  REGISTRY_WAIT=$REGISTRY_WAIT           seconds to wait for the registry to answer before a push
   TRACE=1                     trace every command
 USAGE
 }
@@ -83,6 +93,8 @@ validate_settings() {
   require_int DRAIN_SECONDS 0
   require_int REMOVE_TIMEOUT 1
   require_int WATCH_SECONDS 0
+  require_int PUSH_TIMEOUT 1
+  require_int REGISTRY_WAIT 0
   require_decimal WATCH_ERROR_RATIO
   require_decimal WATCH_MIN_RATE
   require_decimal WATCH_GRACE
@@ -112,19 +124,21 @@ find_colors() {
   fi
 }
 
+# service_image COLOR: the reference the color runs, by digest (REGISTRY/NAME@sha256:...).
 service_image() {
-  docker service inspect --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}' "$(color_service "$1")" |
-    sed 's/@sha256:.*//'
+  docker service inspect --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}' "$(color_service "$1")"
 }
 
 prepare_image() {
-  if [[ -n $IMAGE ]]; then
-    docker image inspect "$IMAGE" >/dev/null 2>&1 || docker pull "$IMAGE" >/dev/null ||
-      die "image $IMAGE is neither present nor pullable"
-    return
+  if [[ -z $IMAGE ]]; then
+    IMAGE=$(working_tree_tag)
+    build_app_image "$IMAGE"
+  elif [[ $IMAGE != *@sha256:* && $IMAGE != "$REGISTRY"/* ]] && ! image_exists "$IMAGE"; then
+    docker pull "$IMAGE" >/dev/null || die "image $IMAGE is neither present nor pullable"
   fi
-  IMAGE=$(working_tree_tag)
-  build_app_image "$IMAGE"
+  VERSION=$(image_version "$IMAGE")
+  IMAGE_REF=$(deploy_ref "$IMAGE") || die "cannot push $IMAGE to $REGISTRY"
+  log "$IMAGE is $IMAGE_REF (version $VERSION)"
 }
 
 wait_healthy() {
@@ -140,7 +154,7 @@ wait_healthy() {
 # the production Origin and Host, so a release that would refuse real browsers fails here.
 smoke() {
   release_tool "$ACTIVE_IMAGE" smoke --preview "$NGINX_INTERNAL/$IDLE" \
-    --live "$NGINX_PUBLIC" --color "$IDLE" --version "${IMAGE##*:}" --origin "$PUBLIC_ORIGIN"
+    --live "$NGINX_PUBLIC" --color "$IDLE" --version "$VERSION" --origin "$PUBLIC_ORIGIN"
 }
 
 # switch_to COLOR: make COLOR active everywhere. The record first (an Nginx that starts from now
@@ -307,7 +321,7 @@ promote() {
   trap_signals
   step "deploy $IDLE with $IMAGE ($REPLICAS replicas)"
   STATE=deployed
-  deploy_color "$IDLE" "$IMAGE" "$REPLICAS"
+  deploy_color "$IDLE" "$IMAGE_REF" "$VERSION" "$REPLICAS"
   step "wait for every replica of $IDLE to be healthy (at most ${HEALTH_TIMEOUT}s)"
   wait_healthy "$IDLE"
   step "smoke tests through the preview route"

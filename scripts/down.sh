@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# make down: remove every stack this project started, and its network. Volumes and secrets are
-# kept unless VOLUMES=1. The swarm itself is left as it is.
+# make down: remove every stack this project started (the registry's too), and its network. Volumes
+# (the registry's images among them) and secrets are kept unless VOLUMES=1. The swarm itself is left as it is.
 set -Eeuo pipefail
 [[ -n ${TRACE:-} ]] && set -x
 # shellcheck source=lib.sh
@@ -12,13 +12,16 @@ readonly DOWN_TIMEOUT=${DOWN_TIMEOUT:-90}
 remove_stacks() {
   local stack
   remove_jobs
-  for stack in "$(color_stack blue)" "$(color_stack green)" "$INFRA_STACK"; do
+  # The registry last: it was deployed first (scripts/up.sh), and holds what the others run.
+  local -a stacks=("$(color_stack blue)" "$(color_stack green)" "$INFRA_STACK" "$REGISTRY_STACK")
+  docker service rm "${REGISTRY_STACK}_chown" >/dev/null 2>&1 || true
+  for stack in "${stacks[@]}"; do
     if stack_exists "$stack"; then
       log "removing stack $stack"
       docker stack rm "$stack" >/dev/null
     fi
   done
-  for stack in "$(color_stack blue)" "$(color_stack green)" "$INFRA_STACK"; do
+  for stack in "${stacks[@]}"; do
     wait_for "$DOWN_TIMEOUT" "stack $stack to be gone" stack_gone "$stack"
   done
   if docker network inspect "$NETWORK" >/dev/null 2>&1; then
@@ -43,7 +46,11 @@ main() {
   # Volumes belong to the engine, not the swarm: they outlive `docker swarm leave`.
   if [[ $VOLUMES == 1 ]]; then
     log "removing volumes"
-    docker volume ls -q --filter "label=com.docker.stack.namespace=$INFRA_STACK" | xargs -r docker volume rm >/dev/null
+    # Only this node's: the registry's images are on its node (wsapp.registry=true).
+    local stack
+    for stack in "$INFRA_STACK" "$REGISTRY_STACK"; do
+      docker volume ls -q --filter "label=com.docker.stack.namespace=$stack" | xargs -r docker volume rm >/dev/null
+    done
   fi
   log "down"
 }

@@ -14,6 +14,7 @@ readonly NGINX_IMAGE=${NGINX_IMAGE:-nginx:1.27}
 readonly REDIS_IMAGE=${REDIS_IMAGE:-redis:7.2}
 readonly PROMETHEUS_IMAGE=${PROMETHEUS_IMAGE:-prom/prometheus:v2.53.0}
 readonly GRAFANA_IMAGE=${GRAFANA_IMAGE:-grafana/grafana:11.2.0}
+readonly REGISTRY_IMAGE=${REGISTRY_IMAGE:-registry:2}
 readonly PULL_TIMEOUT=${PULL_TIMEOUT:-20}
 readonly LOCAL_IMAGES=${LOCAL_IMAGES:-0}
 
@@ -33,6 +34,7 @@ Settings (environment):
   REDIS_IMAGE=$REDIS_IMAGE
   PROMETHEUS_IMAGE=$PROMETHEUS_IMAGE
   GRAFANA_IMAGE=$GRAFANA_IMAGE
+  REGISTRY_IMAGE=$REGISTRY_IMAGE    the image registry (stack/registry.yml), when REGISTRY is empty
   PULL_TIMEOUT=$PULL_TIMEOUT       seconds per docker pull
   LOCAL_IMAGES=$LOCAL_IMAGES        1: never pull; use local images or build stand-ins
 USAGE
@@ -84,7 +86,8 @@ build_local() {
     -t "$image" "$ROOT_DIR/docker/$name" >&2
 }
 
-# resolve_one NAME IMAGE: print the image to use for NAME (python, nginx, redis, prometheus).
+# resolve_one NAME IMAGE: print the image to use for NAME (python, nginx, redis, prometheus,
+# registry).
 # It runs in a command substitution, where set -e does not apply: failures return explicitly.
 resolve_one() {
   local name=$1 image=$2
@@ -102,11 +105,12 @@ resolve_one() {
 }
 
 resolve() {
-  local python nginx redis prometheus replicas
+  local python nginx redis prometheus registry replicas
   python=$(resolve_one python "$PYTHON_BASE_IMAGE")
   nginx=$(resolve_one nginx "$NGINX_IMAGE")
   redis=$(resolve_one redis "$REDIS_IMAGE")
   prometheus=$(resolve_one prometheus "$PROMETHEUS_IMAGE")
+  registry=$(resolve_one registry "$REGISTRY_IMAGE")
   if available "$GRAFANA_IMAGE"; then
     replicas=${GRAFANA_REPLICAS:-1}
   else
@@ -120,6 +124,7 @@ resolve() {
     REDIS_IMAGE "$redis" \
     PROMETHEUS_IMAGE "$prometheus" \
     GRAFANA_IMAGE "$GRAFANA_IMAGE" \
+    REGISTRY_IMAGE "$registry" \
     GRAFANA_REPLICAS "$replicas"
   log "images resolved"
 }

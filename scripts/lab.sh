@@ -36,7 +36,8 @@ Usage: scripts/lab.sh up|nodes|down|status|env N|kill-node N|revive-node N|resta
 A test lab: LAB_NODES Docker engines (node 1..N, each in its own namespaces on bridge $BRIDGE,
 addresses $PREFIX.11, .12, ...) forming one swarm. Nodes 1..LAB_MANAGERS are managers.
 Labels: nodes 1 and 2 are edges (Nginx), node 1 runs the registry and the Redis primary, node 2
-the Redis replica. 'up' then seeds node 1 with the images (as Docker Hub would) and runs
+the Redis replica. 'up' then seeds every node with the registry's and Nginx's images and node 1
+with the rest (as Docker Hub would; node 1 pushes them to the lab's registry) and runs
 scripts/up.sh on it with the lab's release file ($RUN_DIR/release.env: stack/release.env with
 the lab's host names and one replica per node); the site answers on every edge, http://$PREFIX.11/
 and http://$PREFIX.12/. To run promote.sh (or docker) on node N: eval "\$(scripts/lab.sh env N)".
@@ -46,7 +47,6 @@ Settings (environment):
   LAB_NODES=$LAB_NODES         nodes (at least 3)
   LAB_MANAGERS=$LAB_MANAGERS      managers among them (odd)
   APP_IMAGE               the app image to run (default: build the working tree on this host)
-  LAB_SEED_ALL=1          seed every node with every image, not only node 1 (no registry needed)
 USAGE
 }
 
@@ -199,13 +199,14 @@ up() {
     image=$(working_tree_tag)
     build_app_image "$image"
   fi
-  local -a images=("$image" "$NGINX_IMAGE" "$REDIS_IMAGE" "$PROMETHEUS_IMAGE")
-  [[ -n ${REGISTRY_IMAGE:-} ]] && images+=("$REGISTRY_IMAGE")
-  seed 1 "${images[@]}"
-  if [[ ${LAB_SEED_ALL:-0} == 1 ]]; then
-    local node
-    for ((node = 2; node <= LAB_NODES; node++)); do seed "$node" "${images[@]}"; done
-  fi
+  # The registry stack's two images on every node (each node would pull them from Docker Hub);
+  # the rest only on node 1, which pushes them to the lab's registry for the others.
+  local -a everywhere=("$NGINX_IMAGE" "$REGISTRY_IMAGE") images=("$image" "$REDIS_IMAGE" "$PROMETHEUS_IMAGE")
+  local node
+  seed 1 "${everywhere[@]}" "${images[@]}"
+  for ((node = 2; node <= LAB_NODES; node++)); do
+    seed "$node" "${everywhere[@]}"
+  done
   step "the system, deployed from node 1"
   local -a vars
   mapfile -t vars < <(node_env 1)

@@ -16,6 +16,17 @@ readonly EDGE_LABEL=wsapp.edge
 readonly COLORS=(blue green)
 readonly IMAGES_ENV="$ROOT_DIR/.images.env"
 readonly REDIS_SECRET=wsapp_redis_password
+# Where images travel (docs/operations.md, "The image registry"): REGISTRY when the operator names
+# one (and is logged in to it), else the project's own (stack/registry.yml), which every node
+# reaches on its own loopback, 127.0.0.1:REGISTRY_PORT.
+readonly REGISTRY_STACK=wsapp-registry
+readonly REGISTRY_PORT=${REGISTRY_PORT:-5000}
+if [[ -n ${REGISTRY:-} ]]; then OWN_REGISTRY=0; else OWN_REGISTRY=1; fi
+readonly OWN_REGISTRY
+REGISTRY=${REGISTRY:-127.0.0.1:$REGISTRY_PORT}
+readonly REGISTRY=${REGISTRY%/}
+readonly PUSH_TIMEOUT=${PUSH_TIMEOUT:-300}
+readonly REGISTRY_WAIT=${REGISTRY_WAIT:-60}
 # One lock for every command that changes the system: up, down, promote and rollback.
 readonly LOCK_FILE=${LOCK_FILE:-/tmp/wsapp.lock}
 
@@ -96,11 +107,12 @@ service_running() {
   ((running >= want))
 }
 
-# deploy_color COLOR IMAGE [REPLICAS]: deploy (or update) COLOR's stack with IMAGE; without
-# REPLICAS, stack/app.yml's default (or $REPLICAS from the environment) applies.
+# deploy_color COLOR IMAGE VERSION [REPLICAS]: deploy (or update) COLOR's stack with IMAGE (a
+# reference from deploy_ref) as APP_VERSION=VERSION; without REPLICAS, stack/app.yml's default (or
+# $REPLICAS from the environment) applies.
 deploy_color() {
-  local color=$1 image=$2 replicas=${3:-}
-  local -a vars=("APP_IMAGE=$image" "APP_VERSION=${image##*:}")
+  local color=$1 image=$2 version=$3 replicas=${4:-}
+  local -a vars=("APP_IMAGE=$image" "APP_VERSION=$version")
   [[ -n $replicas ]] && vars+=("REPLICAS=$replicas")
   env "${vars[@]}" docker stack deploy --detach=true --resolve-image never \
     -c "$ROOT_DIR/stack/app.yml" -c "$ROOT_DIR/stack/$color.yml" "$(color_stack "$color")" >/dev/null
@@ -111,9 +123,124 @@ working_tree_tag() {
   echo "wsapp:$(date -u +%Y%m%d%H%M%S)-$(git -C "$ROOT_DIR" rev-parse --short HEAD 2>/dev/null || echo dev)"
 }
 
+# image_version IMAGE: the version an image is released as: its tag (wsapp:20260101-abc1234 ->
+# 20260101-abc1234), or for a reference by digest alone, the digest's first 12 digits.
+image_version() {
+  local image=$1 name=${1%@*}
+  if [[ ${name##*/} == *:* ]]; then
+    echo "${name##*:}"
+  elif [[ $image == *@sha256:* ]]; then
+    echo "sha256-$(cut -c1-12 <<<"${image##*@sha256:}")"
+  else
+    echo latest
+  fi
+}
+
+# registry_tag IMAGE: IMAGE's name in REGISTRY, same path and tag; a registry host in the name is
+# dropped (wsapp:1 -> REGISTRY/wsapp:1, other.example/team/x:2 -> REGISTRY/team/x:2). A name
+# already in REGISTRY is itself.
+registry_tag() {
+  local image=$1 name tag=latest
+  [[ $image == "$REGISTRY"/* ]] && { echo "$image"; return 0; }
+  name=$image
+  if [[ ${name##*/} == *:* ]]; then
+    tag=${name##*:}
+    name=${name%:*}
+  fi
+  [[ $name == */* && ${name%%/*} =~ [.:]|^localhost$ ]] && name=${name#*/}
+  echo "$REGISTRY/$name:$tag"
+}
+
+# pick_digest REPO|- DIGEST...: the first of an image's RepoDigests (NAME@sha256:...) in REPO, or
+# with -, the first from anywhere but REGISTRY (where an official image was pulled from).
+pick_digest() {
+  local repo=$1 digest
+  shift
+  for digest in "$@"; do
+    if [[ $repo == - ]]; then
+      [[ $digest == "$REGISTRY"/* ]] || { echo "$digest"; return 0; }
+    elif [[ ${digest%@*} == "$repo" ]]; then
+      echo "$digest"
+      return 0
+    fi
+  done
+  return 0
+}
+
+# registry_answers: the registry itself answers this node's engine. A pull of a name nobody pushed
+# is refused by a live registry ("manifest unknown", or "denied" where a login is needed); a proxy
+# whose registry is away answers 502, an address nothing listens on refuses the connection.
+registry_answers() {
+  local out
+  out=$(timeout --kill-after=5 20 docker pull -q "$REGISTRY/wsapp-probe:none" 2>&1) && return 0
+  [[ $out =~ (not\ found|manifest\ unknown|denied|unauthorized) ]]
+}
+
+# push_image NAME: push to the registry, bounded. First wait (REGISTRY_WAIT) until the registry
+# answers: one that was just deployed may not yet, and the engine retries a push to one that is
+# away for minutes.
+push_image() {
+  local image=$1 attempt
+  if ! wait_for "$REGISTRY_WAIT" "the registry $REGISTRY to answer this node" registry_answers; then
+    error "no registry answers at $REGISTRY: is it up (docker service ps ${REGISTRY_STACK}_registry;" \
+      "its node must be up) or, for your own REGISTRY, reachable from this node?"
+    return 1
+  fi
+  for attempt in 1 2; do
+    timeout --kill-after=10 "$PUSH_TIMEOUT" docker push -q "$image" >/dev/null && return 0
+    warn "push of $image failed (attempt $attempt of 2)"
+    sleep 3
+  done
+  error "could not push $image to $REGISTRY (for your own REGISTRY: are you logged in, docker login?)"
+  return 1
+}
+
+# deploy_ref IMAGE: the reference every node pulls IMAGE by, pinned to its digest, so every node
+# runs the same bytes (docs/operations.md, "The image registry"):
+#  - a reference by digest, or a name in REGISTRY not present here: as it is (the nodes pull it);
+#  - an image pulled from elsewhere (an official image): NAME@sha256:... from its RepoDigests;
+#  - an image built here (stand-ins, the app): tagged REGISTRY/NAME:TAG, pushed, and deployed as
+#    REGISTRY/NAME@sha256:... from the push;
+#  - a name not present here: REGISTRY/NAME:TAG if another node pushed it.
+deploy_ref() {
+  local image=$1 target digest
+  local -a digests
+  if [[ $image == *@sha256:* ]]; then
+    echo "$image"
+    return 0
+  fi
+  if ! image_exists "$image"; then
+    [[ $image == "$REGISTRY"/* ]] && { echo "$image"; return 0; }
+    # Built and pushed on another node (make up there): take it back from the registry.
+    target=$(registry_tag "$image")
+    if ! timeout --kill-after=10 "$PUSH_TIMEOUT" docker pull -q "$target" >/dev/null 2>&1; then
+      error "image $image is not present on this node, nor in the registry as $target"
+      return 1
+    fi
+    image=$target
+  fi
+  read -ra digests <<<"$(docker image inspect --format '{{join .RepoDigests " "}}' "$image")"
+  digest=$(pick_digest - "${digests[@]}")
+  if [[ -n $digest ]]; then
+    echo "$digest"
+    return 0
+  fi
+  target=$(registry_tag "$image")
+  log "pushing $image as $target"
+  if [[ $target != "$image" ]]; then
+    docker tag "$image" "$target" || return
+  fi
+  push_image "$target" || return
+  read -ra digests <<<"$(docker image inspect --format '{{join .RepoDigests " "}}' "$target")"
+  digest=$(pick_digest "${target%:*}" "${digests[@]}")
+  [[ -n $digest ]] || { error "$target was pushed but has no digest of ${target%:*}"; return 1; }
+  echo "$digest"
+}
+
 # Resolve images once (official where they can be pulled, Debian-built stand-ins otherwise).
 load_images() {
-  if [[ ! -s $IMAGES_ENV ]]; then
+  # A file written before the registry existed lacks REGISTRY_IMAGE: resolve again.
+  if [[ ! -s $IMAGES_ENV ]] || ! grep -q '^export REGISTRY_IMAGE=' "$IMAGES_ENV"; then
     "$ROOT_DIR/scripts/images.sh" resolve >"$IMAGES_ENV.tmp" || return
     mv "$IMAGES_ENV.tmp" "$IMAGES_ENV"
   fi

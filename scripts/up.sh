@@ -39,6 +39,13 @@ Settings of this machine (environment):
   UP_TIMEOUT=$UP_TIMEOUT            seconds to wait for each part to come up
   SWARM_ADVERTISE_ADDR=$SWARM_ADVERTISE_ADDR  used only when a swarm is initialised
   APP_IMAGE                       run this image instead of building the working tree
+  REGISTRY                        where images are pushed and every node pulls them from, e.g.
+                                  registry.example.com/team (you are logged in); empty: run the
+                                  project's own (stack/registry.yml) on the node labelled
+                                  wsapp.registry=true (this one, if none is) at 127.0.0.1:REGISTRY_PORT
+  REGISTRY_PORT=$REGISTRY_PORT            the own registry's port on every node (host mode)
+  PUSH_TIMEOUT=$PUSH_TIMEOUT            seconds per docker push
+  REGISTRY_WAIT=$REGISTRY_WAIT           seconds to wait for the registry to answer before a push
 USAGE
 }
 
@@ -116,6 +123,63 @@ no_local_nginx() {
   [[ -z $(docker ps -aq --filter "label=com.docker.swarm.service.name=$NGINX_SERVICE") ]]
 }
 
+# The registry runs as nobody. The official image's /var/lib/registry is root's, and so would be a
+# new volume mounted there: a one-off task on the registry's node gives the volume to nobody (the
+# stand-in's is nobody's already). A replicated service, not a job: a job's container outlives it.
+prepare_registry_volume() {
+  local name=${REGISTRY_STACK}_chown state="" deadline=$((SECONDS + UP_TIMEOUT))
+  docker service rm "$name" >/dev/null 2>&1 || true
+  docker service create --quiet --detach --no-resolve-image --name "$name" --restart-condition none \
+    --constraint node.labels.wsapp.registry==true --user 0 --read-only --cap-drop ALL --cap-add CHOWN \
+    --mount "type=volume,source=${REGISTRY_STACK}_registry_data,target=/data,volume-label=com.docker.stack.namespace=$REGISTRY_STACK" \
+    --entrypoint "chown 65534:65534 /data" "$REGISTRY_IMAGE" >/dev/null
+  while ((SECONDS < deadline)); do
+    state=$(docker service ps "$name" --format '{{.CurrentState}}' 2>/dev/null | head -n 1) || true
+    case $state in Complete* | Failed* | Rejected*) break ;; esac
+    sleep 1
+  done
+  docker service rm "$name" >/dev/null 2>&1 || true
+  [[ $state == Complete* ]] || die "giving the registry's volume to its user ended '${state:-not started}'"
+}
+
+# The project's own registry (stack/registry.yml), unless REGISTRY names another. Its images are
+# the local names: they cannot come from the registry they start.
+deploy_registry() {
+  if [[ $OWN_REGISTRY == 0 ]]; then
+    log "REGISTRY=$REGISTRY: using it, not running one"
+    return 0
+  fi
+  ensure_node_label wsapp.registry
+  prepare_registry_volume
+  docker stack deploy --detach=true --resolve-image never \
+    -c "$ROOT_DIR/stack/registry.yml" "$REGISTRY_STACK" >/dev/null
+  wait_for "$UP_TIMEOUT" "${REGISTRY_STACK}_registry to run" service_running "${REGISTRY_STACK}_registry"
+  wait_for "$UP_TIMEOUT" "${REGISTRY_STACK}_proxy to run" service_running "${REGISTRY_STACK}_proxy" 1
+}
+
+# Push the infra's images (those built here) and deploy every one by digest, so every node runs
+# the same bytes. Grafana, where it could not be had, is not deployed at all.
+push_infra_images() {
+  NGINX_IMAGE=$(deploy_ref "$NGINX_IMAGE") || die "cannot push $NGINX_IMAGE"
+  REDIS_IMAGE=$(deploy_ref "$REDIS_IMAGE") || die "cannot push $REDIS_IMAGE"
+  PROMETHEUS_IMAGE=$(deploy_ref "$PROMETHEUS_IMAGE") || die "cannot push $PROMETHEUS_IMAGE"
+  if [[ $GRAFANA_REPLICAS != 0 ]]; then
+    GRAFANA_IMAGE=$(deploy_ref "$GRAFANA_IMAGE") || die "cannot push $GRAFANA_IMAGE"
+  fi
+  log "infra images: $NGINX_IMAGE $REDIS_IMAGE $PROMETHEUS_IMAGE"
+}
+
+# Nginx runs as its non-root user and writes the active color to this volume, which Docker would
+# create owned by root: create it (labelled as the stack's own) and give it to that user, once,
+# in a container that may do nothing else.
+prepare_nginx_volume() {
+  local volume=${INFRA_STACK}_nginx_active
+  docker volume inspect "$volume" >/dev/null 2>&1 ||
+    docker volume create --label "com.docker.stack.namespace=$INFRA_STACK" "$volume" >/dev/null
+  docker run --rm --network none --user 0 --cap-drop ALL --cap-add CHOWN --security-opt no-new-privileges \
+    -v "$volume:/active" --entrypoint chown "$NGINX_IMAGE" "$NGINX_UID:$NGINX_UID" /active >/dev/null
+}
+
 # Prometheus and Grafana publish no port. This proxy, a plain container on the overlay network,
 # publishes them on this machine's loopback only (docs/security.md).
 start_ops_proxy() {
@@ -158,8 +222,10 @@ deploy_first_color() {
     image=$(working_tree_tag)
     build_app_image "$image"
   fi
-  log "deploying $color with $image"
-  deploy_color "$color" "$image"
+  local ref
+  ref=$(deploy_ref "$image") || die "cannot push $image"
+  log "deploying $color with $ref"
+  deploy_color "$color" "$ref" "$(image_version "$image")"
   wait_for "$UP_TIMEOUT" "$color to be healthy" service_running "$(color_service "$color")"
 }
 
@@ -173,6 +239,9 @@ main() {
   require_int PROMETHEUS_PORT 1
   require_int GRAFANA_PORT 1
   require_int UP_TIMEOUT 1
+  require_int REGISTRY_PORT 1
+  require_int PUSH_TIMEOUT 1
+  require_int REGISTRY_WAIT 0
   [[ $OPS_PROXY == [01] ]] || die "OPS_PROXY must be 0 or 1, got '$OPS_PROXY'"
   load_release_env
   take_lock
@@ -180,7 +249,6 @@ main() {
   ensure_swarm
   step "images"
   load_images
-  export NGINX_IMAGE REDIS_IMAGE PROMETHEUS_IMAGE GRAFANA_IMAGE GRAFANA_REPLICAS
   ensure_node_label "$EDGE_LABEL"
   ensure_node_label wsapp.redis-primary
   ensure_node_label wsapp.redis-replica
@@ -189,6 +257,13 @@ main() {
   ensure_secret wsapp_django_secret_key
   ensure_secret wsapp_grafana_admin_password
   ensure_secret "$REDIS_SECRET"
+  step "registry"
+  CONFIG_VERSION=$(config_version)
+  export CONFIG_VERSION NGINX_IMAGE REGISTRY_IMAGE REGISTRY_PORT
+  deploy_registry
+  step "push images to $REGISTRY"
+  push_infra_images
+  export NGINX_IMAGE REDIS_IMAGE PROMETHEUS_IMAGE GRAFANA_IMAGE GRAFANA_REPLICAS
   step "infra stack"
   deploy_infra
   start_ops_proxy

@@ -41,8 +41,8 @@ def active_service():
 
 
 def service_image(service):
-    return docker("service", "inspect", "--format", "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
-                  service).split("@")[0]
+    """The reference the service runs: REGISTRY/NAME@sha256:... (scripts/lib.sh, deploy_ref)."""
+    return docker("service", "inspect", "--format", "{{.Spec.TaskTemplate.ContainerSpec.Image}}", service)
 
 
 def stacks():

@@ -4,6 +4,7 @@ import asyncio
 import json
 import signal
 import time
+import urllib.request
 
 import pytest
 import websockets
@@ -134,6 +135,28 @@ async def test_scaled_replicas_receive_new_connections_without_an_nginx_change(s
     assert {f"{service}-1", f"{service}-2", f"{service}-3"} <= seen
     assert docker("ps", "-q", "--filter", "label=com.docker.swarm.service.name=wsapp_nginx") == nginx
     assert docker("exec", nginx, "cat", "/tmp/nginx/active/color.conf") == include
+
+
+def test_every_service_runs_a_pinned_image_from_the_registry(system):
+    """Built images are pushed to the registry and run by digest; the registry's own two services
+    run the local names (they cannot come from the registry they start)."""
+    listing = docker("service", "ls", "--format", "{{.Name}} {{.Image}}")
+    images = dict(line.split() for line in listing.splitlines())
+    registry = {name: image for name, image in images.items() if name.startswith("wsapp-registry_")}
+    pinned = {name: image for name, image in images.items() if name not in registry}
+    assert set(registry) == {"wsapp-registry_registry", "wsapp-registry_proxy"}, images
+    assert "@" not in "".join(registry.values()), registry
+    assert {"wsapp_nginx", "wsapp_redis", "wsapp_prometheus", active_service()} <= set(pinned), images
+    for name, image in pinned.items():
+        if name == "wsapp_grafana" and docker("service", "inspect", "--format",
+                                              "{{.Spec.Mode.Replicated.Replicas}}", name) == "0":
+            continue  # no Grafana image here: not deployed, so not pushed
+        assert image.startswith("127.0.0.1:5000/") and "@sha256:" in image, (name, image)
+    digest = images[active_service()].split("@")[1]
+    # The registry answers on this node's loopback, through the node's proxy.
+    with urllib.request.urlopen("http://127.0.0.1:5000/v2/wsapp/tags/list", timeout=10) as response:
+        assert json.loads(response.read())["name"] == "wsapp"
+    assert run(["./promote.sh", "status"], 60).stdout.count(f"@{digest}") == 1
 
 
 def test_up_is_idempotent(system):

@@ -22,13 +22,22 @@ ROOT_RELEASE_ENV = Path(ROOT) / "stack" / "release.env"
 
 FAKE_DOCKER = r"""#!/usr/bin/env bash
 # Test double of the docker CLI: blue is active (the Nginx service's label, in $state/active), green
-# comes and goes with stack deploy/rm, Nginx is a global service and every edge agrees.
+# comes and goes with stack deploy/rm, Nginx is a global service and every edge agrees; a push gives
+# the image a digest in the project's registry.
 state=$(dirname "$0")
 echo "$*" >>"$state/calls"
 case "$1 ${2:-}" in
   "info --format") echo true ;;
   "info ") ;;
-  "network inspect" | "image inspect") ;;
+  "network inspect") ;;
+  "image inspect")
+    # RepoDigests: none until pushed (an image built here), then the registry's.
+    [[ $* == *RepoDigests* && -e $state/pushed ]] &&
+      echo "127.0.0.1:5000/wsapp@sha256:$(printf 'ab%.0s' {1..32})"
+    true ;;
+  tag\ *) ;;
+  "push -q") echo "$3" >>"$state/pushed" ;;
+  "pull -q") echo "manifest unknown" >&2; exit 1 ;;
   # The swarm-wide lock (a Swarm config): create fails while it exists, as the managers make it.
   # Other configs (release_tools.py for the edge job) exist.
   "config create")
@@ -45,7 +54,8 @@ case "$1 ${2:-}" in
   "ps -aq") ;;
   "stack ls") echo wsapp-blue; [[ -e $state/green ]] && echo wsapp-green; true ;;
   "stack deploy")
-    echo "ALLOWED_HOSTS=$ALLOWED_HOSTS REPLICAS=$REPLICAS" >>"$state/deployed"; touch "$state/green" ;;
+    echo "ALLOWED_HOSTS=$ALLOWED_HOSTS REPLICAS=$REPLICAS" >>"$state/deployed"
+    echo "$APP_IMAGE $APP_VERSION" >>"$state/images"; touch "$state/green" ;;
   "stack rm") sleep "$(cat "$state/rm-delay" 2>/dev/null || echo 0)"; rm -f "$state/green" ;;
   "service ls") ;;
   "service inspect")
@@ -198,6 +208,30 @@ def test_the_release_file_wins_over_the_shell(fake):
     assert result.returncode == 0, result.stderr
     assert (state / "deployed").read_text() == "ALLOWED_HOSTS=localhost,127.0.0.1 REPLICAS=2\n"
     assert "ALLOWED_HOSTS=evil.example in the environment is ignored" in result.stderr
+
+
+def test_the_image_is_pushed_and_deployed_by_digest(fake):
+    """An image built here goes to the registry and the color runs it by digest, with its tag as version."""
+    state, env = fake
+    (state / "healthy").touch()
+    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "tag wsapp:new 127.0.0.1:5000/wsapp:new" in calls(state)
+    assert (state / "pushed").read_text() == "127.0.0.1:5000/wsapp:new\n"
+    assert (state / "images").read_text() == f"127.0.0.1:5000/wsapp@sha256:{'ab' * 32} new\n"
+
+
+def test_an_image_given_by_digest_is_deployed_as_it_is(fake):
+    state, env = fake
+    (state / "healthy").touch()
+    image = f"registry.example.com/team/wsapp@sha256:{'cd' * 32}"
+    env = {**env, "REGISTRY": "registry.example.com/team"}
+    result = subprocess.run([f"{ROOT}/promote.sh", "--image", image], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert not (state / "pushed").exists()
+    assert (state / "images").read_text() == f"{image} sha256-cdcdcdcdcdcd\n"
 
 
 @pytest.mark.parametrize("line, message", [
