@@ -96,9 +96,12 @@ class Traffic:
     async def client(self, index):
         client = Client(self, index)
         room = f"e2e-{index % self.rooms}"
+        attempt = index
         while not self.stop.is_set():
             try:
-                url = f"{self.ws_url}/ws/rooms/{room}/{client.receipt.query()}"
+                edge = self.ws_urls[attempt % len(self.ws_urls)]
+                attempt += 1
+                url = f"{edge}/ws/rooms/{room}/{client.receipt.query()}"
                 ws = await websockets.connect(url, origin=ORIGIN, open_timeout=10,
                                               ping_interval=self.keepalive, ping_timeout=self.keepalive)
             except Exception as exc:
