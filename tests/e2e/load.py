@@ -27,7 +27,8 @@ class Traffic:
         # The client's own pings (websockets' keepalive): how a client notices a connection that
         # went silent (its server's machine died) rather than closed.
         self.keepalive = keepalive
-        self.ws_url = ws_url
+        # One URL, or several (edges behind DNS): a client connects through the next one each time.
+        self.ws_urls = [ws_url] if isinstance(ws_url, str) else list(ws_url)
         self.clients = clients
         self.rooms = rooms
         self.message_interval = message_interval
