@@ -277,10 +277,11 @@ restore() {
   [[ $STATE == none || $STATE == released ]] && return "$status"
   status=$((status == 0 ? 1 : status))
   report "ERROR: promotion failed at state '$STATE'; restoring $ACTIVE"
-  # The engine may be what failed (restarted under us): wait for it, bounded, then restore.
-  if ! docker info >/dev/null 2>&1; then
-    report "the Docker engine does not answer; waiting up to ${ENGINE_WAIT}s for it to restore $ACTIVE"
-    wait_for "$ENGINE_WAIT" "the Docker engine" docker info ||
+  # The engine may be what failed (restarted under us): wait for it and for the swarm's managers to
+  # answer through it (bounded), then restore.
+  if ! docker node ls -q >/dev/null 2>&1; then
+    report "the Docker engine or the swarm does not answer; waiting up to ${ENGINE_WAIT}s to restore $ACTIVE"
+    wait_for "$ENGINE_WAIT" "the Docker engine and the swarm" docker node ls -q ||
       { report "ERROR: no engine; nothing restored. When it is back: ./promote.sh status"; return "$status"; }
   fi
   remove_jobs
