@@ -59,11 +59,12 @@ async def test_the_redis_primary_dies_and_everything_follows_the_new_one(lab):
     traffic.assert_every_message_reached_every_client_once_in_order()
     assert traffic.http_failures == []
 
-    # The channel layer on the new primary: a promotion's drain and undrain travel through it.
+    # The channel layer on the new primary: a promotion's drain travels through it, and its release
+    # gate must see every new replica on every node in Prometheus (dns_sd and scrapes every 5 s).
     before = lab.version(1)["color"]
     lab.run(3, ["./promote.sh", "--image", lab.docker(3, "service", "inspect", "--format",
             "{{.Spec.TaskTemplate.ContainerSpec.Image}}", f"wsapp-{before}_app")], 600,
-            DRAIN_SECONDS="5", WATCH_SECONDS="5", WATCH_GRACE="4")
+            DRAIN_SECONDS="5", WATCH_SECONDS="20", WATCH_GRACE="15")
     assert lab.version(1)["color"] != before
 
     # Swarm restarted the killed Redis on its node; it came back as the new primary's replica.
