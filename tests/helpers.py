@@ -11,7 +11,7 @@ from testkit import ROOT, AppServer, MissingCommand, Process, RedisNode, RedisSe
 from testkit.processes import command
 
 __all__ = ["DASHBOARDS", "ROOT", "AppServer", "Process", "RedisNode", "RedisServer", "dashboard_queries",
-           "free_port",
+           "finish_all", "free_port",
            "reap", "require_command", "start_interruptible", "wait_until"]
 
 # Grafana dashboards: checked statically by the unit tier, every query evaluated by the e2e tier.
@@ -54,3 +54,16 @@ def dashboard_queries(dashboard):
     for annotation in dashboard.get("annotations", {}).get("list", []):
         if "expr" in annotation:
             yield f"annotation {annotation['name']!r}", annotation["expr"]
+
+
+def finish_all(processes, timeout):
+    """Wait for processes started with stdout=PIPE (text); [(exit code, output)]. Any still running
+    at the end (a timeout, an exception) is killed, so none outlives the test."""
+    try:
+        return [(p.wait(timeout=timeout), p.stdout.read()) for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            p.stdout.close()

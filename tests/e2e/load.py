@@ -20,6 +20,15 @@ ORIGIN = "http://localhost"
 RETRY_MS = 250  # when a reconnect notice names none
 
 
+async def until(check, timeout, what, interval=0.2):
+    """Poll check() without blocking the clients; return the seconds it took."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < timeout, f"timed out after {timeout}s waiting for {what}"
+        await asyncio.sleep(interval)
+    return time.monotonic() - started
+
+
 class Traffic:
     def __init__(self, base_url, ws_url, clients=100, rooms=10, message_interval=1.0, poll_interval=0.05,
                  keepalive=20.0):

@@ -13,8 +13,8 @@ import urllib.request
 import pytest
 
 from tests.e2e.helpers import BASE_URL, ENV, WS_URL, active_service, docker, run, stacks, version
-from tests.e2e.load import Traffic
-from tests.helpers import ROOT
+from tests.e2e.load import Traffic, until
+from tests.helpers import ROOT, finish_all
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -28,15 +28,6 @@ def containers(service):
 
 def running(service):
     return docker("service", "ls", "--filter", f"name={service}", "--format", "{{.Replicas}}")
-
-
-async def until(check, timeout, what, interval=0.2):
-    """Poll check() without blocking the clients; return the seconds it took."""
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < timeout, f"timed out after {timeout}s waiting for {what}"
-        await asyncio.sleep(interval)
-    return time.monotonic() - started
 
 
 def answers():
@@ -179,16 +170,8 @@ async def test_two_promotions_at_once_run_one_and_refuse_the_other(system):
     fast = dict(ENV, DRAIN_SECONDS="3", WATCH_SECONDS="0")
 
     def two_promotions():
-        both = [subprocess.Popen(["./promote.sh"], cwd=ROOT, env=fast, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True) for _ in range(2)]
-        try:
-            return [(p.wait(timeout=400), p.stdout.read()) for p in both]
-        finally:
-            for p in both:
-                if p.poll() is None:
-                    p.kill()
-                p.wait()
-                p.stdout.close()
+        return finish_all([subprocess.Popen(["./promote.sh"], cwd=ROOT, env=fast, stdout=subprocess.PIPE,
+                                            stderr=subprocess.STDOUT, text=True) for _ in range(2)], 400)
 
     traffic, recovered, results = await fault_under_traffic(two_promotions, clients=10)
     print("\n".join(f"exit {code}:\n{output[-1500:]}" for code, output in results))

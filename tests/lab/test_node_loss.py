@@ -8,20 +8,12 @@ import time
 
 import pytest
 
-from tests.e2e.load import Traffic
+from tests.e2e.load import Traffic, until
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]
 
 VICTIM = 4
 KEEPALIVE = 2.0  # the clients' ping interval and timeout, seconds
-
-
-async def until(check, timeout, what, interval=0.2):
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < timeout, f"timed out after {timeout}s waiting for {what}"
-        await asyncio.sleep(interval)
-    return time.monotonic() - started
 
 
 async def test_a_node_dies_and_its_clients_resume_elsewhere(lab):

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.e2e.load import Traffic
-from tests.helpers import ROOT
+from tests.helpers import ROOT, finish_all
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
 
@@ -115,16 +115,8 @@ async def test_two_promotions_on_two_managers_run_one_and_refuse_the_other(lab):
     images = {node: next_image(lab, node, f"wsapp:lab-twice-{node}") for node in (2, PROMOTER)}
 
     def two_promotions():
-        both = [start_promotion(lab, node, images[node], LOCK_FILE=f"/tmp/wsapp-lab-node{node}.lock")
-                for node in images]
-        try:
-            return [(p.wait(timeout=600), p.stdout.read()) for p in both]
-        finally:
-            for p in both:
-                if p.poll() is None:
-                    p.kill()
-                p.wait()
-                p.stdout.close()
+        return finish_all([start_promotion(lab, node, images[node], LOCK_FILE=f"/tmp/wsapp-{node}.lock")
+                           for node in images], 600)
 
     traffic, results = await under_traffic(lab, two_promotions)
     print("\n".join(f"exit {code}:\n{output[-1500:]}" for code, output in results))
