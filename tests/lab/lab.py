@@ -73,6 +73,17 @@ class Lab:
                           "desired-state=running", "--format", "{{.Name}} {{.Node}} {{.CurrentState}}")
         return {line.split()[0]: line.split()[1] for line in out.splitlines() if " Running " in f" {line} "}
 
+    def next_image(self, node, tag):
+        """A new version of the running app image, tagged `tag` on node N (promote.sh run there pushes
+        it and deploys its digest; the version is the tag)."""
+        service = f"wsapp-{self.version(1)['color']}_app"
+        image = self.docker(node, "service", "inspect", "--format",
+                            "{{.Spec.TaskTemplate.ContainerSpec.Image}}", service)
+        if "@" in image:
+            self.docker(node, "pull", "-q", image, timeout=300)
+        self.docker(node, "tag", image, tag)
+        return tag
+
     def node_name(self, node):
         return f"wsapp-lab{self.id}-n{node}"
 

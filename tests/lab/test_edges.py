@@ -36,15 +36,12 @@ def other(color):
 
 @pytest.fixture(scope="module")
 def release_images(lab):
-    """Two more tags of the running app image on every node (the lab has no registry): a release
-    needs a new tag, and its version is the tag."""
-    service = f"wsapp-{recorded(lab)}_app"
-    image = lab.docker(1, "service", "inspect", "--format", "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
-                       service).split("@")[0]
+    """Two more tags of the running app image on every node: a release needs a new tag, and its
+    version is the tag (promote.sh pushes the one it releases to the registry)."""
     tags = ["wsapp:lab-edges-1", "wsapp:lab-edges-2"]
     for node in range(1, lab.nodes + 1):
         for tag in tags:
-            lab.docker(node, "tag", image, tag)
+            lab.next_image(node, tag)
     return iter(tags)
 
 

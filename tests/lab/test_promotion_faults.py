@@ -37,17 +37,6 @@ def assert_one_color_serves(lab, color):
     return status
 
 
-def next_image(lab, node, tag):
-    """A new version of the running image on `node` (promote.sh pushes it and deploys its digest)."""
-    service = f"wsapp-{lab.version(1)['color']}_app"
-    image = lab.docker(node, "service", "inspect", "--format", "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
-                       service)
-    if "@" in image:
-        lab.docker(node, "pull", image, timeout=300)
-    lab.docker(node, "tag", image, tag)
-    return tag
-
-
 def start_promotion(lab, node, image, **extra):
     env = dict(lab.env(node), **FAST, **extra)
     return subprocess.Popen(["./promote.sh", "--image", image], cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -75,7 +64,7 @@ async def under_traffic(lab, fault):
 
 async def test_engine_restart_in_the_middle_of_promote_leaves_one_color(lab):
     before = lab.version(1)["color"]
-    image = next_image(lab, PROMOTER, "wsapp:lab-restarted")
+    image = lab.next_image(PROMOTER, "wsapp:lab-restarted")
 
     def promote_and_restart_the_engine():
         promote = start_promotion(lab, PROMOTER, image)
@@ -104,7 +93,7 @@ async def test_engine_restart_in_the_middle_of_promote_leaves_one_color(lab):
     assert lab.docker(lab.manager(), "config", "ls", "-q", "--filter", "name=wsapp-lock") == "", "lock left"
     traffic.assert_every_message_reached_every_client_once_in_order()
     assert traffic.http_failures == []
-    lab.run(PROMOTER, ["./promote.sh", "--image", next_image(lab, PROMOTER, "wsapp:lab-after-restart")], 600,
+    lab.run(PROMOTER, ["./promote.sh", "--image", lab.next_image(PROMOTER, "wsapp:lab-after-restart")], 600,
             **FAST)
     assert lab.version(1)["color"] != serving
 
@@ -112,7 +101,7 @@ async def test_engine_restart_in_the_middle_of_promote_leaves_one_color(lab):
 async def test_two_promotions_on_two_managers_run_one_and_refuse_the_other(lab):
     before = lab.version(1)["color"]
     after = "green" if before == "blue" else "blue"
-    images = {node: next_image(lab, node, f"wsapp:lab-twice-{node}") for node in (2, PROMOTER)}
+    images = {node: lab.next_image(node, f"wsapp:lab-twice-{node}") for node in (2, PROMOTER)}
 
     def two_promotions():
         return finish_all([start_promotion(lab, node, images[node], LOCK_FILE=f"/tmp/wsapp-{node}.lock")
