@@ -292,7 +292,7 @@ swarm_job() {
   shift 3
   local name states="" deadline=$((SECONDS + seconds))
   name=wsapp-$kind-$(date -u +%H%M%S)-$RANDOM
-  docker service create --quiet --detach --name "$name" --label "com.wsapp.job=$kind" \
+  docker service create --quiet --detach --no-resolve-image --name "$name" --label "com.wsapp.job=$kind" \
     --container-label "com.wsapp.job=$kind" --restart-condition none "$@" >/dev/null || return 1
   while ((SECONDS < deadline)); do
     states=$(docker service ps "$name" --format '{{.CurrentState}}' 2>/dev/null) || true
