@@ -112,7 +112,9 @@ class Traffic:
                 edge = self.ws_urls[attempt % len(self.ws_urls)]
                 attempt += 1
                 url = f"{edge}/ws/rooms/{room}/{client.receipt.query()}"
-                ws = await websockets.connect(url, origin=ORIGIN, open_timeout=10,
+                # close_timeout: a client that found its connection dead does not wait 10 s for a
+                # closing handshake that cannot come before it reconnects.
+                ws = await websockets.connect(url, origin=ORIGIN, open_timeout=10, close_timeout=1,
                                               ping_interval=self.keepalive, ping_timeout=self.keepalive)
             except Exception as exc:
                 self.connect_failures.append(repr(exc))
