@@ -161,10 +161,13 @@ smoke() {
 # on, on any node, serves COLOR; the label restarts no task), then every running Nginx (a job on
 # each edge node runs switch-color there), then every Nginx is asked, over the overlay network,
 # which color it serves and what its public route answers.
+# Chained with &&, not left to set -e: restore() runs this with set -e off (and inside `if !`),
+# where a failed label update must not pass as a switch (Nginx that restart later would serve the
+# color restore() then removes).
 switch_to() {
-  docker service update --detach --label-add "$COLOR_LABEL=$1" "$NGINX_SERVICE" >/dev/null
-  switch_edges "$1"
-  expect_edges "$1"
+  docker service update --detach --label-add "$COLOR_LABEL=$1" "$NGINX_SERVICE" >/dev/null &&
+    switch_edges "$1" &&
+    expect_edges "$1"
 }
 
 switch_edges() {

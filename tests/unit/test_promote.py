@@ -63,7 +63,11 @@ case "$1 ${2:-}" in
     elif [[ $* == *Mode.Global*wsapp_nginx ]]; then echo global
     elif [[ $* == *Replicas* ]]; then echo 2
     else echo wsapp:old; fi ;;
-  "service update") [[ $* =~ active-color=([a-z]+) ]] && echo "${BASH_REMATCH[1]}" >"$state/active"; true ;;
+  "service update")
+    if [[ $* =~ active-color=([a-z]+) ]]; then
+      [[ -e $state/fail-label-${BASH_REMATCH[1]} ]] && exit 1
+      echo "${BASH_REMATCH[1]}" >"$state/active"
+    fi ;;
   "service ps")
     if [[ $* == *wsapp-ctl-* || $* == *wsapp-edge-* ]]; then echo "Complete 1 second ago"
     elif [[ $* == *wsapp_nginx* ]]; then echo "Running 1 second ago"
@@ -315,3 +319,20 @@ def test_a_switch_records_the_color_then_switches_and_asks_every_edge(fake):
     assert "--mode global-job --constraint node.labels.wsapp.edge==true" in lines[job]
     assert "source=/var/run/docker.sock" in lines[job]
     assert (state / "active").read_text() == "green\n"
+
+
+def test_a_failed_label_update_while_restoring_is_not_taken_for_a_switch_back(fake):
+    """The restoration runs with set -e off: a label update back to blue that fails must fail the
+    switch, not be followed by removing green (an Nginx that restarts would then serve a removed
+    color, and the next promotion would find the recorded color not deployed)."""
+    state, env = fake
+    (state / "healthy").touch()
+    (state / "fail-wait-drained").touch()
+    (state / "fail-label-blue").touch()
+    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode != 0
+    assert "switching Nginx back to blue failed; green still serves and is kept" in result.stderr
+    assert "blue serves, as before the promotion." not in result.stderr
+    assert (state / "active").read_text() == "green\n"
+    assert (state / "green").exists()
