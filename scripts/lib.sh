@@ -360,6 +360,7 @@ remove_jobs() {
 # LOCK_STALE_SECONDS was left by a command that was killed outright: it is taken over, with a warning.
 readonly SWARM_LOCK=wsapp-lock
 readonly LOCK_STALE_SECONDS=${LOCK_STALE_SECONDS:-1800}
+# The ID of the lock config this command created (empty: it holds none).
 SWARM_LOCK_HELD=""
 
 # take_lock: hold LOCK_FILE (this machine) and the swarm-wide lock until this script exits; a
@@ -370,25 +371,31 @@ take_lock() {
   flock -n 9 || die "another up, down, promote or rollback holds $LOCK_FILE; wait for it to finish"
   trap release_lock EXIT
   [[ $(docker info --format '{{.Swarm.ControlAvailable}}' 2>/dev/null) == true ]] || return 0
-  local holder since
+  local holder stale id since
   holder="${0##*/} pid $$ on $(hostname) via ${DOCKER_HOST:-the local engine}"
   if ! create_swarm_lock "$holder"; then
-    since=$(docker config inspect --format '{{index .Spec.Labels "com.wsapp.lock.since"}}' "$SWARM_LOCK" 2>/dev/null) || true
+    stale=$(docker config inspect --format '{{.ID}} {{index .Spec.Labels "com.wsapp.lock.since"}}' "$SWARM_LOCK" 2>/dev/null) || true
+    read -r id since <<<"$stale"
     if [[ $since =~ ^[0-9]+$ ]] && (($(date +%s) - since > LOCK_STALE_SECONDS)); then
       warn "taking over the swarm lock left $(($(date +%s) - since))s ago by $(swarm_lock_holder)"
-      docker config rm "$SWARM_LOCK" >/dev/null 2>&1 || true
-      create_swarm_lock "$holder" || die "could not take the swarm lock"
+      # By ID: if another command took the stale lock over meanwhile, its lock (a new ID) stays
+      # and the create below fails, instead of both holding the lock.
+      docker config rm "$id" >/dev/null 2>&1 || true
+      create_swarm_lock "$holder" || die "could not take the swarm lock: $(swarm_lock_holder) holds it"
     else
       die "another command holds the swarm lock: $(swarm_lock_holder). If none runs (it was killed)," \
         "remove it: ./promote.sh unlock"
     fi
   fi
-  SWARM_LOCK_HELD=1
 }
 
+# create_swarm_lock HOLDER: create the lock; SWARM_LOCK_HELD is its ID (release_lock removes that
+# config only, never a lock another command took over).
 create_swarm_lock() {
-  printf '%s\n' "$1" | docker config create --label "com.wsapp.lock.since=$(date +%s)" \
-    --label "com.wsapp.lock.holder=$1" "$SWARM_LOCK" - >/dev/null 2>&1
+  local id
+  id=$(printf '%s\n' "$1" | docker config create --label "com.wsapp.lock.since=$(date +%s)" \
+    --label "com.wsapp.lock.holder=$1" "$SWARM_LOCK" - 2>/dev/null) && [[ -n $id ]] || return 1
+  SWARM_LOCK_HELD=$id
 }
 
 swarm_lock_holder() {
@@ -397,9 +404,13 @@ swarm_lock_holder() {
 }
 
 # release_lock: give the swarm-wide lock back (the file lock ends with the process). Never fails.
+# By ID: a command that ran past LOCK_STALE_SECONDS must not remove the lock of the one that took
+# it over.
 release_lock() {
   [[ -n $SWARM_LOCK_HELD ]] || return 0
-  docker config rm "$SWARM_LOCK" >/dev/null 2>&1 || warn "could not remove the swarm lock $SWARM_LOCK: ./promote.sh unlock"
+  docker config rm "$SWARM_LOCK_HELD" >/dev/null 2>&1 ||
+    warn "could not remove the swarm lock $SWARM_LOCK (ID $SWARM_LOCK_HELD): if the engine was away, ./promote.sh unlock;" \
+      "if it was taken over as stale, it is the other command's now"
   SWARM_LOCK_HELD=""
 }
 

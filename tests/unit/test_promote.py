@@ -38,22 +38,36 @@ case "$1 ${2:-}" in
   tag\ *) ;;
   "push -q") echo "$3" >>"$state/pushed" ;;
   "pull -q") echo "manifest unknown" >&2; exit 1 ;;
-  # The swarm-wide lock (a Swarm config): create fails while it exists, as the managers make it.
-  # Other configs (release_tools.py for the edge job) exist.
+  # The swarm-wide lock (a Swarm config): create fails while it exists, as the managers make it,
+  # and prints its ID ($state/swarm-lock-id; "other-id" for a lock a test wrote); rm takes the name
+  # or that ID. Other configs (release_tools.py for the edge job) exist.
   "config create")
     if [[ $* == *wsapp-lock* ]]; then
       [[ -e $state/swarm-lock ]] && exit 1
       printf '%s\n' "$*" >"$state/swarm-lock"
+      echo "lock-$$" | tee "$state/swarm-lock-id"
     fi ;;
-  "config rm") [[ -e $state/swarm-lock ]] || exit 1; rm "$state/swarm-lock" ;;
+  "config rm")
+    [[ -e $state/swarm-lock ]] || exit 1
+    # race-takeover: another command took the stale lock over just before this rm.
+    [[ -e $state/race-takeover ]] && { rm "$state/race-takeover"; echo rival-id >"$state/swarm-lock-id"; }
+    [[ $3 == wsapp-lock || $3 == "$(cat "$state/swarm-lock-id" 2>/dev/null || echo other-id)" ]] || exit 1
+    rm -f "$state/swarm-lock" "$state/swarm-lock-id" ;;
   "config inspect")
     if [[ $* == *wsapp-lock* ]]; then
       [[ -e $state/swarm-lock ]] || exit 1
-      [[ $* == *since* ]] && echo "${LOCK_SINCE:-$(date +%s)}" || echo "promote.sh pid 1 on elsewhere"
+      if [[ $* == *since* ]]; then
+        [[ $* == *.ID* ]] && printf '%s ' "$(cat "$state/swarm-lock-id" 2>/dev/null || echo other-id)"
+        echo "${LOCK_SINCE:-$(date +%s)}"
+      else
+        echo "promote.sh pid 1 on elsewhere"
+      fi
     fi ;;
   "ps -aq") ;;
   "stack ls") echo wsapp-blue; [[ -e $state/green ]] && echo wsapp-green; true ;;
   "stack deploy")
+    # takeover-at-deploy: another command takes this one's lock over as stale while it runs.
+    [[ -e $state/takeover-at-deploy ]] && echo rival-id >"$state/swarm-lock-id"
     echo "ALLOWED_HOSTS=$ALLOWED_HOSTS REPLICAS=$REPLICAS" >>"$state/deployed"
     echo "$APP_IMAGE $APP_VERSION" >>"$state/images"; touch "$state/green" ;;
   "stack rm") sleep "$(cat "$state/rm-delay" 2>/dev/null || echo 0)"; rm -f "$state/green" ;;
@@ -336,3 +350,32 @@ def test_a_failed_label_update_while_restoring_is_not_taken_for_a_switch_back(fa
     assert "blue serves, as before the promotion." not in result.stderr
     assert (state / "active").read_text() == "green\n"
     assert (state / "green").exists()
+
+
+def test_a_lock_taken_over_as_stale_is_not_removed_by_its_first_holder(fake):
+    """A promotion that runs past LOCK_STALE_SECONDS loses its lock to another command; at its exit it
+    must not remove that command's lock (a third could then start alongside it)."""
+    state, env = fake
+    (state / "healthy").touch()
+    (state / "takeover-at-deploy").touch()
+    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert (state / "swarm-lock").exists(), "the other command's lock was removed"
+    assert (state / "swarm-lock-id").read_text() == "rival-id\n"
+
+
+def test_two_commands_taking_over_one_stale_lock_do_not_both_hold_it(fake):
+    """Both find the lock stale; the other removes it and creates its own first: this one's removal
+    (of the stale lock, by its ID) must not remove the new lock, so this one stops."""
+    state, env = fake
+    (state / "swarm-lock").write_text("held\n")
+    (state / "race-takeover").touch()
+    (state / "healthy").touch()
+    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], capture_output=True, text=True,
+                            timeout=60, env={**env, "LOCK_SINCE": str(int(time.time()) - 7200),
+                                             "LOCK_STALE_SECONDS": "1800"})
+    assert result.returncode == 1, result.stderr
+    assert "could not take the swarm lock" in result.stderr
+    assert "stack deploy" not in calls(state)
+    assert (state / "swarm-lock-id").read_text() == "rival-id\n", "the other command's lock must stay"
