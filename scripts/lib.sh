@@ -299,7 +299,10 @@ swarm_job() {
     [[ -n $states ]] && ! grep -qvE '^(Complete|Failed|Rejected|Shutdown|Orphaned)' <<<"$states" && break
     sleep 0.5
   done
-  docker service logs --raw "$name" 2>&1 || true
+  # Bounded: `docker service logs` is known to hang now and then (docker/cli#4678, moby#33183), and
+  # it runs in the restoration too.
+  timeout --kill-after=2 10 docker service logs --raw "$name" 2>&1 ||
+    echo "WARNING: the output of $what could not be read (within 10 s)" >&2
   docker service rm "$name" >/dev/null 2>&1 || true
   # A finished job's container outlives its service: remove it where it ran on this node (an edge
   # job's containers on other nodes are removed by the next edge job there, release_tools.py).

@@ -88,7 +88,8 @@ case "$1 ${2:-}" in
     elif [[ -e $state/healthy ]]; then printf 'Running 1 second ago\nRunning 1 second ago\n'
     else touch "$state/checking"; sleep 1; echo "Starting 1 second ago"; fi ;;
   "service create") [[ $* == *" undrain "* && -e $state/fail-undrain ]] && exit 1; echo job ;;
-  "service logs" | "service rm") ;;
+  "service logs") [[ -e $state/hang-logs ]] && exec sleep 600; true ;;
+  "service rm") ;;
   "run --rm") [[ $* == *wait-drained* && -e $state/fail-wait-drained ]] && exit 1; true ;;
   *) echo "fake docker: unexpected: $*" >&2; exit 2 ;;
 esac
@@ -379,3 +380,17 @@ def test_two_commands_taking_over_one_stale_lock_do_not_both_hold_it(fake):
     assert "could not take the swarm lock" in result.stderr
     assert "stack deploy" not in calls(state)
     assert (state / "swarm-lock-id").read_text() == "rival-id\n", "the other command's lock must stay"
+
+
+def test_a_job_whose_logs_hang_still_ends(fake):
+    """`docker service logs` can hang (a known engine bug): a job that completed must not wait for it
+    forever, nor fail for it (it runs in the restoration too)."""
+    state, env = fake
+    (state / "hang-logs").touch()
+    started = time.monotonic()
+    result = subprocess.run(["bash", "-c", f'. "{ROOT}/scripts/lib.sh"; swarm_job 5 ctl "rooms.ctl probe" '
+                             "--mode replicated-job wsapp:old python -m rooms.ctl probe"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 30
+    assert "could not be read" in result.stderr
