@@ -77,7 +77,7 @@ class Lab:
         """A new version of the running app image, tagged `tag` on node N (promote.sh run there pushes
         it and deploys its digest; the version is the tag)."""
         service = f"wsapp-{self.version(1)['color']}_app"
-        image = self.docker(node, "service", "inspect", "--format",
+        image = self.docker(self.manager(), "service", "inspect", "--format",
                             "{{.Spec.TaskTemplate.ContainerSpec.Image}}", service)
         if "@" in image:
             self.docker(node, "pull", "-q", image, timeout=300)
