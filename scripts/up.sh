@@ -169,17 +169,6 @@ push_infra_images() {
   log "infra images: $NGINX_IMAGE $REDIS_IMAGE $PROMETHEUS_IMAGE"
 }
 
-# Nginx runs as its non-root user and writes the active color to this volume, which Docker would
-# create owned by root: create it (labelled as the stack's own) and give it to that user, once,
-# in a container that may do nothing else.
-prepare_nginx_volume() {
-  local volume=${INFRA_STACK}_nginx_active
-  docker volume inspect "$volume" >/dev/null 2>&1 ||
-    docker volume create --label "com.docker.stack.namespace=$INFRA_STACK" "$volume" >/dev/null
-  docker run --rm --network none --user 0 --cap-drop ALL --cap-add CHOWN --security-opt no-new-privileges \
-    -v "$volume:/active" --entrypoint chown "$NGINX_IMAGE" "$NGINX_UID:$NGINX_UID" /active >/dev/null
-}
-
 # Prometheus and Grafana publish no port. This proxy, a plain container on the overlay network,
 # publishes them on this machine's loopback only (docs/security.md).
 start_ops_proxy() {
