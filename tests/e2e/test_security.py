@@ -118,7 +118,11 @@ def test_only_nginx_is_reachable_from_other_hosts(system):
         ports = json.loads(docker("service", "inspect", "--format", "{{json .Endpoint.Ports}}", service))
         if ports:
             published[service] = sorted(p["TargetPort"] for p in ports)
-    assert published == {"wsapp_nginx": [8080]}
+    # The registry's proxy is published on every node (host mode binds every address) but lets only
+    # the node's own engine through: from another address it answers 403.
+    assert published == {"wsapp_nginx": [8080], "wsapp-registry_proxy": [5000]}
+    status, _, _ = get(f"http://{address}:5000/v2/")
+    assert status == 403, f"the registry answers {status} on {address}"
 
 
 def test_the_operator_reaches_prometheus_on_loopback_and_cannot_stop_it(system):
