@@ -34,11 +34,13 @@ def test_promtool_rule_unit_tests_pass():
 def test_one_app_job_finds_both_colors_and_labels_each_with_its_color():
     """As Prometheus applies the relabel (an anchored regex, replacement $1) to each DNS name."""
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
-    jobs = [job for job in config["scrape_configs"] if "dns_sd_configs" in job]
-    assert [job["job_name"] for job in jobs] == ["app"]
-    names = [name for sd in jobs[0]["dns_sd_configs"] for name in sd["names"]]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"] if "dns_sd_configs" in job}
+    # app: every replica of both colors; nginx: every edge's Nginx (tasks.wsapp_nginx).
+    assert sorted(jobs) == ["app", "nginx"]
+    assert [name for sd in jobs["nginx"]["dns_sd_configs"] for name in sd["names"]] == ["tasks.wsapp_nginx"]
+    names = [name for sd in jobs["app"]["dns_sd_configs"] for name in sd["names"]]
     assert names == ["tasks.wsapp-blue_app", "tasks.wsapp-green_app"]
-    (relabel,) = jobs[0]["relabel_configs"]
+    (relabel,) = jobs["app"]["relabel_configs"]
     assert relabel["source_labels"] == ["__meta_dns_name"] and relabel["target_label"] == "color"
     assert relabel.get("replacement", "$1") == "$1"
     colors = [re.fullmatch(relabel["regex"], name)[1] for name in names]
