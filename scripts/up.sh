@@ -125,21 +125,13 @@ no_local_nginx() {
 
 # The registry runs as nobody. The official image's /var/lib/registry is root's, and so would be a
 # new volume mounted there: a one-off task on the registry's node gives the volume to nobody (the
-# stand-in's is nobody's already). A replicated service, not a job: a job's container outlives it.
+# stand-in's is nobody's already). A replicated task (swarm_job without a job mode): removing the
+# service removes its container on whichever node it ran, which a job's would outlive.
 prepare_registry_volume() {
-  local name=${REGISTRY_STACK}_chown state="" deadline=$((SECONDS + UP_TIMEOUT))
-  docker service rm "$name" >/dev/null 2>&1 || true
-  docker service create --quiet --detach --no-resolve-image --name "$name" --restart-condition none \
+  swarm_job "$UP_TIMEOUT" chown "giving the registry's volume to its user" \
     --constraint node.labels.wsapp.registry==true --user 0 --read-only --cap-drop ALL --cap-add CHOWN \
     --mount "type=volume,source=${REGISTRY_STACK}_registry_data,target=/data,volume-label=com.docker.stack.namespace=$REGISTRY_STACK" \
-    --entrypoint "chown 65534:65534 /data" "$REGISTRY_IMAGE" >/dev/null
-  while ((SECONDS < deadline)); do
-    state=$(docker service ps "$name" --format '{{.CurrentState}}' 2>/dev/null | head -n 1) || true
-    case $state in Complete* | Failed* | Rejected*) break ;; esac
-    sleep 1
-  done
-  docker service rm "$name" >/dev/null 2>&1 || true
-  [[ $state == Complete* ]] || die "giving the registry's volume to its user ended '${state:-not started}'"
+    --entrypoint "chown 65534:65534 /data" "$REGISTRY_IMAGE" || die "could not give the registry's volume to its user"
 }
 
 # The project's own registry (stack/registry.yml), unless REGISTRY names another. Its images are
