@@ -9,8 +9,11 @@ shared by all clients (a Counter):
   `too_old` says are no longer kept. A skipped seq that comes later after all is moved from lost
   to out_of_order;
 - duplicated: a seq at or below the last one that was not missing (received before);
-- resync_too_old, resync_ahead: resync frames (ahead: the room's counter went back, the client
-  starts again from its `from`);
+- resync_too_old, resync_ahead, resync_epoch: resync frames (ahead: the room's counter went back;
+  epoch: the room's history is a new one, after a Redis failover, restart or expiry; either way the
+  client starts again from its `from`);
+- redelivered: messages the replay after a resync `epoch` held that the client already had (the
+  same id): dropped, as wsapp.js drops them, and not duplicates;
 - resumes, replayed, max_replay: reconnects with `since` and how many kept messages the server
   replayed to them (welcome.seq - since, or welcome.seq - from + 1 after a resync).
 
@@ -19,8 +22,9 @@ Used by loadtest/locustfile.py and tests/e2e/load.py; it imports nothing of eith
 
 from collections import Counter
 
-COUNTS = ("received", "lost", "duplicated", "out_of_order", "resync_too_old", "resync_ahead", "resumes",
-          "replayed", "max_replay")
+COUNTS = ("received", "lost", "duplicated", "out_of_order", "resync_too_old", "resync_ahead", "resync_epoch",
+          "redelivered", "resumes", "replayed", "max_replay")
+KEPT_IDS = 10000  # ids of the newest messages received, to drop what an epoch's replay repeats
 
 
 def new_totals():
@@ -34,11 +38,16 @@ class Receipt:
         self.since = None
         self.missing = set()
         self.pending_replay = None
+        self.epoch = None  # the epoch of last
+        self.ids = {}  # id -> None, oldest first: the newest KEPT_IDS messages' ids
+        self.replay_upto = 0  # after a resync epoch: its replay, up to this seq, may repeat known ids
 
     def query(self):
-        """The query string for the next connection: resume from the last seq seen."""
+        """The query string for the next connection: resume from the last seq seen, in its epoch."""
         self.since = self.last
-        return "" if self.last is None else f"?since={self.last}"
+        if self.last is None:
+            return ""
+        return f"?since={self.last}" + ("" if self.epoch is None else f"&epoch={self.epoch}")
 
     def welcome(self, frame):
         self.commit_replay()
@@ -46,6 +55,7 @@ class Receipt:
         if self.since is None:
             if self.last is None:
                 self.last = seq
+                self.epoch = frame.get("epoch")
             return
         self.totals["resumes"] += 1
         self.pending_replay = max(0, seq - self.since)
@@ -65,13 +75,24 @@ class Receipt:
             self.totals["lost"] += start - 1 - self.last
         self.pending_replay = frame["seq"] - start + 1
         self.last = start - 1
+        self.epoch = frame.get("epoch", self.epoch)
+        if reason == "epoch":
+            self.replay_upto = frame["seq"]
         self.missing = {seq for seq in self.missing if seq <= self.last}
         return reason
 
-    def message(self, seq):
-        """Record a message's seq; returns None if it was the next one, else what went wrong."""
+    def message(self, seq, msg_id=None):
+        """Record a message's seq (and id); returns None if it was the next one, else what went wrong."""
         self.totals["received"] += 1
         self.commit_replay()
+        if msg_id is not None:
+            if seq <= self.replay_upto and msg_id in self.ids:
+                self.totals["redelivered"] += 1
+                self.last = max(self.last, seq)
+                return None
+            self.ids[msg_id] = None
+            if len(self.ids) > KEPT_IDS:
+                del self.ids[next(iter(self.ids))]
         last = self.last
         if last is None or seq == last + 1:
             self.last = seq

@@ -205,7 +205,7 @@ class WebSocketUser(User):
             handover_ms = (self.last_message_at - self.handover_from) * 1000
             DELIVERY["max_handover_ms"] = max(DELIVERY["max_handover_ms"], round(handover_ms))
             self.handover_from = None
-        problem = self.receipt.message(frame["seq"])
+        problem = self.receipt.message(frame["seq"], frame.get("id"))
         if problem is not None:
             self.report(f"seq {problem}", exception=ProtocolError(f"seq {frame['seq']}: {problem}"))
         if frame.get("session") is not None and frame.get("body") in self.pending:

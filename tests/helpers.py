@@ -1,6 +1,7 @@
 """Helpers shared by the test tiers. Those bench/ needs too (processes, Redis, ports, waits) live in
 testkit/, which does not need pytest; they are re-exported here so tests import from one place."""
 
+import itertools
 import signal
 import subprocess
 from pathlib import Path
@@ -11,13 +12,38 @@ from testkit import ROOT, AppServer, MissingCommand, Process, RedisNode, RedisSe
 from testkit.processes import command
 
 __all__ = ["DASHBOARDS", "ROOT", "AppServer", "Process", "RedisNode", "RedisServer", "dashboard_queries",
-           "finish_all", "free_port",
+           "finish_all", "free_port", "publish_args",
            "reap", "require_command", "start_interruptible", "wait_until"]
 
 # Grafana dashboards: checked statically by the unit tier, every query evaluated by the e2e tier.
 # The Origin header the unit tier's ASGI clients send (ALLOWED_HOSTS has localhost).
 ORIGIN_HEADER = (b"origin", b"http://localhost")
 DASHBOARDS = sorted(Path(ROOT, "observability", "grafana", "dashboards").glob("*.json"))
+
+
+_published = itertools.count(1)
+
+
+def publish_args(room, body, history_seconds=600, session="other", history_max=1000, history_bytes=2**40):
+    """redis-py eval() arguments that publish into a room as another replica would (rooms.scripts),
+    with an id of their own and, by default, no byte bound on the history."""
+    from rooms.frames import frame_parts
+    from rooms.names import (
+        CHANNEL_PREFIX,
+        EPOCH_PREFIX,
+        HISTORY_PREFIX,
+        SENT_PREFIX,
+        SENT_TIMES_PREFIX,
+        SEQ_PREFIX,
+    )
+    from rooms.scripts import PUBLISH_SCRIPT
+
+    msg_id = f"t{next(_published)}"
+    prefixes = (SEQ_PREFIX, HISTORY_PREFIX, CHANNEL_PREFIX, EPOCH_PREFIX, SENT_PREFIX, SENT_TIMES_PREFIX)
+    keys = [prefix + room for prefix in prefixes]
+    head, tail = frame_parts(room, session, body, 0, msg_id)
+    args = [head, tail, history_max, history_seconds, history_bytes, f"{session}:{msg_id}", "a", 600, 10000]
+    return (PUBLISH_SCRIPT, len(keys), *keys, *args)
 
 
 def require_command(name, why):

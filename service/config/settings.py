@@ -213,6 +213,13 @@ ROOM_HISTORY_SECONDS = env_int("ROOM_HISTORY_SECONDS", 600, minimum=1)
 # every busy room at once (docs/security.md, "Redis"): 256 KiB is 5 frames of the largest body or
 # over a thousand ordinary chat messages, so ROOM_HISTORY_MAX stays the bound for normal rooms.
 ROOM_HISTORY_BYTES = env_int("ROOM_HISTORY_BYTES", 262144, minimum=4096)
+# Message ids are kept per room and sender (docs/protocol.md, "Message ids") for ROOM_IDS_SECONDS, at most
+# ROOM_IDS_MAX per room, whatever the history keeps: a client's resend within that window publishes once.
+ROOM_IDS_SECONDS = env_int("ROOM_IDS_SECONDS", 600, minimum=1)
+ROOM_IDS_MAX = env_int("ROOM_IDS_MAX", 10000, minimum=1)
+# How long a process tries to learn the fate of a publish whose reply was lost (a Redis stall) before it
+# has the client resend it on a new connection (docs/protocol.md, "Redis outages").
+PUBLISH_SETTLE_SECONDS = env_float("PUBLISH_SETTLE_SECONDS", 10.0, minimum=1.0)
 # Fault injection for testing release gates: this share of chat messages is answered with an
 # "internal" error instead of being published. Never set it in production.
 FAULT_ERROR_SHARE = env_float("FAULT_ERROR_SHARE", 0.0, minimum=0.0)

@@ -5,7 +5,6 @@ import json
 import logging
 import re
 import secrets
-from collections import deque
 
 from channels.exceptions import StopConsumer
 from django.conf import settings
@@ -13,8 +12,9 @@ from django.conf import settings
 from wsserver import SEND_TEXT_NOWAIT
 
 from . import draining, metrics, resume
+from .frames import frame_seq, server_id
 from .generic import DatabaseFreeConsumer
-from .hub import Duplicate, HubUnavailable, frame_seq, get_hub
+from .hub import Duplicate, HubUnavailable, NotPublished, get_hub
 from .names import (
     CLOSE_POLICY_VIOLATION,
     CLOSE_SERVER_ERROR,
@@ -22,6 +22,7 @@ from .names import (
     CLOSE_TRY_AGAIN_LATER,
     Error,
 )
+from .outbox import Outbox
 from .ratelimit import TokenBucket
 from .readiness import refusal
 from .sessions import Session, register, unregister
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 RELEASE_FLUSH_SECONDS = 2.0
 MESSAGE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a client's message id (docs/protocol.md)
+NOT_PUBLISHED = "the message was not published; send it again"
 
 
 def message_id(data):
@@ -52,13 +54,28 @@ def frame_message_id(text_data):
 
 
 class RoomConsumer(DatabaseFreeConsumer):
+    """One member of one room.
+
+    Every room frame reaches the member through room_frame(), which keeps the connection's stream
+    whole: within the epoch of its welcome, each message's seq is one more than the last one sent
+    (`last`, which starts at the welcome's seq, or the end of the replay). A frame at or below `last`
+    was sent already (by the replay); anything else, a jump or another epoch, means messages this
+    connection cannot be sent in order, so it resumes: a reconnect notice with what it was sent, and
+    1012 (the client comes back with ?since=).
+    """
+
     session_id = None
     closing = False  # class defaults: a fault before connect() set them still closes cleanly
     close_code = None
-    writer = None
-    outbox_bytes = 0  # what the outbox holds; frames are JSON text, ASCII (json.dumps escapes the rest)
-    seq = 0  # the room's seq when this connection joined (its welcome's)
-    skip_to = None  # while set, room messages up to this seq are dropped: the backlog had them
+    outbox = None
+    epoch = None  # the epoch of this connection's welcome; None until then
+    last = 0  # the seq of the last room message queued for this client
+
+    early = None  # while joining, the room frames that came before the welcome: (frame, epoch, seq)
+
+    @property
+    def welcomed(self):
+        return self.epoch is not None and self.early is None
 
     async def connect(self):
         self.room = self.scope["url_route"]["kwargs"]["room"]
@@ -66,32 +83,31 @@ class RoomConsumer(DatabaseFreeConsumer):
         if reason is not None:
             await self.refuse(reason)
             return
-        self.outbox = ()  # a deque once something has to wait: most connections never need one
-        self.outbox_max = settings.OUTBOUND_QUEUE_MAX  # read once: Django's settings proxy is slow per frame
-        self.outbox_bytes_max = settings.OUTBOUND_QUEUE_BYTES
-        self.writer = None
         # Offered by wsserver.protocol; absent under other servers and in tests with a communicator.
-        self.send_nowait = self.scope.get("extensions", {}).get(SEND_TEXT_NOWAIT)
-        self.open = False
+        send_nowait = self.scope.get("extensions", {}).get(SEND_TEXT_NOWAIT)
+        self.outbox = Outbox(lambda frame: self.send(text_data=frame), send_nowait,
+                             settings.OUTBOUND_QUEUE_MAX, settings.OUTBOUND_QUEUE_BYTES)
+        self.early = []
         self.closing = False
         self.close_code = None
         self.strikes = 0
         self.bucket = TokenBucket(settings.RATE_LIMIT_PER_SECOND, settings.RATE_LIMIT_BURST)
         try:
-            since = resume.parse_since(self.scope.get("query_string", b""))
-        except resume.InvalidSince as exc:
-            await self.refuse_since(str(exc))
+            query = resume.Query(self.scope.get("query_string", b""))
+        except resume.InvalidQuery as exc:
+            await self.refuse_query(str(exc))
             return
-        # Join first, then read the room: live frames queue in the outbox meanwhile (see rooms.resume).
+        self.sender = query.sender or secrets.token_urlsafe(16)
+        # Join first, then read the room: live frames are held meanwhile (see rooms.resume).
         try:
             await get_hub().join(self.room, self)
-            backlog = await get_hub().backlog(self.room, since)
+            backlog = await get_hub().backlog(self.room, query.since, query.epoch)
         except HubUnavailable as exc:
             log.warning("handshake refused: %s", exc)
             await get_hub().leave(self.room, self)
             await self.refuse("unavailable")
             return
-        self.seq = backlog.seq
+        self.epoch, self.last = backlog.epoch, backlog.seq
         self.session_id = secrets.token_urlsafe(9)
         client = self.scope.get("client") or ("", 0)
         register(Session(self.session_id, self.room, f"{client[0]}:{client[1]}", self))
@@ -103,9 +119,10 @@ class RoomConsumer(DatabaseFreeConsumer):
             "color": settings.COLOR,
             "replica": settings.REPLICA,
             "version": settings.APP_VERSION,
+            "epoch": backlog.epoch,
             "seq": backlog.seq,
         }
-        resync = resume.resync(self.room, since, backlog)
+        resync = resume.resync(self.room, query, backlog)
         try:
             await self.accept()
             await self.send(text_data=json.dumps(welcome))
@@ -115,22 +132,16 @@ class RoomConsumer(DatabaseFreeConsumer):
             if cut is not None:
                 # The rest of the history went (trimmed, or Redis lost) while this client was read
                 # its first pages: live frames would leave a gap. It resumes from what it got.
-                self.outbox = ()
-                self.outbox_bytes = 0
-                await self.send(text_data=draining.notice(cut, draining.REASON_RESUME))
-                await self.close_with(CLOSE_SERVICE_RESTART)
+                self.last, self.early = cut, None
+                self.resume()
                 return
         except Exception as exc:  # the client left while the room was being joined
             log.info("handshake not completed: %r", exc)
             raise StopConsumer from exc  # DatabaseFreeConsumer runs disconnect()
-        # Live frames up to the backlog's seq, queued while joining or still on their way from Redis,
-        # were in the backlog: drop them (rooms.resume).
-        self.skip_to = backlog.seq
-        if self.outbox:
-            self.outbox = deque(resume.after_seq(self.outbox, backlog.seq))
-            self.outbox_bytes = sum(map(len, self.outbox))
-        self.open = True
-        self.kick()
+        early, self.early = self.early, None
+        self.outbox.start()
+        for frame, epoch, seq in early:
+            self.room_frame(frame, epoch, seq)
 
     async def replay(self, backlog):
         """Send the backlog a page at a time, so that only one page is held for a client that does
@@ -150,7 +161,7 @@ class RoomConsumer(DatabaseFreeConsumer):
                 return sent
         return None
 
-    async def refuse_since(self, detail):
+    async def refuse_query(self, detail):
         metrics.ERRORS.labels(Error.INVALID_SINCE).inc()
         await self.accept()
         error = {"type": "error", "error": Error.INVALID_SINCE, "detail": detail}
@@ -172,8 +183,7 @@ class RoomConsumer(DatabaseFreeConsumer):
                 await get_hub().leave(self.room, self)
             return
         self.closing = True
-        if self.writer is not None:
-            self.writer.cancel()
+        self.outbox.cancel()
         unregister(self.session_id)
         await get_hub().leave(self.room, self)
         metrics.CONNECTIONS_CLOSED.labels(str(self.close_code or code)).inc()
@@ -223,14 +233,48 @@ class RoomConsumer(DatabaseFreeConsumer):
             await self.publish(body, msg_id)
 
     async def publish(self, body, msg_id=None):
+        """Publish once, and give the sender exactly one answer: its message's echo (published), a
+        `duplicate` (published before), or an error with its id (not published). A publish whose
+        reply is lost is never retried: settle() learns its fate."""
+        given, msg_id = msg_id, msg_id or server_id()
+        attempt = secrets.token_urlsafe(9)
         try:
-            await get_hub().publish(self.room, self.session_id, body, msg_id)
+            await get_hub().publish(self.room, self.session_id, body, msg_id, self.sender, attempt)
         except HubUnavailable:
-            self.error(Error.UNAVAILABLE, "the message could not be published; try again", msg_id)
+            await self.settle(msg_id, given, attempt)
+        except NotPublished:
+            self.error(Error.UNAVAILABLE, NOT_PUBLISHED, given)
         except Duplicate as duplicate:  # a resend of a message the room has: say so, publish nothing
-            self.deliver(json.dumps({"type": "duplicate", "id": msg_id, "seq": duplicate.seq}))
+            self.deliver(json.dumps({"type": "duplicate", "id": given, "epoch": duplicate.epoch,
+                                     "seq": duplicate.seq}))
         else:
             metrics.BROADCASTS.inc()
+
+    async def settle(self, msg_id, given, attempt):
+        """Learn the fate of an attempt whose reply was lost, within PUBLISH_SETTLE_SECONDS: fence it
+        (rooms.scripts). Published: its echo is the answer. Fenced: an `unavailable` error, and it
+        can never be published by that attempt. Still unknown: the client resumes on a new connection
+        and resends it (idempotent by its id)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.PUBLISH_SETTLE_SECONDS
+        delay = 0.1
+        while (remaining := deadline - loop.time()) > 0:
+            try:
+                published = await asyncio.wait_for(get_hub().fence(self.room, msg_id, self.sender, attempt),
+                                                   remaining)
+            except (HubUnavailable, TimeoutError):
+                await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
+                delay = min(delay * 2, 2.0)
+                continue
+            if published is None:
+                self.error(Error.UNAVAILABLE, NOT_PUBLISHED, given)
+            else:
+                metrics.BROADCASTS.inc()
+            return
+        log.warning("room %r: the fate of a message stayed unknown for %gs; its sender resumes",
+                    self.room, settings.PUBLISH_SETTLE_SECONDS)
+        metrics.ERRORS.labels(Error.UNAVAILABLE).inc()
+        self.resume()
 
     def error(self, code, detail, msg_id=None):
         """An error frame; one answering a message that carried a valid id echoes it."""
@@ -240,52 +284,55 @@ class RoomConsumer(DatabaseFreeConsumer):
             frame["id"] = msg_id
         self.deliver(json.dumps(frame))
 
+    def room_frame(self, frame, epoch, seq):
+        """A room message from the hub (see the class docstring)."""
+        if self.closing:
+            return
+        if self.early is not None:  # still joining: kept until the welcome and replay are sent
+            self.early.append((frame, epoch, seq))
+            if len(self.early) > settings.OUTBOUND_QUEUE_MAX:
+                self.early = []
+                self.slow_consumer()
+            return
+        if epoch == self.epoch:
+            if seq <= self.last:
+                return  # the replay had it
+            if seq == self.last + 1:
+                self.last = seq
+                self.deliver(frame)
+                return
+        log.info("room %r: %s/%d after %s/%d; the member resumes", self.room, epoch, seq, self.epoch,
+                 self.last)
+        self.resume()
+
+    def reconcile(self, epoch, seq, final):
+        """The hub resubscribed and read the room's state: resume if this connection cannot be sent
+        what it missed live (another epoch; or, final, messages up to seq that never came)."""
+        if self.closing or not self.welcomed:
+            return  # a handshake in progress reads the room itself
+        if epoch != self.epoch or (final and self.last < seq):
+            log.info("room %r: %s/%d in Redis, %s/%d sent; the member resumes", self.room, epoch, seq,
+                     self.epoch, self.last)
+            metrics.ERRORS.labels(Error.REDIS).inc()  # Redis lost a subscription or writes
+            self.resume()
+
     def deliver(self, frame):
         """Queue a frame for this client; a client that falls too far behind is closed."""
         if self.closing:
             return
-        if self.skip_to is not None and resume.seen(frame, self):
-            return
-        if self.open and self.writer is None and not self.outbox and self.send_nowait:
-            if self.send_nowait(frame):  # idle and writable: written already, no task needed
-                return
-        if self.outbox and (len(self.outbox) >= self.outbox_max
-                            or self.outbox_bytes + len(frame) > self.outbox_bytes_max):
-            self.outbox = ()
-            self.outbox_bytes = 0
-            metrics.ERRORS.labels(Error.SLOW_CONSUMER).inc()
-            spawn(self.close_with(CLOSE_TRY_AGAIN_LATER))
-            return
-        if not self.outbox:
-            self.outbox = deque()
-        self.outbox.append(frame)
-        self.outbox_bytes += len(frame)
-        self.kick()
+        if not self.outbox.put(frame):
+            self.slow_consumer()
 
-    def kick(self):
-        if self.open and self.writer is None and self.outbox:
-            self.writer = asyncio.get_running_loop().create_task(self.flush())
-
-    async def flush(self):
-        try:
-            while self.outbox:
-                frame = self.outbox.popleft()
-                self.outbox_bytes -= len(frame)
-                await self.send(text_data=frame)
-        except Exception:
-            metrics.ERRORS.labels(Error.SEND).inc()
-        finally:
-            self.outbox = ()
-            self.outbox_bytes = 0
-            self.writer = None
+    def slow_consumer(self):
+        metrics.ERRORS.labels(Error.SLOW_CONSUMER).inc()
+        spawn(self.close_with(CLOSE_TRY_AGAIN_LATER))
 
     async def close_with(self, code):
         if self.closing:
             return
         self.closing = True
         self.close_code = code
-        if self.writer is not None:
-            self.writer.cancel()
+        self.outbox.cancel()
         await self.close(code=code)
 
     async def release(self, code):
@@ -294,27 +341,23 @@ class RoomConsumer(DatabaseFreeConsumer):
             return
         # Built as it is queued, not when the drain picked this connection: frames fanned out in
         # between are queued before it, and its seq must count them.
-        self.deliver(draining.reconnect_notice(self.room, self.seq))
+        self.deliver(draining.notice(self.epoch, self.last, draining.REASON_RELEASE))
         self.closing = True
         await self.flush_and_close(code)
 
-    def resume(self, frame, seq):
-        """The hub missed room messages or saw the seq go back (rooms.hub.fan_out): deliver nothing
-        more, and have the client resume with ?since= from what it was sent (a notice, then 1012)."""
+    def resume(self):
+        """This connection cannot go on with its room's stream: a notice with the last seq it was
+        sent, then 1012, so that the client resumes with ?since= and gets the rest by replay."""
         if self.closing:
             return
-        if self.skip_to is not None and seq <= self.seq + 1:
-            self.deliver(frame)  # nothing live sent since its welcome, and this follows on from it
-            return
-        self.deliver(draining.reconnect_notice(self.room, self.seq, reason=draining.REASON_RESUME))
+        self.deliver(draining.notice(self.epoch, self.last, draining.REASON_RESUME))
         self.closing = True
         spawn(self.flush_and_close(CLOSE_SERVICE_RESTART))
 
     async def flush_and_close(self, code):
-        if self.writer is not None:
-            await asyncio.wait([self.writer], timeout=RELEASE_FLUSH_SECONDS)
-        if self.writer is not None:  # a client too slow even for that: its frames are dropped
-            self.writer.cancel()
+        if self.early is None:  # not during the handshake: the notice must not overtake the welcome
+            self.outbox.start()
+        await self.outbox.drain(RELEASE_FLUSH_SECONDS)  # a client too slow even for that loses it
         self.close_code = code
         await self.close(code=code)
 

@@ -6,7 +6,6 @@ import logging
 
 from django.conf import settings
 
-from .hub import get_hub
 from .names import CLOSE_SERVICE_RESTART
 from .readiness import STATE
 from .sessions import SESSIONS
@@ -19,7 +18,7 @@ DRAIN_SPREAD = 0.8  # share of the drain window over which connections are relea
 # already spreads releases over the window; this only keeps one release's clients apart.
 RECONNECT_RETRY_MS = 250
 REASON_RELEASE = "release"  # the replica is draining
-REASON_RESUME = "resume"  # the replica missed room messages (rooms.hub.fan_out): resume to get them
+REASON_RESUME = "resume"  # the connection cannot be sent its room's messages in order: resume to get them
 
 
 def start_drain(seconds):
@@ -48,16 +47,8 @@ async def drain(seconds):
         await asyncio.sleep(gap)
 
 
-def reconnect_notice(room, joined_seq, reason=REASON_RELEASE):
-    """The drain notice: what a client needs to resume (docs/protocol.md, "History and resume").
-
-    Queued after every frame already handed to the connection, so the last seq it will have been
-    sent is the last one fanned out in its room here, or its welcome's seq if none came since.
-    """
-    return notice(max(joined_seq, get_hub().last_seq(room)), reason)
-
-
-def notice(seq, reason):
-    """A reconnect notice telling the client that seq is the last one this connection was sent."""
-    return json.dumps({"type": "reconnect", "reason": reason, "color": settings.COLOR, "seq": seq,
-                       "retry_ms": RECONNECT_RETRY_MS})
+def notice(epoch, seq, reason):
+    """A reconnect notice telling the client that (epoch, seq) is the last message this connection
+    was sent (docs/protocol.md, "History and resume"): every frame queued before it is sent first."""
+    return json.dumps({"type": "reconnect", "reason": reason, "color": settings.COLOR, "epoch": epoch,
+                       "seq": seq, "retry_ms": RECONNECT_RETRY_MS})

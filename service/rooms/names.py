@@ -15,7 +15,9 @@ UNDRAIN = "control.undrain"
 CHANNEL_PREFIX = "wsapp:room:"  # + room: pub/sub channel of the room's frames
 SEQ_PREFIX = "wsapp:seq:"  # + room: the room's last seq
 HISTORY_PREFIX = "wsapp:history:"  # + room: Stream of the room's kept frames (docs/protocol.md)
-IDS_PREFIX = "wsapp:ids:"  # + room: sorted set of the client message ids kept, scored by their seq
+EPOCH_PREFIX = "wsapp:epoch:"  # + room: the room's epoch and the replication id it was written under
+SENT_PREFIX = "wsapp:sent:"  # + room: hash of the message ids published (or fenced), per sender
+SENT_TIMES_PREFIX = "wsapp:sentt:"  # + room: sorted set of the same ids by time, to bound the hash
 HEARTBEAT_CHANNEL = "wsapp:heartbeat"
 
 # WebSocket close codes the service sends or counts (RFC 6455, section 7.4.1). The WebSocket layer

@@ -193,7 +193,7 @@ class Client:
                 if self.handover_from is not None:
                     self.traffic.handovers.append(self.last_message_at - self.handover_from)
                     self.handover_from = None
-                problem = self.receipt.message(frame["seq"])
+                problem = self.receipt.message(frame["seq"], frame.get("id"))
                 if problem is not None:
                     self.traffic.frame_errors.append(f"client {self.index}: seq {frame['seq']} {problem}")
                 self.pending.discard(frame["body"])

@@ -124,8 +124,8 @@ async def test_history_keeps_room_history_max_messages_and_resyncs_older(connect
     assert store.xlen("wsapp:history:bounded") == 5
     bob = await connect(server, "bounded", "?since=2")
     resync, *replayed = await recv(bob, 6)
-    assert resync == {"type": "resync", "room": "bounded", "since": 2, "from": 6, "seq": 10,
-                      "reason": "too_old"}
+    assert resync == {"type": "resync", "room": "bounded", "since": 2, "epoch": alice.welcome["epoch"],
+                      "from": 6, "seq": 10, "reason": "too_old"}
     assert [f["seq"] for f in replayed] == [6, 7, 8, 9, 10]
     bob5 = await connect(server, "bounded", "?since=5")
     assert [f["seq"] for f in await recv(bob5, 5)] == [6, 7, 8, 9, 10], "since = oldest - 1 is not too old"
@@ -150,8 +150,10 @@ async def test_room_keys_expire_once_the_room_is_idle(connect, make_server, stor
     server = make_server(workers=2, ROOM_HISTORY_SECONDS="2")
     alice = await connect(server, "idle")
     await say(alice, "1", "2")
-    for key in ("wsapp:seq:idle", "wsapp:history:idle"):
-        assert 0 < store.pttl(key) <= 2000
+    for key in ("wsapp:seq:idle", "wsapp:history:idle", "wsapp:epoch:idle"):
+        assert 0 < store.pttl(key) <= 3000  # the seq key by 1 s more than the others (rooms.scripts)
+    for key in ("wsapp:sent:idle", "wsapp:sentt:idle"):
+        assert 0 < store.pttl(key) <= 600_000  # ROOM_IDS_SECONDS, whatever the history keeps
     await alice.close()
     deadline = time.monotonic() + 6
     while store.exists("wsapp:seq:idle", "wsapp:history:idle"):
@@ -211,8 +213,8 @@ async def test_the_drain_notice_tells_each_client_its_last_seq(connect, make_ser
                    timeout=30)
     for ws, seq in ((alice, 2), (bob, 0)):
         notice = (await recv(ws))[0]
-        assert notice == {"type": "reconnect", "reason": "release", "color": "blue", "seq": seq,
-                          "retry_ms": 250}
+        assert notice == {"type": "reconnect", "reason": "release", "color": "blue",
+                          "epoch": ws.welcome["epoch"], "seq": seq, "retry_ms": 250}
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await asyncio.wait_for(ws.recv(), 5)
         assert closed.value.rcvd.code == 1012
@@ -242,24 +244,31 @@ async def test_flooded_rooms_keep_room_history_bytes_and_redis_keeps_accepting_w
     assert [f["seq"] for f in await recv(late, 6)] == [26, 27, 28, 29, 30, 31]
 
 
-async def test_a_resent_message_id_is_published_once_across_workers(connect, make_server, store):
+async def test_a_resent_message_id_is_published_once_across_workers_and_after_trimming(connect, make_server,
+                                                                                       store):
     """The resend race: a message sent just before a 1012 lands after the client's new connection
-    read the history; the client sends it again with the same id, and it is not published twice."""
-    server = make_server(ROOM_HISTORY_MAX="3", **FAST)
-    alice = await connect(server, "ids")
+    read the history; the client sends it again with the same id and sender, and it is not published
+    twice, even once its first copy left the history. ROOM_IDS_MAX bounds the ids a room keeps."""
+    server = make_server(ROOM_HISTORY_MAX="3", ROOM_IDS_MAX="4", **FAST)
+    query = "?sender=alice-sender-token-1"
+    alice = await connect(server, "ids", query)
     await alice.send(json.dumps({"type": "message", "body": "hi", "id": "m-1"}))
     echo = (await recv(alice))[0]
     assert (echo["seq"], echo["id"]) == (1, "m-1")
-    again = [await connect(server, "ids") for _ in range(4)]  # two workers: some on the other one
+    duplicate = {"type": "duplicate", "id": "m-1", "epoch": echo["epoch"], "seq": 1}
+    again = [await connect(server, "ids", query) for _ in range(4)]  # two workers: some on the other one
     for ws in again:
         await ws.send(json.dumps({"type": "message", "body": "hi", "id": "m-1"}))
-        assert (await recv(ws))[0] == {"type": "duplicate", "id": "m-1", "seq": 1}
+        assert (await recv(ws))[0] == duplicate
     assert store.xlen("wsapp:history:ids") == 1
-    await say(alice, "2", "3", "4")  # m-1's message is trimmed, and its id with it
-    assert store.zrange("wsapp:ids:ids", 0, -1) == []
-    assert 0 < store.pttl("wsapp:ids:ids") or not store.exists("wsapp:ids:ids")
+    await say(alice, "2", "3", "4")  # m-1's message is trimmed from the history; its id stays
+    assert store.hget("wsapp:sent:ids", "alice-sender-token-1:m-1") == f"{echo['epoch']} 1".encode()
+    assert 0 < store.pttl("wsapp:sent:ids") <= 600_000
     assert [f["seq"] for f in await recv(again[0], 3)] == [2, 3, 4]
     await again[0].send(json.dumps({"type": "message", "body": "hi", "id": "m-1"}))
-    assert (await recv(again[0]))[0]["seq"] == 5
-    assert store.zrange("wsapp:ids:ids", 0, -1, withscores=True) == [(b"m-1", 5.0)]
-    assert 0 < store.pttl("wsapp:ids:ids") <= 600_000
+    assert (await recv(again[0]))[0] == duplicate
+    await say(alice, "5", "6", "7", "8")  # 8 ids in all (server-made for these): the oldest 4 go
+    assert store.hlen("wsapp:sent:ids") == store.zcard("wsapp:sentt:ids") == 4
+    assert [f["seq"] for f in await recv(again[0], 4)] == [5, 6, 7, 8]
+    await again[0].send(json.dumps({"type": "message", "body": "hi", "id": "m-1"}))
+    assert (await recv(again[0]))[0]["seq"] == 9

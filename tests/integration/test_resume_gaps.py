@@ -11,9 +11,8 @@ import pytest
 import redis.asyncio
 import websockets
 
-from rooms.hub import PUBLISH_SCRIPT, frame_parts
 from rooms.names import CHANNEL_PREFIX, HISTORY_PREFIX, SEQ_PREFIX
-from tests.helpers import ROOT, AppServer
+from tests.helpers import ROOT, AppServer, publish_args
 from tests.integration import test_history
 from tests.integration.test_history import recv, say
 from tests.integration.test_hostile import BIG_BODY, BIG_MESSAGES, SLOW_CLIENTS, WireClient, rss
@@ -59,7 +58,7 @@ async def test_messages_the_subscriber_missed_make_members_resume_not_see_a_gap(
     subscribers = store.pubsub_numsub(keys[2])[0][1]
 
     def publish(pipe, body):
-        pipe.eval(PUBLISH_SCRIPT, len(keys), *keys, *frame_parts("missed", "other", body, 0), 1000, 600)
+        pipe.eval(*publish_args("missed", body))
 
     with store.pipeline(transaction=True) as pipe:
         pipe.client_kill_filter(_type="pubsub")
@@ -86,11 +85,9 @@ async def test_many_clients_resuming_a_full_history_at_once_are_not_closed_slow(
     history (1000 messages, 2 MB each) while the room goes on get all of it, none closed 1013."""
     server = make_server(RATE_LIMIT_PER_SECOND="100000", RATE_LIMIT_BURST="100000",
                          ROOM_HISTORY_BYTES="4000000")  # room for all of the 2 MB, live ones too
-    keys = [prefix + "full" for prefix in (SEQ_PREFIX, HISTORY_PREFIX, CHANNEL_PREFIX)]
     with store.pipeline(transaction=False) as pipe:
         for n in range(1000):
-            frame = frame_parts("full", "other", f"{n:04}" * 500, 0)
-            pipe.eval(PUBLISH_SCRIPT, len(keys), *keys, *frame, 1000, 600)
+            pipe.eval(*publish_args("full", f"{n:04}" * 500))
         pipe.execute()
     alice = await connect(server, "full")
     clients = [await connect(server, "full", "?since=0", welcome=False) for _ in range(20)]
@@ -120,13 +117,11 @@ async def test_the_drain_notice_seq_is_the_last_message_sent_before_it_in_a_busy
 
     async def publish_fast():
         # Through Redis as another replica would, so the room goes on after this replica closes.
-        keys = [prefix + "busy-drain" for prefix in (SEQ_PREFIX, HISTORY_PREFIX, CHANNEL_PREFIX)]
         client = redis.asyncio.Redis.from_url(server.env["REDIS_URL"])
         n = 0
         while not stop.is_set():
             n += 1
-            frame = frame_parts("busy-drain", "x", str(n), 0)
-            await client.eval(PUBLISH_SCRIPT, len(keys), *keys, *frame, 1000, 600)
+            await client.eval(*publish_args("busy-drain", str(n), session="x"))
         await client.aclose()
 
     async def until_notice(ws):
@@ -158,11 +153,9 @@ async def test_slow_clients_replayed_a_big_history_do_not_grow_the_process(redis
     server.start()
     slow = []
     try:
-        keys = [prefix + "big-replay" for prefix in (SEQ_PREFIX, HISTORY_PREFIX, CHANNEL_PREFIX)]
         with store.pipeline(transaction=False) as pipe:
             for _ in range(BIG_MESSAGES):
-                frame = frame_parts("big-replay", "other", BIG_BODY, 0)
-                pipe.eval(PUBLISH_SCRIPT, len(keys), *keys, *frame, 1000, 600)
+                pipe.eval(*publish_args("big-replay", BIG_BODY))
             pipe.execute()
         pid = server.process.pid
         before = rss(pid)
@@ -199,8 +192,7 @@ async def test_a_connected_client_whose_rooms_keys_expired_resumes_instead_of_dr
                 await asyncio.sleep(0.1)
         finally:
             os.kill(server.process.pid, signal.SIGCONT)
-        keys = [prefix + "expired" for prefix in (SEQ_PREFIX, HISTORY_PREFIX, CHANNEL_PREFIX)]
-        store.eval(PUBLISH_SCRIPT, len(keys), *keys, *frame_parts("expired", "other", "news", 0), 1000, 1)
+        store.eval(*publish_args("expired", "news", history_seconds=1))
         notice = (await recv(alice))[0]
         assert (notice["type"], notice["reason"], notice["seq"]) == ("reconnect", "resume", 3)
         alice = await connect(server, "expired", "?since=3")
@@ -239,11 +231,9 @@ async def test_redis_lost_during_a_paged_replay_ends_it_with_a_resume_notice(red
     server.start()
     client = None
     try:
-        keys = [prefix + "lost-redis" for prefix in (SEQ_PREFIX, HISTORY_PREFIX, CHANNEL_PREFIX)]
         with store.pipeline(transaction=False) as pipe:
             for _ in range(200):
-                frame = frame_parts("lost-redis", "o", BIG_BODY, 0)
-                pipe.eval(PUBLISH_SCRIPT, len(keys), *keys, *frame, 1000, 600)
+                pipe.eval(*publish_args("lost-redis", BIG_BODY, session="o"))
             pipe.execute()
         client = WireClient(server.port, rcvbuf=4096, path="/ws/rooms/lost-redis/?since=0")
         assert json.loads(client.next_frame()[1])["type"] == "welcome"

@@ -61,10 +61,10 @@ async def test_the_seam_has_no_duplicate_and_no_gap_when_others_send_while_joini
     hub = get_hub()
     read = type(hub).backlog
 
-    async def racing_backlog(self, room, since):
-        await self.publish(room, "other", "during join")
-        backlog = await read(self, room, since)
-        await self.publish(room, "other", "after read")
+    async def racing_backlog(self, room, since, epoch=None):
+        await self.publish(room, "other", "during join", "d1", "other-sender")
+        backlog = await read(self, room, since, epoch)
+        await self.publish(room, "other", "after read", "d2", "other-sender")
         return backlog
 
     monkeypatch.setattr(type(hub), "backlog", racing_backlog)
@@ -85,7 +85,7 @@ async def test_a_live_frame_the_backlog_had_is_dropped_even_when_it_arrives_afte
     _, bob = await connect("/ws/rooms/h-late/?since=0")
     assert [f["seq"] for f in await frames(bob, 2)] == [1, 2]
     late = get_hub().history["h-late"][-1][2]  # test double: seq 2 arriving late from Redis
-    SESSIONS[bob.welcome["session"]].consumer.deliver(late)
+    SESSIONS[bob.welcome["session"]].consumer.room_frame(late, bob.welcome["epoch"], 2)
     await say(alice, "3")
     assert (await bob.receive_json_from())["seq"] == 3
     assert await bob.receive_nothing(timeout=0.1)
@@ -97,7 +97,8 @@ async def test_since_older_than_the_history_gets_resync_too_old_then_what_is_kep
     await say(alice, *"123456")
     _, bob = await connect("/ws/rooms/h-old/?since=1")
     resync, *replayed = await frames(bob, 4)
-    assert resync == {"type": "resync", "room": "h-old", "since": 1, "from": 4, "seq": 6, "reason": "too_old"}
+    assert resync == {"type": "resync", "room": "h-old", "since": 1, "epoch": bob.welcome["epoch"], "from": 4,
+                      "seq": 6, "reason": "too_old"}
     assert [f["seq"] for f in replayed] == [4, 5, 6]
 
 
@@ -115,8 +116,8 @@ async def test_since_ahead_of_the_room_gets_resync_ahead_then_everything_kept(co
     await say(alice, "1", "2")
     _, bob = await connect("/ws/rooms/h-ahead/?since=100")
     resync, *replayed = await frames(bob, 3)
-    assert resync == {"type": "resync", "room": "h-ahead", "since": 100, "from": 1, "seq": 2,
-                      "reason": "ahead"}
+    assert resync == {"type": "resync", "room": "h-ahead", "since": 100, "epoch": bob.welcome["epoch"],
+                      "from": 1, "seq": 2, "reason": "ahead"}
     assert [f["seq"] for f in replayed] == [1, 2]
 
 
@@ -128,7 +129,7 @@ async def test_since_ahead_of_an_empty_room_replays_nothing_from_seq_plus_one(co
 
 
 @pytest.mark.parametrize("query", ["since=abc", "since=", "since=-1", "since=1.5", "since=" + "9" * 19,
-                                   "since=1&since=2", "since=%201"])
+                                   "since=1&since=2", "since=%201", "since=1&epoch=a-b", "sender=short"])
 async def test_malformed_since_is_refused_with_invalid_since_and_1008(connect, query):
     _, bob = await connect(f"/ws/rooms/h-bad/?{query}", welcome=False)
     error = await bob.receive_json_from()
@@ -203,16 +204,41 @@ async def test_drain_notice_carries_the_last_seq_sent_and_retry_ms(connect):
     draining.start_drain(0.1)
     for communicator, seq in ((alice, 3), (bob, 3), (carol, 0)):
         notice = await communicator.receive_json_from(timeout=2)
-        assert notice == {"type": "reconnect", "reason": "release", "color": "dev", "seq": seq,
+        assert notice == {"type": "reconnect", "reason": "release", "color": "dev",
+                          "epoch": communicator.welcome["epoch"], "seq": seq,
                           "retry_ms": draining.RECONNECT_RETRY_MS}
         assert await communicator.receive_output(timeout=2) == {"type": "websocket.close", "code": 1012}
 
 
-def test_parse_since_reads_one_since_among_other_parameters():
-    assert resume.parse_since(b"") is None
-    assert resume.parse_since(b"x=1") is None
-    assert resume.parse_since(b"x=1&since=42") == 42
-    assert resume.parse_since(b"since=" + b"9" * 18) == 10**18 - 1
+def test_the_query_reads_since_epoch_and_sender_among_other_parameters():
+    assert resume.Query(b"").since is None
+    assert resume.Query(b"x=1").since is None
+    assert resume.Query(b"x=1&since=42").since == 42
+    assert resume.Query(b"since=" + b"9" * 18).since == 10**18 - 1
+    query = resume.Query(b"since=3&epoch=ab12&sender=" + b"s" * 16)
+    assert (query.since, query.epoch, query.sender) == (3, "ab12", "s" * 16)
+
+
+async def test_a_resume_from_another_epoch_gets_resync_epoch_then_everything_kept(connect):
+    _, alice = await connect("/ws/rooms/h-epoch/")
+    await say(alice, "1", "2")
+    _, bob = await connect("/ws/rooms/h-epoch/?since=2&epoch=older")
+    resync, *replayed = await frames(bob, 3)
+    assert (resync["reason"], resync["epoch"], resync["from"], resync["seq"]) == (
+        "epoch", alice.welcome["epoch"], 1, 2)
+    assert [f["seq"] for f in replayed] == [1, 2]
+
+
+async def test_a_room_forgotten_while_idle_comes_back_under_a_new_epoch(connect):
+    _, alice = await connect("/ws/rooms/h-reborn/")
+    await say(alice, "1")
+    await alice.disconnect()
+    hub = get_hub()
+    hub.expires["h-reborn"] = hub.clock() - 1  # as if its keys had expired
+    _, other = await connect("/ws/rooms/h-reborn-other/")  # joining a new room forgets idle ones
+    _, bob = await connect(f"/ws/rooms/h-reborn/?since=1&epoch={alice.welcome['epoch']}")
+    resync = await bob.receive_json_from()
+    assert resync["reason"] == "epoch" and resync["epoch"] != alice.welcome["epoch"]
 
 
 @pytest.mark.parametrize(("env", "message"), [

@@ -10,7 +10,9 @@ from django.test import override_settings
 
 from config.asgi import application
 from rooms import draining
-from rooms.hub import HubUnavailable, LocalHub, RedisHub, get_hub
+from rooms.hub import HubUnavailable, get_hub
+from rooms.localhub import LocalHub
+from rooms.redishub import RedisHub
 from rooms.sessions import SESSIONS
 from tests.helpers import ORIGIN_HEADER as ORIGIN
 
@@ -73,7 +75,8 @@ async def test_a_message_fanned_out_as_the_drain_picks_a_connection_counts_in_it
     assert (await alice.receive_json_from())["seq"] == 1
     draining.start_drain(1.0)
     await asyncio.sleep(0)  # the drain task's first step: it picks alice and spawns her release
-    assert await get_hub().publish("drain-race", "other", "2") == 2  # fanned out before the release runs
+    published = await get_hub().publish("drain-race", "other", "2", "m2", "other-sender")
+    assert published.seq == 2  # fanned out before the release runs
     assert (await alice.receive_json_from())["seq"] == 2
     notice = await alice.receive_json_from()
     assert (notice["type"], notice["seq"]) == ("reconnect", 2)
@@ -92,7 +95,7 @@ async def test_a_replay_whose_rest_was_trimmed_meanwhile_ends_in_a_resume_notice
 
     async def trimmed_meanwhile(self, room, after, upto):
         for n in range(5):  # 4..8 are kept now: 2 and 3 are gone
-            await self.publish(room, "other", f"more {n}")
+            await self.publish(room, "other", f"more {n}", f"m{n}", "other-sender")
         return await read(self, room, after, upto)
 
     monkeypatch.setattr(type(hub), "page", trimmed_meanwhile)

@@ -15,33 +15,54 @@ async def send(communicator, **frame):
     return await communicator.receive_json_from()
 
 
-async def test_the_id_is_echoed_in_the_broadcast_frame_and_absent_without_one(connect):
+SENDER = "alice-sender-token-0001"
+
+
+async def test_the_id_is_echoed_in_the_broadcast_frame_and_made_by_the_server_without_one(connect):
     _, alice = await connect("/ws/rooms/id-echo/")
     _, bob = await connect("/ws/rooms/id-echo/")
     frame = await send(alice, body="hi", id="a-1_B")
     assert (frame["type"], frame["id"], frame["seq"]) == ("message", "a-1_B", 1)
     assert await bob.receive_json_from() == frame
-    assert "id" not in await send(alice, body="no id")
+    made = (await send(alice, body="no id"))["id"]
+    assert made.startswith("~") and len(made) == 17, "every published message has an id"
 
 
 async def test_a_resent_id_is_answered_duplicate_and_not_published_again(connect):
-    _, alice = await connect("/ws/rooms/id-dup/")
-    await send(alice, body="once", id="m1")
-    _, bob = await connect("/ws/rooms/id-dup/")  # as after a reconnect: another session
-    assert await send(bob, body="once", id="m1") == {"type": "duplicate", "id": "m1", "seq": 1}
+    _, alice = await connect(f"/ws/rooms/id-dup/?sender={SENDER}")
+    first = await send(alice, body="once", id="m1")
+    _, again = await connect(f"/ws/rooms/id-dup/?sender={SENDER}")  # as after a reconnect: another session
+    assert await send(again, body="once", id="m1") == {
+        "type": "duplicate", "id": "m1", "epoch": first["epoch"], "seq": 1}
     assert await alice.receive_nothing(timeout=0.1), "nothing was published"
     assert [seq for seq, _, _ in get_hub().history["id-dup"]] == [1]
-    assert (await send(bob, body="next", id="m2"))["seq"] == 2
+    assert (await send(again, body="next", id="m2"))["seq"] == 2
+
+
+async def test_another_sender_cannot_claim_an_id(connect):
+    _, alice = await connect(f"/ws/rooms/id-claim/?sender={SENDER}")
+    await send(alice, body="mine", id="m1")
+    _, mallory = await connect("/ws/rooms/id-claim/?sender=mallory-sender-token-1")
+    theirs = await send(mallory, body="theirs", id="m1")
+    assert (theirs["type"], theirs["seq"], theirs["body"]) == ("message", 2, "theirs")
 
 
 @override_settings(ROOM_HISTORY_MAX=2)
-async def test_an_id_whose_message_is_no_longer_kept_is_published_again(connect):
-    _, alice = await connect("/ws/rooms/id-old/")
-    await send(alice, body="1", id="m1")
-    await send(alice, body="2", id="m2")
-    await send(alice, body="3", id="m3")  # m1's message is trimmed, and its id with it
-    assert (await send(alice, body="1", id="m1"))["seq"] == 4
-    assert set(get_hub().ids["id-old"]) == {"m3", "m1"}
+async def test_an_id_is_kept_after_its_message_left_the_history(connect):
+    _, alice = await connect(f"/ws/rooms/id-old/?sender={SENDER}")
+    for n in (1, 2, 3):
+        await send(alice, body=str(n), id=f"m{n}")  # m1's message is trimmed from the history
+    assert [seq for seq, _, _ in get_hub().history["id-old"]] == [2, 3]
+    assert (await send(alice, body="1", id="m1"))["type"] == "duplicate"
+
+
+@override_settings(ROOM_IDS_MAX=2)
+async def test_ids_are_bounded_per_room(connect):
+    _, alice = await connect(f"/ws/rooms/id-max/?sender={SENDER}")
+    for n in (1, 2, 3):
+        await send(alice, body=str(n), id=f"m{n}")
+    assert len(get_hub().sent["id-max"]) == 2
+    assert (await send(alice, body="1", id="m1"))["seq"] == 4, "the oldest id went"
 
 
 async def test_refusals_of_a_message_with_an_id_echo_it(connect):

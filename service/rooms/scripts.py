@@ -1,0 +1,174 @@
+"""The Lua scripts of the Redis room hub: one per operation, each atomic (docs/protocol.md).
+
+Keys of a room R (rooms.names): `wsapp:seq:R` its last seq; `wsapp:epoch:R` its epoch; the Stream
+`wsapp:history:R` of kept frames, entry ids `<seq>-0`; `wsapp:sent:R` (hash) and `wsapp:sentt:R`
+(sorted set by time) the message ids published or fenced, per sender. Pub/sub channel `wsapp:room:R`.
+
+**Epoch.** A room's history has an identity, its epoch, that changes whenever its continuity cannot
+be proven: the epoch key records the epoch and the replication id (`master_replid`) of the Redis
+that wrote it. That id changes when a replica is promoted and when a primary restarts, both of which
+may have lost the last writes (replication and the append-only file are asynchronous). A script that
+finds no epoch key, or one written under another replication id, starts a new epoch; the seq goes on
+from what this Redis has. So within one epoch a seq never names two different messages: a failover
+that lost 8-10 hands out 8 again only under a new epoch. An epoch also ends with its seq key: a
+script that finds the seq key gone (expired, deleted) starts a new epoch and the seq key at 0, so a
+counter never starts again under its old epoch. A room's first handshake gives it both keys, so its
+first message follows on from the welcome's `seq` 0 in the same epoch.
+
+**Sent ids.** A message id is kept per room and per sender (`<sender>:<id>`) for ROOM_IDS_SECONDS,
+at most ROOM_IDS_MAX per room, whatever the history keeps. Its value is `<epoch> <seq>` once
+published, or `!<attempt>` once an attempt was fenced: a publish whose reply was lost is settled by
+FENCE_SCRIPT, after which that attempt can never publish (Redis runs scripts one at a time, so either
+the publish ran first and the fence reports it, or the fence ran first and the publish refuses).
+"""
+
+# The seq key outlives the epoch key by this many seconds, so an expiry never leaves an epoch without it.
+EPOCH_SLACK = 1
+
+# Shared by every script. trim_below drops the oldest entries whose field number i (2: t, 6: b) is
+# below floor; with keep_newest the newest entry stays whatever its value, otherwise a history with
+# nothing left is deleted. Every history entry is {"t", ms, "f", frame, "b", offset}: Redis's clock when
+# it was added, the frame, and how many frame bytes the room's history had taken in before it (so the
+# bytes kept are the newest entry's end minus the oldest entry's offset).
+PRELUDE = """
+local EPOCH_SLACK = """ + str(EPOCH_SLACK) + """
+local function trim_below(history, i, floor, keep_newest)
+  local first = redis.call('XRANGE', history, '-', '+', 'COUNT', 1)
+  if #first == 0 or tonumber(first[1][2][i] or '0') >= floor then return end
+  local start, count, last = '-', 2, nil
+  while true do
+    local batch = redis.call('XRANGE', history, start, '+', 'COUNT', count)
+    if #batch == 0 then
+      if keep_newest then redis.call('XTRIM', history, 'MINID', last) else redis.call('DEL', history) end
+      return
+    end
+    for _, entry in ipairs(batch) do
+      if tonumber(entry[2][i] or '0') >= floor then redis.call('XTRIM', history, 'MINID', entry[1]) return end
+    end
+    last = batch[#batch][1]
+    start = '(' .. last
+    count = math.min(count * 2, 64)
+  end
+end
+local function trim(history, cutoff) trim_below(history, 2, cutoff, false) end
+local clock = redis.call('TIME')
+local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
+-- The room's epoch: a new one unless its key was written under this Redis's replication id and its
+-- seq key is there (a new epoch's seq goes on from the seq key, or from 0 if that is gone).
+local function room_epoch(seq_key, key, ttl)
+  local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
+  local record = redis.call('GET', key)
+  local counted = redis.call('EXISTS', seq_key) == 1
+  if record and counted then
+    local epoch, written = string.match(record, '^(%w+):(%x+)$')
+    if written == replid then return epoch end
+  end
+  local epoch = string.format('%s%x%05x', string.sub(replid, 1, 8), tonumber(clock[1]), tonumber(clock[2]))
+  redis.call('SET', key, epoch .. ':' .. replid, 'EX', ttl)
+  if not counted then redis.call('SET', seq_key, 0, 'EX', ttl + EPOCH_SLACK) end
+  return epoch
+end
+local function answer(known)
+  local epoch, seq = string.match(known, '^(%w+) (%d+)$')
+  return {2, epoch, tonumber(seq)}
+end
+"""
+
+# KEYS: seq, history, channel, epoch, sent, sentt.
+# ARGV: frame head, frame tail, history max, history seconds, history bytes, sender:id, attempt,
+# ids seconds, ids max.
+# Returns {1, epoch, seq} once published; {2, epoch, seq} if that sender's id was published already
+# (nothing published now); {0} if this attempt was fenced (FENCE_SCRIPT): it never publishes.
+# The byte bound is kept in the same step as XADD: the oldest entries go until the frames kept take at
+# most ROOM_HISTORY_BYTES (the newest always stays).
+PUBLISH_SCRIPT = PRELUDE + """
+local ttl = tonumber(ARGV[4])
+local known = redis.call('HGET', KEYS[5], ARGV[6])
+if known then
+  if known == '!' .. ARGV[7] then return {0} end
+  if string.sub(known, 1, 1) ~= '!' then return answer(known) end
+end
+local epoch = room_epoch(KEYS[1], KEYS[4], ttl)
+local seq = redis.call('INCR', KEYS[1])
+local frame = ARGV[1] .. epoch .. '","seq":' .. seq .. ARGV[2]
+local offset = 0
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+if #last > 0 then offset = tonumber(last[1][2][6] or '0') + #last[1][2][4] end
+local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', ARGV[3], seq .. '-0', 't', now, 'f', frame, 'b', offset)
+if type(added) == 'table' and added.err then
+  -- The history is ahead of the counter (its key was deleted): it belongs to an older counter.
+  redis.call('DEL', KEYS[2])
+  offset = 0
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], seq .. '-0', 't', now, 'f', frame, 'b', offset)
+end
+trim(KEYS[2], now - ttl * 1000)
+trim_below(KEYS[2], 6, offset + #frame - tonumber(ARGV[5]), true)
+redis.call('EXPIRE', KEYS[1], ttl + EPOCH_SLACK)
+redis.call('EXPIRE', KEYS[4], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+local ids_ttl = tonumber(ARGV[8])
+redis.call('HSET', KEYS[5], ARGV[6], epoch .. ' ' .. seq)
+redis.call('ZADD', KEYS[6], now, ARGV[6])
+local old = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now - ids_ttl * 1000, 'LIMIT', 0, 64)
+local excess = redis.call('ZCARD', KEYS[6]) - tonumber(ARGV[9])
+if excess > 0 then old = redis.call('ZRANGE', KEYS[6], 0, math.min(excess, 64) - 1) end
+if #old > 0 then
+  redis.call('HDEL', KEYS[5], unpack(old))
+  redis.call('ZREM', KEYS[6], unpack(old))
+end
+redis.call('EXPIRE', KEYS[5], ids_ttl)
+redis.call('EXPIRE', KEYS[6], ids_ttl)
+redis.call('PUBLISH', KEYS[3], frame)
+return {1, epoch, seq}
+"""
+
+# KEYS: sent, sentt. ARGV: sender:id, attempt, ids seconds.
+# Settles an attempt whose reply was lost: {2, epoch, seq} if the id is published (by it or an earlier
+# attempt), else {0}, and the attempt is fenced: PUBLISH_SCRIPT with it refuses from now on.
+FENCE_SCRIPT = PRELUDE + """
+local known = redis.call('HGET', KEYS[1], ARGV[1])
+if known and string.sub(known, 1, 1) ~= '!' then return answer(known) end
+redis.call('HSET', KEYS[1], ARGV[1], '!' .. ARGV[2])
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return {0}
+"""
+
+# KEYS: seq, history, epoch. ARGV: since ('' for none), history seconds, page size, the client's epoch
+# ('' for none).
+# Returns {epoch, seq, oldest kept seq (0: none), the first page of frames with seq > since...}: of all
+# kept frames when since is ahead of seq or the client's epoch is not the room's. Atomic with
+# PUBLISH_SCRIPT, so the frames end at seq. Refreshes the room's keys (a handshake keeps it alive), and
+# gives a room without an epoch one (its seq goes on from 0 under it).
+BACKLOG_SCRIPT = PRELUDE + """
+local ttl = tonumber(ARGV[2])
+local epoch = room_epoch(KEYS[1], KEYS[3], ttl)
+redis.call('EXPIRE', KEYS[3], ttl)
+local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
+redis.call('EXPIRE', KEYS[1], ttl + EPOCH_SLACK)
+if ARGV[1] == '' then return {epoch, seq, 0} end
+trim(KEYS[2], now - ttl * 1000)
+local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+if #first == 0 or tonumber(string.match(last[1][1], '^%d+')) > seq then return {epoch, seq, 0} end
+local after = tonumber(ARGV[1])
+if after > seq or (ARGV[4] ~= '' and ARGV[4] ~= epoch) then after = 0 end
+local result = {epoch, seq, tonumber(string.match(first[1][1], '^%d+'))}
+for _, entry in ipairs(redis.call('XRANGE', KEYS[2], (after + 1) .. '-0', '+', 'COUNT', ARGV[3])) do
+  result[#result + 1] = entry[2][4]
+end
+return result
+"""
+
+# KEYS: seq, epoch, then the same for the next room... ARGV: history seconds.
+# Keeps the seq and epoch keys of rooms with members alive (rooms.redishub._keep_alive), the epoch key
+# never past its seq key. A key that is gone stays gone: the next script makes a new epoch.
+KEEP_ALIVE_SCRIPT = """
+local ttl = tonumber(ARGV[1])
+for i = 1, #KEYS, 2 do
+  redis.call('EXPIRE', KEYS[i], ttl + """ + str(EPOCH_SLACK) + """)
+  redis.call('EXPIRE', KEYS[i + 1], ttl)
+end
+return #KEYS / 2
+"""
