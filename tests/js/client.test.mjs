@@ -212,14 +212,15 @@ test("a message the server never published before it died is sent again after th
   await until(() => bob.messages.length === 2, "bob: 2 messages");
   await control("pause", "blue");
   assert.ok(alice.send("in-flight"));
-  assert.equal(alice.pending.length, 1);
+  assert.equal(alice.outbox.length, 1);
   await control("kill", "blue");
   await control("start", "blue");
   await until(() => bob.messages.length === 3 && alice.messages.length === 3, "the resent message", 30000);
   await sleep(200);
   assertComplete(assert, bob, ["before-0", "before-1", "in-flight"]);
   assertComplete(assert, alice, ["before-0", "before-1", "in-flight"]);
-  assert.equal(alice.pending.length, 0);
+  assert.equal(alice.outbox.length, 0);
+  assert.deepEqual(alice.final().map((s) => s.state), ["published", "published", "published"]);
 });
 
 test("a server that stops answering is given up by the heartbeat, and the client resumes elsewhere", async () => {
