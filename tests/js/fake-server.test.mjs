@@ -160,6 +160,24 @@ test("a message cut off by a reconnect is sent again, with its id, after the rep
   assert.deepEqual(bodies(alice), ["meanwhile", "cut off"]);
 });
 
+test("a message that failed uncertain, sent again under its id by the same sender, is published once", async () => {
+  const room = new FakeRoom({ autoEcho: false });
+  const alice = await joined(room);
+  const id = alice.send("did it go?");
+  const [frame] = room.sent("message");
+  alice.close(); // the page left while it was on the wire
+  assert.deepEqual(alice.final(id).map((s) => [s.state, s.error, s.uncertain]), [["failed", "closed", true]]);
+  room.autoEcho = true;
+  room.take(room.sockets[0], frame); // it had reached the server, which publishes it
+  const again = await joined(room, { sender: alice.sender });
+  assert.equal(again.send("did it go?", { id }), id);
+  assert.equal(again.send("did it go?", { id }), false, "not twice at once");
+  await until(() => again.final(id).length === 1, "the answer");
+  assert.deepEqual(again.final(id), [{ id, state: "published", seq: 1, epoch: "E1", duplicate: true }]);
+  assert.equal(room.history.length, 1, "published once");
+  assert.throws(() => again.send("x", { id: "not an id!" }), /id must match/);
+});
+
 test("a seq gap makes the client resume instead of accepting the frame", async () => {
   const room = new FakeRoom();
   const alice = await joined(room);

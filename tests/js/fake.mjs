@@ -16,6 +16,7 @@ export class FakeRoom {
   constructor({ name = "fake", epoch = "E1", echoIds = true, autoAccept = true, autoEcho = true } = {}) {
     Object.assign(this, { name, epoch, echoIds, autoAccept, autoEcho });
     this.history = []; // message frames, in seq order, of the current epoch
+    this.ids = new Map(); // "sender id" -> seq: what a resend of a published id is answered
     this.sockets = [];
     this.onaccept = null; // called with each socket once it has its welcome (and replay)
     const room = this;
@@ -81,9 +82,18 @@ export class FakeRoom {
   /** What the server does with a client's frame unless a test intercepts it (socket.onframe). */
   answer(socket, frame) {
     if (frame.type === "ping") queueMicrotask(() => socket.send_({ type: "pong" }));
-    if (frame.type === "message" && this.autoEcho) {
-      queueMicrotask(() => socket.readyState === OPEN && this.publish(frame.body, { session: socket.session, id: frame.id }));
+    if (frame.type === "message" && this.autoEcho) queueMicrotask(() => this.take(socket, frame));
+  }
+
+  /** A client's message: published once per sender and id; a resend is answered `duplicate`. (Also
+   * after the client closed: the server may still be handling a frame it received before.) */
+  take(socket, frame) {
+    const key = `${socket.query.get("sender")} ${frame.id}`;
+    if (this.ids.has(key)) {
+      socket.send_({ type: "duplicate", id: frame.id, ...this.epochField(), seq: this.ids.get(key) });
+      return;
     }
+    this.ids.set(key, this.publish(frame.body, { session: socket.session, id: frame.id }).seq);
   }
 }
 

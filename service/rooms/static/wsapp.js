@@ -36,6 +36,7 @@ export const REMEMBER_IDS = 5000; // delivered messages remembered, to drop a re
 const ROOM_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
 const EPOCH_PATTERN = /^[A-Za-z0-9]{1,40}$/;
 const SENDER_PATTERN = /^[A-Za-z0-9_-]{16,64}$/;
+const ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
 const ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 // Closes after which reconnecting would only repeat the problem: the server said no.
 const FINAL_CLOSES = new Set([CLOSE_NORMAL, CLOSE_POLICY_VIOLATION]);
@@ -216,16 +217,20 @@ export class RoomClient extends EventTarget {
   }
 
   /**
-   * Send a chat message; returns its id (false when the client is closed or not connected yet).
-   * It goes out, paced within the rate limit, once the connection is open and caught up; while
-   * reconnecting it waits. Its fate comes as `status` events with detail.id === id: `sent` (each
-   * time it goes on the wire), then exactly one of `published` or `failed`. With maxQueued messages
-   * unsettled already, it is not queued: `dropped` and `failed` follow (after this returns).
+   * Send a chat message; returns its id (false when the client is closed or not connected yet, or
+   * a message with that id is waiting already). It goes out, paced within the rate limit, once the
+   * connection is open and caught up; while reconnecting it waits. Its fate comes as `status`
+   * events with detail.id === id: `sent` (each time it goes on the wire), then exactly one of
+   * `published` or `failed`. With maxQueued messages unsettled already, it is not queued:
+   * `dropped` and `failed` follow (after this returns). `options.id` sends it again under the id
+   * of a message that failed: published already (a failure that was `uncertain`), the server
+   * answers `duplicate` (for the same sender token) and it is not published twice.
    */
-  send(body) {
+  send(body, { id = messageId() } = {}) {
     if (typeof body !== "string") throw new TypeError("RoomClient.send: body must be a string");
+    if (typeof id !== "string" || !ID_PATTERN.test(id)) throw new TypeError(`RoomClient.send: id must match ${ID_PATTERN}`);
     if (this.state === "closed" || this.state === "idle") return false;
-    const id = messageId();
+    if (this.outbox.some((m) => m.id === id)) return false;
     if (this.outbox.length >= this.maxQueued) {
       queueMicrotask(() => {
         this.emit("dropped", { ids: [id], reason: "queue_full" });
