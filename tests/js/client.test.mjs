@@ -96,6 +96,9 @@ test("a release (drain, 1012) moves clients to the other color at once, resuming
     assertComplete(assert, client, bodies);
   }
   assert.ok(RoutedWebSocket.urls.some((url) => url.includes("?since=")), "reconnects resume with ?since=");
+  const senders = new Set(RoutedWebSocket.urls.filter((url) => url.includes(room))
+    .map((url) => new URL(url).searchParams.get("sender")));
+  assert.equal(senders.size, 3, "each client one sender token, on every connection");
 });
 
 test("frames the client has already seen are dropped (a server replaying too much)", async () => {
@@ -212,14 +215,15 @@ test("a message the server never published before it died is sent again after th
   await until(() => bob.messages.length === 2, "bob: 2 messages");
   await control("pause", "blue");
   assert.ok(alice.send("in-flight"));
-  assert.equal(alice.pending.length, 1);
+  assert.equal(alice.outbox.length, 1);
   await control("kill", "blue");
   await control("start", "blue");
   await until(() => bob.messages.length === 3 && alice.messages.length === 3, "the resent message", 30000);
   await sleep(200);
   assertComplete(assert, bob, ["before-0", "before-1", "in-flight"]);
   assertComplete(assert, alice, ["before-0", "before-1", "in-flight"]);
-  assert.equal(alice.pending.length, 0);
+  assert.equal(alice.outbox.length, 0);
+  assert.deepEqual(alice.final().map((s) => s.state), ["published", "published", "published"]);
 });
 
 test("a server that stops answering is given up by the heartbeat, and the client resumes elsewhere", async () => {
@@ -242,10 +246,32 @@ test("a server that stops answering is given up by the heartbeat, and the client
   assertComplete(assert, alice, bodies);
 });
 
+test("a burst of sends is paced within the server's rate limit: every one published, none refused", async () => {
+  const room = uniqueRoom("burst");
+  const alice = track(await joined({ room }));
+  const started = Date.now();
+  const ids = [];
+  for (let i = 0; i < 80; i += 1) ids.push(alice.send(`burst-${i}`)); // twice the server's burst of 40
+  await until(() => alice.final().length === ids.length, "an answer for every message", 20000);
+  const seconds = (Date.now() - started) / 1000;
+  assert.deepEqual(alice.final().map((s) => [s.id, s.state]), ids.map((id) => [id, "published"]));
+  assert.equal(alice.of("error").length, 0, JSON.stringify(alice.of("error")));
+  assert.ok(seconds >= (80 - 30) / 15 - 0.5, `paced at 15/s after a burst of 30: ${seconds} s`);
+  assertComplete(assert, alice, ids.map((_, i) => `burst-${i}`));
+  assert.deepEqual(alice.messages.map((m) => m.id), ids, "in the order sent");
+});
+
 test("a close for breaking the rules (1008) ends the client: no reconnect", async () => {
   const room = uniqueRoom("policy");
   const alice = track(await joined({ room }));
-  for (let i = 0; i < 100; i += 1) alice.ws.send('{"type":"ping"}');
+  // The client paces its own frames; these go around it, straight to the socket: exactly the frames
+  // that close it (the burst of 40, then 21 refused in a row), back to back. More would still be in
+  // flight when the server closes, and be answered with a TCP reset that discards the close frame:
+  // the client would see 1006.
+  const ping = '{"type":"ping"}';
+  for (let i = 0; i < 40; i += 1) alice.ws.send(ping);
+  const id = alice.send("caught in it"); // the client's bucket is full; the server's is empty
+  for (let i = 0; i < 20; i += 1) alice.ws.send(ping);
   const summary = () => alice.events.map((e) => `${e.type}:${e.detail.code ?? e.detail.error ?? ""}`).join(" ");
   await until(() => alice.of("close").length === 1, "close", 5000).catch((error) => {
     throw new Error(`${error.message}; events: ${summary()}; state ${alice.state}`);
@@ -255,6 +281,7 @@ test("a close for breaking the rules (1008) ends the client: no reconnect", asyn
   await sleep(BACKOFF_BASE_MS + 200);
   assert.equal(alice.of("reconnecting").length, 0);
   assert.equal(alice.state, "closed");
+  assert.deepEqual(alice.final().map((s) => [s.id, s.state, s.error]), [[id, "failed", "rate_limited"]]);
   assert.equal(alice.send("after"), false);
 });
 
@@ -271,4 +298,7 @@ test("bad options are refused with a clear error", () => {
   assert.throws(() => new RoomClient({ room: "a b", base: SERVERS.blue }), /room must match/);
   assert.throws(() => new RoomClient({ room: "a", base: SERVERS.blue, since: -1 }), /since must be/);
   assert.throws(() => new RoomClient({ room: "a" }), /pass `base`/);
+  assert.throws(() => new RoomClient({ room: "a", base: SERVERS.blue, epoch: "E1" }), /epoch must .* come with since/);
+  assert.throws(() => new RoomClient({ room: "a", base: SERVERS.blue, since: 1, epoch: "E-1" }), /epoch must/);
+  assert.throws(() => new RoomClient({ room: "a", base: SERVERS.blue, sender: "too-short" }), /sender must/);
 });

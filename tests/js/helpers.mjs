@@ -52,13 +52,15 @@ export function recorded(options) {
   const client = new RoomClient({ base: SERVERS.blue, WebSocket: RoutedWebSocket, ...options });
   client.events = [];
   client.messages = [];
-  for (const type of ["open", "message", "reconnecting", "resync", "error", "close"]) {
+  for (const type of ["open", "message", "status", "dropped", "reconnecting", "resync", "error", "close"]) {
     client.addEventListener(type, (event) => {
       client.events.push({ type, detail: event.detail });
       if (type === "message") client.messages.push(event.detail);
     });
   }
   client.of = (type) => client.events.filter((event) => event.type === type).map((event) => event.detail);
+  // The answers about this client's messages: every status but `sent`.
+  client.final = () => client.of("status").filter((status) => status.state !== "sent");
   return client;
 }
 

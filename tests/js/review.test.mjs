@@ -21,7 +21,8 @@ test("a message the server refused is not sent again after a reconnect", async (
   await until(() => alice.of("error").length === 1, "body_too_long");
   assert.equal(alice.of("error")[0].error, "body_too_long");
   assert.equal(alice.of("error")[0].id, id, "the error says which message it refuses");
-  assert.equal(alice.pending.length, 0, "a refused message is not pending");
+  assert.equal(alice.outbox.length, 0, "a refused message is not pending");
+  assert.deepEqual(alice.final().map((s) => [s.id, s.state, s.error]), [[id, "failed", "body_too_long"]]);
   const restarted = control("restart", "blue");
   await until(() => alice.of("reconnecting").length === 1, "the server's 1012");
   await restarted;
@@ -30,9 +31,9 @@ test("a message the server refused is not sent again after a reconnect", async (
   assert.equal(alice.of("error").length, 1, "the refused message was sent again");
 });
 
-/** What the server answers a raw frame, on a connection of its own to blue. */
-async function answer(room, frame) {
-  const ws = new WebSocket(`${SERVERS.blue}/ws/rooms/${room}/`, { headers: { origin: ORIGIN } });
+/** What the server answers a raw frame, on a connection of its own to blue, as `sender`. */
+async function answer(room, frame, sender) {
+  const ws = new WebSocket(`${SERVERS.blue}/ws/rooms/${room}/?sender=${sender}`, { headers: { origin: ORIGIN } });
   const frames = [];
   ws.onmessage = (event) => frames.push(JSON.parse(event.data));
   await until(() => frames.length === 1, "welcome");
@@ -47,7 +48,8 @@ async function answer(room, frame) {
 // is cut off in a paused replica while the client gives that connection up (heartbeat) and resends
 // on the other color. The first send's late arrival is played by a second connection sending the
 // same frame (test double for the timing only: a paused replica's socket is reset, so the real
-// first send never arrives): the room gets the message once; without ids it would get it twice.
+// first send never arrives), with alice's sender token, to which ids are scoped: the room gets the
+// message once; without ids it would get it twice.
 test("a message whose first send arrives after its resend reaches the room once", async () => {
   const room = uniqueRoom("race");
   const alice = await joined({ room, heartbeatMs: 300 });
@@ -65,11 +67,12 @@ test("a message whose first send arrives after its resend reaches the room once"
   } finally {
     await control("resume", "blue");
   }
-  const late = await answer(room, { type: "message", body: "racing", id });
-  assert.deepEqual(late, { type: "duplicate", id, seq: bob.messages[0].seq });
+  const late = await answer(room, { type: "message", body: "racing", id }, alice.sender);
+  assert.deepEqual([late.type, late.id, late.seq], ["duplicate", id, bob.messages[0].seq]);
   await sleep(300);
   assert.deepEqual(bob.messages.map((m) => m.body), ["racing"]);
   await until(() => alice.messages.length === 1, "alice: her message once");
   assert.deepEqual(alice.messages.map((m) => m.body), ["racing"]);
-  assert.equal(alice.pending.length + alice.queued.length, 0);
+  assert.equal(alice.outbox.length, 0);
+  assert.deepEqual(alice.final().map((s) => [s.id, s.state]), [[id, "published"]], "one answer");
 });
