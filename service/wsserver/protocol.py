@@ -193,18 +193,25 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     def send_receive_event_to_app(self):
         """Uvicorn's, replaced whole (no extra call per message), except: invalid UTF-8 closes with
         1007 without logging a traceback (the client's fault, and one ERROR per hostile frame floods
-        the logs), and a message parsed after the close began (a later frame of the same read broke
-        the protocol) is dropped, where Uvicorn tries a second close frame and raises InvalidState.
-        Found by tests/integration/test_hostile."""
-        if self.conn.state is not State.OPEN:
+        the logs), and a message after the server's own close (an earlier message of the same read
+        was invalid UTF-8) is dropped, where Uvicorn tries a second close frame and raises
+        InvalidState. Found by tests/integration/test_hostile."""
+        # Not `conn.state is not OPEN`: websockets parses a whole read before its events are handled,
+        # so the messages that came in the same read as the client's close frame are handled with the
+        # state already CLOSING, and must still reach the application before handle_close queues the
+        # disconnect (Uvicorn's test_server_can_read_messages_in_buffer_after_close). Dropped: what
+        # comes after this side's close (its disconnect is queued already), and frames sent before
+        # the handshake was answered.
+        if self.close_sent or self.conn.state is State.CONNECTING:
             return
         if self.curr_msg_data_type == "text":
             try:
                 self.queue.put_nowait({"type": "websocket.receive", "text": self.bytes.decode()})
             except UnicodeDecodeError:
                 self.logger.debug("%s - invalid UTF-8 in a text message, closing with 1007", self.client)
-                self.conn.send_close(CloseCode.INVALID_DATA, "invalid UTF-8")
-                self.handle_parser_exception()
+                if self.conn.state is State.OPEN:  # else the client's close, later in this read, is answered
+                    self.conn.send_close(CloseCode.INVALID_DATA, "invalid UTF-8")
+                    self.handle_parser_exception()
                 return
         else:
             self.queue.put_nowait({"type": "websocket.receive", "bytes": self.bytes})

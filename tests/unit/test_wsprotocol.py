@@ -187,3 +187,65 @@ async def test_invalid_utf8_is_closed_with_1007_without_logging_an_error(caplog,
     assert transport.closing
     assert [record for record in caplog.records if record.levelno >= logging.WARNING] == []
     protocol.connection_lost(None)
+
+
+def recorder():
+    """An application that accepts, then records every event it receives until the disconnect."""
+    received = []
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        while not received or received[-1]["type"] != "websocket.disconnect":
+            received.append(await receive())
+
+    return app, received
+
+
+async def test_messages_in_the_same_read_as_the_clients_close_reach_the_app_before_the_disconnect():
+    """Uvicorn's test_server_can_read_messages_in_buffer_after_close: websockets parses the whole read
+    before its events are handled, so the messages were handled with the state already CLOSING."""
+    app, received = recorder()
+    protocol, transport, client = opened(app)
+    close = Close(1000, "").serialize()
+    frames = await answer(
+        protocol,
+        transport,
+        client,
+        (Opcode.TEXT, b"one", True),
+        (Opcode.BINARY, b"two", True),
+        (Opcode.CLOSE, close, True),
+    )
+    assert received == [
+        {"type": "websocket.receive", "text": "one"},
+        {"type": "websocket.receive", "bytes": b"two"},
+        {"type": "websocket.disconnect", "code": 1000, "reason": ""},
+    ]
+    assert [(frame.opcode, frame.data) for frame in frames] == [(Opcode.CLOSE, close)]
+    protocol.connection_lost(None)
+
+
+async def test_invalid_utf8_in_the_same_read_as_the_clients_close_gets_the_clients_close_echoed():
+    """The close is answered already when the message is handled: no second close (InvalidState)."""
+    app, received = recorder()
+    protocol, transport, client = opened(app)
+    close = Close(4000, "bye").serialize()
+    frames = await answer(
+        protocol, transport, client, (Opcode.TEXT, b"\xed\xa0\x80", True), (Opcode.CLOSE, close, True)
+    )
+    assert received == [{"type": "websocket.disconnect", "code": 4000, "reason": "bye"}]
+    assert [(frame.opcode, frame.data) for frame in frames] == [(Opcode.CLOSE, close)]
+    protocol.connection_lost(None)
+
+
+async def test_a_message_after_the_servers_close_in_the_same_read_is_dropped():
+    """The application has its disconnect (1007) already; nothing may follow it."""
+    app, received = recorder()
+    protocol, transport, client = opened(app)
+    frames = await answer(
+        protocol, transport, client, (Opcode.TEXT, b"\xed\xa0\x80", True), (Opcode.TEXT, b"after", True)
+    )
+    assert received == [{"type": "websocket.disconnect", "code": 1007, "reason": "invalid UTF-8"}]
+    assert protocol.queue.empty()
+    assert [(frame.opcode, Close.parse(frame.data).code) for frame in frames] == [(Opcode.CLOSE, 1007)]
+    protocol.connection_lost(None)
