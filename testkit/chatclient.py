@@ -81,13 +81,15 @@ class ChatClient:
         # The current connection.
         self.ws = None
         self.session = None
+        self.welcomed = asyncio.Event()
         self.since = None  # the since this connection asked for
         self.awaiting_resync = False
         self.target = None  # the room's seq the welcome (or resync) gave, in `epoch`
         self.ignoring = False  # stopped reading: every frame from now on is not seen
         self.leave_after_send = False
         self.away_until = 0.0  # no connection before this time (time.monotonic())
-        self.away_seconds = self.linger = 0.0
+        self.away_seconds = self.linger = self.deaf = self.deaf_until = 0.0
+        self.left_with = None  # the id of the last message it sent right before leaving
         self.sent_ids = set()
         self.catching_up = False
         self.caught_up = False
@@ -115,6 +117,7 @@ class ChatClient:
             self.record("welcome", frame=frame)
             self.session = frame["session"]
             self.sessions.add(self.session)
+            self.welcomed.set()
             epoch = frame.get("epoch", "")
             if self.since is None:
                 self.epoch, self.last = epoch, frame["seq"]
@@ -173,6 +176,7 @@ class ChatClient:
             await asyncio.sleep(wait)
         self.since = self.last
         self.session, self.target, self.awaiting_resync = None, None, False
+        self.welcomed = asyncio.Event()
         self.ignoring = False
         query = self.query()
         self.record("connect", query=query)
@@ -208,11 +212,13 @@ class ChatClient:
             try:
                 text = await asyncio.wait_for(ws.recv(), POLL_SECONDS)  # recv() is cancellation-safe
             except TimeoutError:
-                if self.away():
+                if self.away() and not self.ignoring:
                     return "away"
                 continue
             except websockets.ConnectionClosed:
                 return "away" if self.away() else "server"
+            if self.ignoring:
+                continue  # deaf: unread, until the sender closes
             if self.away():
                 return "away"
             reason = self.handle(json.loads(text))
@@ -235,8 +241,7 @@ class ChatClient:
     async def send_pending(self, ws):
         """Once welcomed, send every pending message not sent on this connection, then new ones."""
         sent_here = set()
-        while self.session is None:
-            await asyncio.sleep(0.01)
+        await self.welcomed.wait()
         if self.catching_up:
             return
         while True:
@@ -251,14 +256,16 @@ class ChatClient:
                 continue
             if self.leave_after_send:
                 self.leave_after_send = False
-                self.ignoring = True  # it sees nothing from here on, not even the echo
-                self.away_until = time.monotonic() + self.away_seconds
+                self.ignoring = True  # it reads nothing from here on, not even the echo
+                self.deaf_until = time.monotonic() + self.deaf
+                self.left_with = msg_id
             sent_here.add(msg_id)
             self.record("sent", id=msg_id, body=self.pending[msg_id], resend=msg_id in self.sent_ids)
             self.sent_ids.add(msg_id)
             await ws.send(json.dumps({"type": "message", "body": self.pending[msg_id], "id": msg_id}))
-            if self.ignoring:
+            if self.ignoring and time.monotonic() >= self.deaf_until:
                 await asyncio.sleep(self.linger)
+                self.away_until = time.monotonic() + self.away_seconds
                 await ws.close()
                 return
 
@@ -308,15 +315,17 @@ class ChatClient:
                 await asyncio.sleep(BACKOFF[0])
         return self.caught_up
 
-    async def leave(self, seconds, after_send=False, linger=0.0):
+    async def leave(self, seconds, after_send=False, linger=0.0, deaf=0.0):
         """Go away for `seconds` (composing goes on: pending messages pile up). With after_send,
-        leave right after sending the next message, reading nothing more, not even its echo: close
-        `linger` seconds after the send (0: at once, in the same read as the message, often). Returns
-        once it stopped reading."""
-        self.away_seconds, self.linger = seconds, linger
+        stop reading at the next send, not even its echo, go on sending for `deaf` seconds (a link
+        dying under a sender), then close `linger` seconds after the last send (0: at once, often in
+        the same read as the message). Returns once it stopped reading."""
+        self.away_seconds, self.linger, self.deaf = seconds, linger, deaf
         if after_send:
             self.leave_after_send = True
+            deadline = time.monotonic() + 10
             while self.leave_after_send:
+                assert time.monotonic() < deadline, f"{self.name} sent nothing in 10 s to leave after"
                 await asyncio.sleep(0.005)
             return
         self.away_until = time.monotonic() + seconds
@@ -325,9 +334,19 @@ class ChatClient:
                 await self.ws.close()
 
     def summary(self):
-        return {"composed": self.composed, "acked": len(self.acked), "refused": len(self.refused),
-                "pending": len(self.pending), "delivered": len(self.delivered), "connections":
-                sum(e["event"] == "connect" for e in self.log), "refusals": self.refusals}
+        """What happened to this client, in numbers (for a test's output)."""
+        counts = {"composed": self.composed, "acked": len(self.acked), "refused": len(self.refused),
+                  "pending": len(self.pending), "delivered": len(self.delivered), "refusals": self.refusals}
+        for event in self.log:
+            kind = event["event"]
+            if kind in ("connect", "reconnect", "duplicate", "error", "resync", "dropped"):
+                detail = event.get("reason") or event.get("frame", {}).get("reason") or \
+                    event.get("frame", {}).get("error")
+                name = f"{kind}:{detail}" if detail else kind
+                counts[name] = counts.get(name, 0) + 1
+            elif kind == "sent" and event["resend"]:
+                counts["resent"] = counts.get("resent", 0) + 1
+        return counts
 
 
 async def run_clients(clients, catch_up_timeout=15.0):

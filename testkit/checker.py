@@ -77,6 +77,12 @@ def parse_query(query):
     return (int(since) if since is not None and since.isdigit() else None), epoch
 
 
+def by_position(item):
+    """Sort key of ((room, epoch, seq), ...) items: seqs in numeric order."""
+    (room, epoch, seq), _ = item
+    return str(room), str(epoch), seq
+
+
 class Window:
     """The (epoch, seq) positions one member owes: per epoch, closed intervals [low, high]."""
 
@@ -211,7 +217,7 @@ class Checker:
 
     def check_seqs_are_one_message(self):
         """Rule 3."""
-        for (room, epoch, seq), messages in sorted(self.at.items(), key=str):
+        for (room, epoch, seq), messages in sorted(self.at.items(), key=by_position):
             if len(messages) > 1:
                 seen = "; ".join(
                     f"{self.who(session)}'s {msg_id!r} (session {session}, body {body!r}) seen by "
