@@ -12,8 +12,10 @@ finds no epoch key, or one written under another replication id, starts a new ep
 from what this Redis has. So within one epoch a seq never names two different messages: a failover
 that lost 8-10 hands out 8 again only under a new epoch. An epoch also ends with its seq key: a
 script that finds the seq key gone (expired, deleted) starts a new epoch and the seq key at 0, so a
-counter never starts again under its old epoch. A room's first handshake gives it both keys, so its
-first message follows on from the welcome's `seq` 0 in the same epoch.
+counter never starts again under its old epoch. A new epoch is a new history: the frames the old one
+kept are dropped (members who had them keep them; a replay holds only frames of the current epoch).
+A room's first handshake gives it both keys, so its first message follows on from the welcome's `seq`
+0 in the same epoch.
 
 **Sent ids.** A message id is kept per room and per sender (`<sender>:<id>`) for ROOM_IDS_SECONDS,
 at most ROOM_IDS_MAX per room, whatever the history keeps. Its value is `<epoch> <seq>` once
@@ -54,8 +56,9 @@ local function trim(history, cutoff) trim_below(history, 2, cutoff, false) end
 local clock = redis.call('TIME')
 local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
 -- The room's epoch: a new one unless its key was written under this Redis's replication id and its
--- seq key is there (a new epoch's seq goes on from the seq key, or from 0 if that is gone).
-local function room_epoch(seq_key, key, ttl)
+-- seq key is there. A new epoch is a new history: its seq goes on from the seq key (or from 0 if that
+-- is gone), and what the old one kept is dropped, so every kept frame is of the current epoch.
+local function room_epoch(seq_key, key, history, ttl)
   local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
   local record = redis.call('GET', key)
   local counted = redis.call('EXISTS', seq_key) == 1
@@ -65,6 +68,7 @@ local function room_epoch(seq_key, key, ttl)
   end
   local epoch = string.format('%s%x%05x', string.sub(replid, 1, 8), tonumber(clock[1]), tonumber(clock[2]))
   redis.call('SET', key, epoch .. ':' .. replid, 'EX', ttl)
+  redis.call('DEL', history)
   if not counted then redis.call('SET', seq_key, 0, 'EX', ttl + EPOCH_SLACK) end
   return epoch
 end
@@ -88,7 +92,7 @@ if known then
   if known == '!' .. ARGV[7] then return {0} end
   if string.sub(known, 1, 1) ~= '!' then return answer(known) end
 end
-local epoch = room_epoch(KEYS[1], KEYS[4], ttl)
+local epoch = room_epoch(KEYS[1], KEYS[4], KEYS[2], ttl)
 local seq = redis.call('INCR', KEYS[1])
 local frame = ARGV[1] .. epoch .. '","seq":' .. seq .. ARGV[2]
 local offset = 0
@@ -143,7 +147,7 @@ return {0}
 # gives a room without an epoch one (its seq goes on from 0 under it).
 BACKLOG_SCRIPT = PRELUDE + """
 local ttl = tonumber(ARGV[2])
-local epoch = room_epoch(KEYS[1], KEYS[3], ttl)
+local epoch = room_epoch(KEYS[1], KEYS[3], KEYS[2], ttl)
 redis.call('EXPIRE', KEYS[3], ttl)
 local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
 redis.call('EXPIRE', KEYS[1], ttl + EPOCH_SLACK)

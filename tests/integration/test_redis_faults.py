@@ -135,9 +135,6 @@ async def test_killed_subscriber_connections(redis_server, make_servers, tmp_pat
         "no member of the stalled server was told to resume: the fault did not bite"
 
 
-@pytest.mark.xfail(strict=True, raises=GuaranteeViolated, reason=(
-    "A publish outlives its error: the client gets `unavailable` after two socket timeouts, but its "
-    "script was in the stopped Redis' input buffer and runs when Redis resumes (rule 4)"))
 async def test_redis_frozen_longer_than_every_timeout(redis_server, make_servers, tmp_path):
     """Redis stops (SIGSTOP) for longer than a publish's socket timeout and its one retry, then
     resumes: nothing refused may be published after all, nothing acknowledged lost."""
@@ -153,10 +150,6 @@ async def test_redis_frozen_longer_than_every_timeout(redis_server, make_servers
     assert_guarantee(chatters, logs, history(redis_server.port, ROOM), tmp_path)
 
 
-@pytest.mark.xfail(strict=True, raises=GuaranteeViolated, reason=(
-    "Writes the replica never got are lost in the failover and the new primary's counter is behind: "
-    "the seqs of acknowledged messages are published again for other messages, with no epoch to tell "
-    "the two histories apart (rule 3)"))
 async def test_failover_to_a_replica_that_fell_behind(sentinels, make_servers, tmp_path):
     """The replica's link to the primary is cut (iptables) while the room chats, then the primary
     dies and the Sentinels promote the replica, which lacks the last writes."""
@@ -178,9 +171,6 @@ async def test_failover_to_a_replica_that_fell_behind(sentinels, make_servers, t
     assert_guarantee(chatters, logs, frames, tmp_path)
 
 
-@pytest.mark.xfail(strict=True, raises=GuaranteeViolated, reason=(
-    "The room's counter starts again at 1 after its keys go, in the same (absent) epoch: the new "
-    "messages take seqs that members already hold for other messages (rule 3)"))
 async def test_room_keys_expiring_while_a_client_is_away(redis_server, make_servers, tmp_path):
     """The room's keys go (as an expiry or an eviction would) while one client is away and the others
     chat on; the client comes back resuming from a seq of the old counter."""
@@ -196,9 +186,6 @@ async def test_room_keys_expiring_while_a_client_is_away(redis_server, make_serv
     assert_guarantee(chatters, logs, history(redis_server.port, ROOM), tmp_path)
 
 
-@pytest.mark.xfail(strict=True, raises=GuaranteeViolated, reason=(
-    "Message ids are remembered only while their message is in the history: once trimmed, the resend "
-    "of a message whose echo the client never saw is published a second time (rule 2)"))
 async def test_history_trimmed_before_a_resend(redis_server, make_servers, tmp_path):
     """A client sends, leaves before reading the echo, and is away while the room publishes more than
     ROOM_HISTORY_MAX (5) messages: it resumes (too_old) and resends the message it had no answer for."""
