@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 RELEASE_FLUSH_SECONDS = 2.0
 MESSAGE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a client's message id (docs/protocol.md)
 NOT_PUBLISHED = "the message was not published; send it again"
+STALL_SECONDS = 1.0  # a publish that took longer stalled the connection's input (rooms.ratelimit)
 
 
 def message_id(data):
@@ -238,6 +239,15 @@ class RoomConsumer(DatabaseFreeConsumer):
         reply is lost is never retried: settle() learns its fate."""
         given, msg_id = msg_id, msg_id or server_id()
         attempt = secrets.token_urlsafe(9)
+        started = asyncio.get_running_loop().time()
+        try:
+            await self.publish_once(body, msg_id, given, attempt)
+        finally:
+            waited = asyncio.get_running_loop().time() - started
+            if waited > STALL_SECONDS:  # frames the client sent meanwhile are not over its rate
+                self.bucket.credit(waited)
+
+    async def publish_once(self, body, msg_id, given, attempt):
         try:
             await get_hub().publish(self.room, self.session_id, body, msg_id, self.sender, attempt)
         except HubUnavailable:

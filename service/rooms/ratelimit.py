@@ -12,10 +12,15 @@ class TokenBucket:
         self.tokens = float(burst)
         self.stamp = clock()
 
+    def credit(self, seconds):
+        """Add what `seconds` refill, above the burst too: the time the server kept the client
+        waiting (a Redis stall) must not count against the frames it sent meanwhile."""
+        self.tokens += seconds * self.rate
+
     def take(self, now=None):
         """Spend one token; False when the bucket is empty."""
         now = time.monotonic() if now is None else now
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.tokens = max(self.tokens, min(self.burst, self.tokens + (now - self.stamp) * self.rate))
         self.stamp = now
         if self.tokens < 1.0:
             return False

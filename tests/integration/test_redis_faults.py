@@ -148,6 +148,8 @@ async def test_redis_frozen_longer_than_every_timeout(redis_server, make_servers
 
     chatters, logs = await chat(servers, freeze_redis, seconds=freeze + 3)
     assert_guarantee(chatters, logs, history(redis_server.port, ROOM), tmp_path)
+    assert not any(chatter.summary().get("error:rate_limited") for chatter in chatters), \
+        "frames sent at the allowed rate while the server waited on Redis were refused rate_limited"
 
 
 async def test_failover_to_a_replica_that_fell_behind(sentinels, make_servers, tmp_path):

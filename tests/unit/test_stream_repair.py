@@ -113,3 +113,14 @@ async def test_a_publish_whose_fate_stays_unknown_makes_the_sender_resume_and_re
     await alice.send_to(text_data=json.dumps({"type": "message", "body": "?", "id": "m1"}))
     await assert_resumes(alice, alice.welcome["epoch"], 0, timeout=3)
     assert len(calls) > 2, "the fence was tried again until PUBLISH_SETTLE_SECONDS"
+
+
+def test_time_the_server_kept_a_client_waiting_does_not_count_against_its_rate():
+    from rooms.ratelimit import TokenBucket
+
+    bucket = TokenBucket(rate=4, burst=2, clock=lambda: 0.0)
+    assert [bucket.take(now=0.0) for _ in range(3)] == [True, True, False]
+    bucket.credit(13.0)  # a 13 s Redis stall, during which the client sent 52 frames at 4/s
+    assert all(bucket.take(now=0.0) for _ in range(52))
+    assert not bucket.take(now=0.0)
+    assert bucket.take(now=0.25) and not bucket.take(now=0.25), "back to the rate, and the burst cap"
