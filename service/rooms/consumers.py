@@ -304,7 +304,8 @@ class RoomConsumer(DatabaseFreeConsumer):
                 self.early = []
                 self.slow_consumer()
             return
-        if epoch == self.epoch:
+        if epoch == self.epoch or not epoch:  # no epoch: published by a version before epochs (the
+            # other color, during the release that brings them), on the same counter
             if seq <= self.last:
                 return  # the replay had it
             if seq == self.last + 1:

@@ -124,3 +124,13 @@ def test_time_the_server_kept_a_client_waiting_does_not_count_against_its_rate()
     assert all(bucket.take(now=0.0) for _ in range(52))
     assert not bucket.take(now=0.0)
     assert bucket.take(now=0.25) and not bucket.take(now=0.25), "back to the rate, and the burst cap"
+
+
+async def test_a_message_from_a_version_before_epochs_continues_the_stream(connect):
+    """During the release that brings epochs, the old color publishes frames without one, on the
+    same counter: members of the new color must take them in order, not resume at each."""
+    _, alice = await connect("/ws/rooms/r-old/")
+    head, tail = frame_parts("r-old", "other", "old color", 0, "m1")
+    old_frame = head.replace(',"epoch":"', "") + ',"seq":1' + tail
+    consumer_of(alice).room_frame(old_frame, "", 1)
+    assert (await alice.receive_json_from())["body"] == "old color"
