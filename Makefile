@@ -86,8 +86,8 @@ $(BENCH_VENV)/.installed: requirements-bench.txt
 
 bench-deps: $(BENCH_VENV)/.installed  ## create .venv-bench (Locust, picows, py-spy)
 
-bench: bench-deps  ## benchmark the service (.venv from `make deps`) against a bare websockets server
-	$(BENCH_VENV)/bin/python -m bench
+bench: bench-deps  ## benchmark the service (.venv from `make deps`) against a bare websockets server; BEFORE=REF also measures the service at commit REF
+	$(BENCH_VENV)/bin/python -m bench $(if $(BEFORE),--before $(BEFORE))
 
 bench-smoke: bench-deps  ## every bench phase, much smaller (about 30 s): shows it runs, measures nothing
 	$(BENCH_VENV)/bin/python -m bench --smoke
