@@ -92,6 +92,9 @@ bench: bench-deps  ## benchmark the service (.venv from `make deps`) against a b
 bench-smoke: bench-deps  ## every bench phase, much smaller (about 30 s): shows it runs, measures nothing
 	$(BENCH_VENV)/bin/python -m bench --smoke
 
+bench-durability: bench-deps  ## the publish script's cost with acknowledged writes (WAIT, min-replicas) on a primary and a replica
+	$(BENCH_VENV)/bin/python -m bench.durability
+
 soak: bench-deps  ## Locust soak against HOST (default http://localhost:$HTTP_PORT) for SOAK_SECONDS
 	mkdir -p $(SOAK_REPORTS)
 	timeout $$(($(SOAK_SECONDS) + 60)) $(LOCUST_SOAK) --run-time $(SOAK_SECONDS)s \
@@ -114,4 +117,4 @@ soak-promote: bench-deps  ## soak while ./promote.sh runs SOAK_PROMOTIONS times;
 	soaked=$$?; \
 	echo "==> promote.sh exit $$promoted, soak report exit $$soaked (reports in $(SOAK_REPORTS)/soak-promote*)"; \
 	[[ $$promoted -eq 0 && $$soaked -eq 0 ]]
-.PHONY: bench-deps bench bench-smoke soak soak-promote
+.PHONY: bench-deps bench bench-smoke bench-durability soak soak-promote
