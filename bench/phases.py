@@ -31,14 +31,16 @@ SMOKE = Sizes(seconds=1, fanout_seconds=1, repeats=1, handshakes=200, idle=200, 
 
 
 def load(server, phase, *extra):
-    """Run one load phase against `server`; adds the server's CPU share to the result."""
+    """Run one load phase against `server`; adds the server's CPU share and seconds to the result."""
     cpu0, t0 = server.cpu(), time.monotonic()
     args = pinned(CLIENT_CPU, [sys.executable, "-m", "bench.load", phase, server.url, *extra])
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=LOAD_TIMEOUT)
     if done.returncode != 0:
         raise RuntimeError(f"{phase} against {server.name} failed:\n{done.stderr[-2000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["server_cpu"] = round((server.cpu() - cpu0) / (time.monotonic() - t0), 2)
+    cpu = server.cpu() - cpu0
+    result["server_cpu"] = round(cpu / (time.monotonic() - t0), 2)
+    result["server_cpu_seconds"] = round(cpu, 3)
     print(f"  {server.name} {phase} {' '.join(map(str, extra))}: {json.dumps(result)}", flush=True)
     return result
 

@@ -47,16 +47,24 @@ def row(metric, service, baseline="", ratio="", target="", met=None, before="", 
 
 
 def before_cells(r, who, key, field, shown=fmt):
-    """The before service's value of a measure and the service's over it ({} without a before run)."""
+    """The before service's value of a measure (a result's field, or a function of the result) and the
+    service's over it ({} without a before run)."""
     old = r.get((who.replace("service", "before"), key))
     if old is None:
         return {}
-    new, old = r[who, key][field], old[field]
+    value = field if callable(field) else lambda result: result[field]
+    new, old = value(r[who, key]), value(old)
     return {"before": shown(old), "vs_before": f"{new / old:.0%}" if old else "-"}
 
 
 def percent(value):
     return f"{value:.2%}"
+
+
+def ms_per_handshake(result):
+    """Server CPU time (its process tree; not Redis) per handshake, with its close: steadier than the
+    rate when other work shares the cores."""
+    return result["server_cpu_seconds"] / result["connections"] * 1000
 
 
 def fanout_rows(r, key, label, p99_target):
@@ -147,6 +155,14 @@ def table(r, sizes):
     rows.append(
         compared(
             r, f"Handshakes/s, {sizes.handshakes:,} conns (100 in flight)", "hs", "handshakes_per_s", 0.6
+        )
+    )
+    rows.append(
+        row(
+            "  server CPU per handshake (ms)",
+            fmt(ms_per_handshake(r["service", "hs"])),
+            fmt(ms_per_handshake(r["baseline", "hs"])),
+            **before_cells(r, "service", "hs", ms_per_handshake),
         )
     )
     cap = r["service", "hold"][2]
