@@ -313,9 +313,9 @@ async def benchmark(args, primary, replica):
     for name in variants:
         await run(name, 1.0)
     results = {name: Run() for name in variants}
-    names_ = list(variants)
+    kinds = list(variants)
     for i in range(args.rounds):
-        order = names_[i % len(names_) :] + names_[: i % len(names_)]
+        order = kinds[i % len(kinds) :] + kinds[: i % len(kinds)]
         for name in order:
             one = await run(name, args.seconds / args.rounds)
             print(f"  round {i + 1} {name}: {json.dumps(summary(one), default=str)}", flush=True)
