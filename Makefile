@@ -86,11 +86,14 @@ $(BENCH_VENV)/.installed: requirements-bench.txt
 
 bench-deps: $(BENCH_VENV)/.installed  ## create .venv-bench (Locust, picows, py-spy)
 
-bench: bench-deps  ## benchmark the service (.venv from `make deps`) against a bare websockets server
-	$(BENCH_VENV)/bin/python -m bench
+bench: bench-deps  ## benchmark the service (.venv from `make deps`) against a bare websockets server; BEFORE=REF also measures the service at commit REF
+	$(BENCH_VENV)/bin/python -m bench $(if $(BEFORE),--before $(BEFORE))
 
 bench-smoke: bench-deps  ## every bench phase, much smaller (about 30 s): shows it runs, measures nothing
 	$(BENCH_VENV)/bin/python -m bench --smoke
+
+bench-durability: bench-deps  ## the publish script's cost with acknowledged writes (WAIT, min-replicas) on a primary and a replica
+	$(BENCH_VENV)/bin/python -m bench.durability
 
 soak: bench-deps  ## Locust soak against HOST (default http://localhost:$HTTP_PORT) for SOAK_SECONDS
 	mkdir -p $(SOAK_REPORTS)
@@ -114,4 +117,4 @@ soak-promote: bench-deps  ## soak while ./promote.sh runs SOAK_PROMOTIONS times;
 	soaked=$$?; \
 	echo "==> promote.sh exit $$promoted, soak report exit $$soaked (reports in $(SOAK_REPORTS)/soak-promote*)"; \
 	[[ $$promoted -eq 0 && $$soaked -eq 0 ]]
-.PHONY: bench-deps bench bench-smoke soak soak-promote
+.PHONY: bench-deps bench bench-smoke bench-durability soak soak-promote

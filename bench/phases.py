@@ -1,6 +1,7 @@
 """The benchmark's phases: each runs bench.load (pinned to CLIENT_CPU) against a server and keeps its
 JSON result, with the server's CPU share over the phase added."""
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -30,23 +31,32 @@ SMOKE = Sizes(seconds=1, fanout_seconds=1, repeats=1, handshakes=200, idle=200, 
 
 
 def load(server, phase, *extra):
-    """Run one load phase against `server`; adds the server's CPU share to the result."""
+    """Run one load phase against `server`; adds the server's CPU share and seconds to the result."""
     cpu0, t0 = server.cpu(), time.monotonic()
     args = pinned(CLIENT_CPU, [sys.executable, "-m", "bench.load", phase, server.url, *extra])
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=LOAD_TIMEOUT)
     if done.returncode != 0:
         raise RuntimeError(f"{phase} against {server.name} failed:\n{done.stderr[-2000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["server_cpu"] = round((server.cpu() - cpu0) / (time.monotonic() - t0), 2)
+    cpu = server.cpu() - cpu0
+    result["server_cpu"] = round(cpu / (time.monotonic() - t0), 2)
+    result["server_cpu_seconds"] = round(cpu, 3)
     print(f"  {server.name} {phase} {' '.join(map(str, extra))}: {json.dumps(result)}", flush=True)
     return result
 
 
-def best(repeats, key, server, phase, *extra):
-    """The run with the highest `key` of `repeats`, for both servers. Runs on one core vary: the
-    baseline's round trips ranged 10k-18k/s between runs, and its handshakes fell from about
-    1,300/s to 700/s after its first run of 2,000."""
-    return max((load(server, phase, *extra) for _ in range(repeats)), key=lambda run: run[key])
+def best(repeats, key, servers, phase, *extra):
+    """`repeats` runs of a phase against each server ({who: server}) in turn, the order rotating by
+    one each round so that machine noise falls on all alike; the run with the highest `key` for each:
+    {who: result}. Runs on one core vary: the baseline's round trips ranged 10k-18k/s between runs,
+    and its handshakes fell from about 1,300/s to 700/s after its first run of 2,000."""
+    names = list(servers)
+    runs = {who: [] for who in names}
+    for i in range(repeats):
+        turn = i % len(names)
+        for who in names[turn:] + names[:turn]:
+            runs[who].append(load(servers[who], phase, *extra))
+    return {who: max(results, key=lambda run: run[key]) for who, results in runs.items()}
 
 
 def hold(server, totals):
@@ -76,65 +86,78 @@ def hold(server, totals):
     return points
 
 
-def fanout(server, seconds):
-    """One room, one member sending 100 messages/s to 200, then 500 members."""
-    return {
-        f"fan{members}": load(server, "fanout", "--members", members, "--rate", 100, "--seconds", seconds)
+def fanout(servers, seconds):
+    """One room, one member sending 100 messages/s to 200, then 500 members, on each server in turn."""
+    runs = {
+        f"fan{members}": best(
+            1, "delivered", servers, "fanout", "--members", members, "--rate", 100, "--seconds", seconds
+        )
         for members in (200, 500)
     }
+    return {who: {phase: results[who] for phase, results in runs.items()} for who in servers}
 
 
-def throughput(server, sizes):
-    return {
-        "rt": best(
-            sizes.repeats,
-            "roundtrips_per_s",
-            server,
-            "roundtrips",
-            "--connections",
-            100,
-            "--seconds",
-            sizes.seconds,
-        ),
-        "hs": best(
-            sizes.repeats, "handshakes_per_s", server, "handshakes", "--connections", sizes.handshakes
-        ),
-        **fanout(server, sizes.fanout_seconds),
-    }
+def throughput(servers, sizes):
+    """Round trips, handshakes and fan-out, each phase on every server in turn."""
+    rt = best(
+        sizes.repeats,
+        "roundtrips_per_s",
+        servers,
+        "roundtrips",
+        "--connections",
+        100,
+        "--seconds",
+        sizes.seconds,
+    )
+    hs = best(sizes.repeats, "handshakes_per_s", servers, "handshakes", "--connections", sizes.handshakes)
+    fan = fanout(servers, sizes.fanout_seconds)
+    return {who: {"rt": rt[who], "hs": hs[who], **fan[who]} for who in servers}
 
 
-def measured(start, measure):
-    """Start a server, measure it, stop it (by its pid, also when the measurement fails)."""
-    server = start()
-    try:
-        return measure(server)
-    finally:
-        server.stop()
+def measured(starters, measure):
+    """Start servers ({who: start}), measure them together ({who: server} -> result), stop them all
+    (by pid, also when a start or the measurement fails)."""
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for who, start in starters.items():
+            servers[who] = start()
+            stack.callback(servers[who].stop)
+        return measure(servers)
 
 
-def run(sizes, workdir):
-    """Every phase against the service and the baseline: {(who, phase): result}."""
-    redis = start_redis()
-    try:
+def run(sizes, workdir, before=None):
+    """Every phase against the baseline and the service, and the service of checkout `before` if
+    given (on its own Redis): {(who, phase): result}, who in baseline, service, service2 (2 workers)
+    and before, before2."""
+    services = {"service": ROOT, **({"before": before} if before else {})}
+    with contextlib.ExitStack() as stack:
+        redis_urls = {}
+        for who in services:
+            redis = start_redis()
+            stack.callback(redis.stop)
+            redis_urls[who] = redis.url
 
-        def service(workers=1):
-            return lambda: start_service(workers, redis.url, workdir)
+        def service(who, workers=1):
+            return lambda: start_service(workers, redis_urls[who], workdir, root=services[who], name=who)
 
         def baseline():
             return start_baseline(workdir)
 
-        print("phases: round trips, handshakes, fan-out (service: 1 worker, then 2 workers)", flush=True)
-        by_server = {
-            "service": measured(service(), lambda server: throughput(server, sizes)),
-            "baseline": measured(baseline, lambda server: throughput(server, sizes)),
-            "service2": measured(service(2), lambda server: fanout(server, sizes.fanout_seconds)),
-        }
+        print(
+            f"phases: round trips, handshakes, fan-out ({', '.join(services)}: 1 worker, then 2 workers)",
+            flush=True,
+        )
+        one_worker = {"baseline": baseline, **{who: service(who) for who in services}}
+        results = measured(one_worker, lambda servers: throughput(servers, sizes))
+        two_workers = {f"{who}2": service(who, 2) for who in services}
+        results |= measured(two_workers, lambda servers: fanout(servers, sizes.fanout_seconds))
         print("phases: idle memory (fresh processes), then capacity", flush=True)
         idle = (IDLE_WARMUP, IDLE_WARMUP + sizes.idle)
-        by_server["service"]["hold"] = measured(
-            service(), lambda server: hold(server, (*idle, sizes.capacity))
+        for who in services:
+            results[who]["hold"] = measured(
+                {who: service(who)}, lambda servers, who=who: hold(servers[who], (*idle, sizes.capacity))
+            )
+        results["baseline"]["hold"] = measured(
+            {"baseline": baseline}, lambda servers: hold(servers["baseline"], idle)
         )
-        by_server["baseline"]["hold"] = measured(baseline, lambda server: hold(server, idle))
-    finally:
-        redis.stop()
-    return {(who, phase): result for who, phases in by_server.items() for phase, result in phases.items()}
+    return {(who, phase): result for who, phases in results.items() for phase, result in phases.items()}

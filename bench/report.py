@@ -26,8 +26,10 @@ SERVICE_PACKAGES = (
 )
 BENCH_PACKAGES = ("picows", "websockets", "uvloop")
 CPU_PHASES = [
-    (who, phase) for phase in ("rt", "hs", "fan200", "fan500") for who in ("service", "baseline")
-] + [("service2", "fan200"), ("service2", "fan500")]
+    (who, phase) for phase in ("rt", "hs", "fan200", "fan500") for who in ("service", "before", "baseline")
+] + [(who, phase) for phase in ("fan200", "fan500") for who in ("service2", "before2")]
+HEADER = ("Measure", "Service", "Before", "After/before", "Baseline", "Ratio", "Target", "Met")
+BEFORE_COLUMNS = (2, 3)
 
 
 def fmt(value, unit=""):
@@ -38,9 +40,31 @@ def fmt(value, unit=""):
     return f"{value:,.0f}{unit}" if isinstance(value, (int, float)) else str(value)
 
 
-def row(metric, service, baseline="", ratio="", target="", met=None):
-    """(metric, service, baseline, ratio, target, met): met is None for a detail without a target."""
-    return metric, service, baseline, ratio, target, met
+def row(metric, service, baseline="", ratio="", target="", met=None, before="", vs_before=""):
+    """A row of HEADER: met is None for a detail without a target; before and vs_before (the
+    service's value over the before service's) are empty without a before run."""
+    return metric, service, before, vs_before, baseline, ratio, target, met
+
+
+def before_cells(r, who, key, field, shown=fmt):
+    """The before service's value of a measure (a result's field, or a function of the result) and the
+    service's over it ({} without a before run)."""
+    old = r.get((who.replace("service", "before"), key))
+    if old is None:
+        return {}
+    value = field if callable(field) else lambda result: result[field]
+    new, old = value(r[who, key]), value(old)
+    return {"before": shown(old), "vs_before": f"{new / old:.0%}" if old else "-"}
+
+
+def percent(value):
+    return f"{value:.2%}"
+
+
+def ms_per_handshake(result):
+    """Server CPU time (its process tree; not Redis) per handshake, with its close: steadier than the
+    rate when other work shares the cores."""
+    return result["server_cpu_seconds"] / result["connections"] * 1000
 
 
 def fanout_rows(r, key, label, p99_target):
@@ -56,16 +80,22 @@ def fanout_rows(r, key, label, p99_target):
         rows.append(
             row(
                 f"Fan-out {label} x 100 msg/s, {name}: delivered",
-                f"{s['delivered']:.2%}",
-                f"{b['delivered']:.2%}" if with_baseline else "",
+                percent(s["delivered"]),
+                percent(b["delivered"]) if with_baseline else "",
                 "",
                 target,
                 ok,
+                **before_cells(r, who, key, "delivered", percent),
             )
         )
         for field in ("deliveries_per_s", "p50_ms", "p99_ms"):
             rows.append(
-                row(f"  {field.replace('_', ' ')}", fmt(s[field]), fmt(b[field]) if with_baseline else "")
+                row(
+                    f"  {field.replace('_', ' ')}",
+                    fmt(s[field]),
+                    fmt(b[field]) if with_baseline else "",
+                    **before_cells(r, who, key, field),
+                )
             )
     return rows
 
@@ -75,7 +105,15 @@ def compared(r, label, key, field, minimum):
     s, b = r["service", key][field], r["baseline", key][field]
     share = s / b if b else None
     shown = "-" if share is None else f"{share:.0%}"
-    return row(label, fmt(s), fmt(b), shown, f">= {minimum:.0%}", share is not None and share >= minimum)
+    return row(
+        label,
+        fmt(s),
+        fmt(b),
+        shown,
+        f">= {minimum:.0%}",
+        share is not None and share >= minimum,
+        **before_cells(r, "service", key, field),
+    )
 
 
 def table(r, sizes):
@@ -87,14 +125,22 @@ def table(r, sizes):
                 f"  round trip {field[:3]} (ms)",
                 fmt(r["service", "rt"][field]),
                 fmt(r["baseline", "rt"][field]),
+                **before_cells(r, "service", "rt", field),
             )
         )
     rows += fanout_rows(r, "fan200", "200 members", 50)
     rows += fanout_rows(r, "fan500", "500 members", None)
     per_conn = {}
-    for who in ("service", "baseline"):
-        warm, loaded = r[who, "hold"][0], r[who, "hold"][1]
-        per_conn[who] = (loaded["rss"] - warm["rss"]) / 1024 / (loaded["held"] - warm["held"])
+    for who in ("service", "before", "baseline"):
+        if (who, "hold") in r:
+            warm, loaded = r[who, "hold"][0], r[who, "hold"][1]
+            per_conn[who] = (loaded["rss"] - warm["rss"]) / 1024 / (loaded["held"] - warm["held"])
+    before = {}
+    if "before" in per_conn:
+        before = {
+            "before": f"{per_conn['before']:.1f}",
+            "vs_before": f"{per_conn['service'] / per_conn['before']:.0%}",
+        }
     rows.append(
         row(
             f"RSS per idle connection at {sizes.idle:,} (KiB)",
@@ -103,6 +149,7 @@ def table(r, sizes):
             f"{per_conn['service'] / per_conn['baseline']:.0%}",
             "<= 24 KiB",
             per_conn["service"] <= 24,
+            **before,
         )
     )
     rows.append(
@@ -110,13 +157,23 @@ def table(r, sizes):
             r, f"Handshakes/s, {sizes.handshakes:,} conns (100 in flight)", "hs", "handshakes_per_s", 0.6
         )
     )
+    rows.append(
+        row(
+            "  server CPU per handshake (ms)",
+            fmt(ms_per_handshake(r["service", "hs"])),
+            fmt(ms_per_handshake(r["baseline", "hs"])),
+            **before_cells(r, "service", "hs", ms_per_handshake),
+        )
+    )
     cap = r["service", "hold"][2]
+    old_cap = r.get(("before", "hold"), [None] * 3)[2]
     rows.append(
         row(
             f"Concurrent connections, 1 worker (of {sizes.capacity:,})",
             f"{cap['held']:,}, {cap['errors']} errors",
             target=f"{sizes.capacity:,}, 0 errors",
             met=cap["held"] == sizes.capacity and cap["errors"] == 0,
+            before="" if old_cap is None else f"{old_cap['held']:,}, {old_cap['errors']} errors",
         )
     )
     return rows
@@ -126,28 +183,33 @@ def cpu_rows(r):
     return [
         (f"{who} {phase}", r[who, phase]["client_cpu"], r[who, phase]["server_cpu"])
         for who, phase in CPU_PHASES
+        if (who, phase) in r
     ]
 
 
+def cells(rows, yes, no):
+    """The header and each row as strings, Met as yes/no, without the before columns if there was no
+    before run."""
+    with_before = any(r[BEFORE_COLUMNS[0]] for r in rows)
+    keep = [i for i in range(len(HEADER)) if with_before or i not in BEFORE_COLUMNS]
+    table = [HEADER]
+    for *values, ok in rows:
+        table.append((*values, "" if ok is None else (yes if ok else no)))
+    return [[str(line[i]) for i in keep] for line in table]
+
+
 def markdown(rows):
-    lines = ["| Measure | Service | Baseline | Ratio | Target | Met |", "|---|---|---|---|---|---|"]
-    for metric, s, b, ratio, target, ok in rows:
-        met = "" if ok is None else ("yes" if ok else "**no**")
-        lines.append(f"| {metric.strip()} | {s} | {b} | {ratio} | {target} | {met} |")
-    return "\n".join(lines)
+    header, *body = cells(rows, "yes", "**no**")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join([line[0].strip(), *line[1:]]) + " |" for line in body])
 
 
 def plain(rows):
-    widths = [max(len(str(r[i])) for r in rows) for i in range(5)]
-    out = []
-    for metric, s, b, ratio, target, ok in [
-        ("Measure", "Service", "Baseline", "Ratio", "Target", "Met"),
-        *rows,
-    ]:
-        met = ok if isinstance(ok, str) else ("" if ok is None else ("yes" if ok else "NO"))
-        cells = (metric, s, b, ratio, target)
-        out.append("  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + "  " + met)
-    return "\n".join(out)
+    table = cells(rows, "yes", "NO")
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]) - 1)]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=False)) + "  " + line[-1] for line in table
+    )
 
 
 def versions():
@@ -172,8 +234,15 @@ def machine():
     return f"{platform.platform()}, {model}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Python {python}"
 
 
-def results_section(rows, cpu, started, seconds, load_before, load_after, command):
+def results_section(rows, cpu, started, seconds, load_before, load_after, command, before=None):
     service, bench_versions, redis = versions()
+    compared = []
+    if before:
+        compared = [
+            f"- Before: the service at `{before}` (a temporary `git worktree`, the same `.venv`, its own "
+            "Redis). Each phase runs on the baseline, the before service and the service in turn; "
+            "After/before is the service's value over the before service's.",
+        ]
     return "\n".join(
         [
             f"Measured {started:%Y-%m-%d %H:%M} UTC by `{command}` ({seconds:.0f} s; "
@@ -184,6 +253,7 @@ def results_section(rows, cpu, started, seconds, load_before, load_after, comman
             f"the load generator on core {CLIENT_CPU}.",
             f"- Service (`.venv`): {', '.join(service)}; {redis}.",
             f"- Baseline and load generator (`.venv-bench`): {', '.join(bench_versions)}.",
+            *compared,
             "",
             markdown(rows),
             "",

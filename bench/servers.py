@@ -1,10 +1,13 @@
 """The processes a benchmark measures: Redis, the service and the baseline, pinned to SERVER_CPU.
 
 Started and stopped through testkit (as the integration tier starts them); this module adds the
-pinning, the open-files limit and the resource measurements of each server's process tree.
+pinning, the open-files limit and the resource measurements of each server's process tree, and
+the checkout of an earlier version whose service is measured beside this one (`--before`).
 """
 
+import contextlib
 import resource
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,13 +57,15 @@ def start_redis():
     return redis
 
 
-def start_service(workers, redis_url, workdir):
-    """The service through entrypoint.sh with .venv's Python, rate limits out of the way."""
+def start_service(workers, redis_url, workdir, root=ROOT, name="service"):
+    """The service of checkout `root` through its entrypoint.sh with .venv's Python, rate limits out
+    of the way."""
     app = AppServer(
         redis_url,
         workdir,
         workers=workers,
         python=str(SERVICE_PYTHON),
+        root=root,
         prefix=pinned(SERVER_CPU),
         preexec_fn=raise_nofile,
         DJANGO_SECRET_KEY="bench",
@@ -70,7 +75,32 @@ def start_service(workers, redis_url, workdir):
         RATE_LIMIT_BURST="1000",
     )
     app.start()
-    return Server(f"service-{workers}w-{app.port}", app.ws_url, app.process.pid, app.stop)
+    return Server(f"{name}-{workers}w-{app.port}", app.ws_url, app.process.pid, app.stop)
+
+
+def git(*args):
+    return subprocess.run(
+        ["git", "-C", ROOT, *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def commit_of(ref):
+    """The short commit id `ref` names; ValueError if it names none."""
+    try:
+        return git("rev-parse", "--short", "--verify", "--end-of-options", f"{ref}^{{commit}}")
+    except subprocess.CalledProcessError:
+        raise ValueError(f"{ref!r} names no commit of this repository") from None
+
+
+@contextlib.contextmanager
+def checkout(commit, workdir):
+    """A temporary `git worktree` of `commit` in workdir, removed afterwards (also on failure)."""
+    path = Path(workdir, f"before-{commit}")
+    git("worktree", "add", "--detach", "--quiet", str(path), commit)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", str(path)], check=False)
 
 
 def start_baseline(workdir):

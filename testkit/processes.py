@@ -214,16 +214,18 @@ class AppServer:
     """The service started through entrypoint.sh on loopback, as a replica runs it.
 
     `python` is the interpreter with the service's requirements (default: this one); `prefix` goes
-    before the command (e.g. taskset); `env` overrides the environment below.
+    before the command (e.g. taskset); `root` is the checkout whose entrypoint.sh and service/ run
+    (default: this one); `env` overrides the environment below.
     """
 
     def __init__(
-        self, redis_url, workdir, workers=2, python=sys.executable, prefix=(), preexec_fn=None, **env
+        self, redis_url, workdir, workers=2, python=sys.executable, prefix=(), preexec_fn=None, root=ROOT,
+        **env,
     ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
-        self.prefix, self.preexec_fn = list(prefix), preexec_fn
+        self.prefix, self.preexec_fn, self.root = list(prefix), preexec_fn, str(root)
         self.env = dict(
             os.environ,
             PATH=os.path.dirname(python) + os.pathsep + os.environ["PATH"],
@@ -245,7 +247,7 @@ class AppServer:
     def start(self):
         with open(self.log_path, "ab") as log:
             self.process = Process(
-                [*self.prefix, os.path.join(ROOT, "entrypoint.sh")],
+                [*self.prefix, os.path.join(self.root, "entrypoint.sh")],
                 env=self.env,
                 log=log,
                 preexec_fn=self.preexec_fn,
