@@ -58,19 +58,23 @@ local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
 -- The room's epoch: a new one unless its key was written under this Redis's replication id and its
 -- seq key is there. A new epoch is a new history: its seq goes on from the seq key (or from 0 if that
 -- is gone), and what the old one kept is dropped, so every kept frame is of the current epoch.
+-- Returns the epoch and the seq; both keys' expiry is refreshed (GETEX: one call each).
 local function room_epoch(seq_key, key, history, ttl)
   local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
-  local record = redis.call('GET', key)
-  local counted = redis.call('EXISTS', seq_key) == 1
-  if record and counted then
+  local record = redis.call('GETEX', key, 'EX', ttl)
+  local seq = redis.call('GETEX', seq_key, 'EX', ttl + EPOCH_SLACK)
+  if record and seq then
     local epoch, written = string.match(record, '^(%w+):(%x+)$')
-    if written == replid then return epoch end
+    if written == replid then return epoch, tonumber(seq) end
   end
   local epoch = string.format('%s%x%05x', string.sub(replid, 1, 8), tonumber(clock[1]), tonumber(clock[2]))
   redis.call('SET', key, epoch .. ':' .. replid, 'EX', ttl)
   redis.call('DEL', history)
-  if not counted then redis.call('SET', seq_key, 0, 'EX', ttl + EPOCH_SLACK) end
-  return epoch
+  if not seq then
+    seq = 0
+    redis.call('SET', seq_key, seq, 'EX', ttl + EPOCH_SLACK)
+  end
+  return epoch, tonumber(seq)
 end
 local function answer(known)
   local epoch, seq = string.match(known, '^(%w+) (%d+)$')
@@ -93,7 +97,7 @@ if known then
   if string.sub(known, 1, 1) ~= '!' then return answer(known) end
 end
 local epoch = room_epoch(KEYS[1], KEYS[4], KEYS[2], ttl)
-local seq = redis.call('INCR', KEYS[1])
+local seq = redis.call('INCR', KEYS[1])  -- keeps the expiry room_epoch set
 local frame = ARGV[1] .. epoch .. '","seq":' .. seq .. ARGV[2]
 local offset = 0
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
@@ -107,8 +111,6 @@ if type(added) == 'table' and added.err then
 end
 trim(KEYS[2], now - ttl * 1000)
 trim_below(KEYS[2], 6, offset + #frame - tonumber(ARGV[5]), true)
-redis.call('EXPIRE', KEYS[1], ttl + EPOCH_SLACK)
-redis.call('EXPIRE', KEYS[4], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
 local ids_ttl = tonumber(ARGV[8])
 redis.call('HSET', KEYS[5], ARGV[6], epoch .. ' ' .. seq)
@@ -147,10 +149,7 @@ return {0}
 # gives a room without an epoch one (its seq goes on from 0 under it).
 BACKLOG_SCRIPT = PRELUDE + """
 local ttl = tonumber(ARGV[2])
-local epoch = room_epoch(KEYS[1], KEYS[3], KEYS[2], ttl)
-redis.call('EXPIRE', KEYS[3], ttl)
-local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
-redis.call('EXPIRE', KEYS[1], ttl + EPOCH_SLACK)
+local epoch, seq = room_epoch(KEYS[1], KEYS[3], KEYS[2], ttl)
 if ARGV[1] == '' then return {epoch, seq, 0} end
 trim(KEYS[2], now - ttl * 1000)
 local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
