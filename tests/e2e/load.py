@@ -31,8 +31,12 @@ async def until(check, timeout, what, interval=0.2):
 
 class Traffic:
     def __init__(self, base_url, ws_url, clients=100, rooms=10, message_interval=1.0, poll_interval=0.05,
-                 keepalive=20.0):
+                 keepalive=20.0, redis_failover=False):
         self.base_url = base_url
+        # A Redis failover gives every room a new epoch: each client is told with a resync "epoch"
+        # (docs/protocol.md). Expected only where the test makes Redis fail over; an error elsewhere.
+        self.redis_failover = redis_failover
+        self.epoch_resyncs = 0
         # The client's own pings (websockets' keepalive): how a client notices a connection that
         # went silent (its server's machine died) rather than closed.
         self.keepalive = keepalive
@@ -70,7 +74,8 @@ class Traffic:
         longest = max(self.handovers, default=0.0)
         return (f"WS sent {self.sent}, received {self.received}, lost {self.delivery['lost']}, "
                 f"duplicated {self.delivery['duplicated']}, out of order {self.delivery['out_of_order']}, "
-                f"unconfirmed own {self.unconfirmed}, refused {self.refused}; "
+                f"unconfirmed own {self.unconfirmed}, refused {self.refused}, "
+                f"epoch resyncs {self.epoch_resyncs}; "
                 f"{self.delivery['resumes']} resumes replayed {self.delivery['replayed']} "
                 f"(largest {self.delivery['max_replay']}); longest handover "
                 f"{longest * 1000:.0f} ms; closes {dict(self.closes)}")
@@ -199,7 +204,10 @@ class Client:
                 self.pending.discard(frame["body"])
             elif kind == "resync":
                 self.receipt.resync(frame)
-                self.traffic.frame_errors.append(f"client {self.index}: {frame}")
+                if frame.get("reason") == "epoch" and self.traffic.redis_failover:
+                    self.traffic.epoch_resyncs += 1
+                else:
+                    self.traffic.frame_errors.append(f"client {self.index}: {frame}")
             elif kind == "error" and frame.get("error") == "unavailable":
                 self.traffic.refused += 1
             elif kind == "reconnect":

@@ -40,7 +40,8 @@ async def test_the_redis_primary_dies_and_everything_follows_the_new_one(lab):
     container = lab.docker(node, "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={old}")
     assert container, f"{old} does not run on node {node}"
 
-    traffic = Traffic(lab.url(1), lab.ws_url(1), clients=20, rooms=4, message_interval=0.25, keepalive=5.0)
+    traffic = Traffic(lab.url(1), lab.ws_url(1), clients=20, rooms=4, message_interval=0.25, keepalive=5.0,
+                      redis_failover=True)
     runner = asyncio.create_task(traffic.run())
     try:
         await asyncio.wait_for(traffic.connected.wait(), 60)
@@ -60,6 +61,7 @@ async def test_the_redis_primary_dies_and_everything_follows_the_new_one(lab):
           f"{promoted + flowing:.1f}s after the kill; HTTP {traffic.http_ok} ok / "
           f"{len(traffic.http_failures)} failed; {traffic.summary()}")
     traffic.assert_every_message_reached_every_client_once_in_order()
+    assert traffic.epoch_resyncs >= 20, "every client is told of the promoted replica's new epoch"
     assert traffic.http_failures == []
 
     # The channel layer on the new primary: a promotion's drain travels through it, and its release
