@@ -36,7 +36,7 @@ MASTER = "wsapp"
 PASSWORD = "fault-tier-0123456789"
 # Small, so a failover takes about two seconds: the stack uses 5000 and 60000 (docs/operations.md).
 SENTINEL_ENV = {"SENTINEL_DOWN_AFTER_MS": "1000", "SENTINEL_FAILOVER_TIMEOUT_MS": "5000"}
-ROOM_KEY_PREFIXES = ("wsapp:seq:", "wsapp:epoch:", "wsapp:history:", "wsapp:ids:")
+ROOM_KEY_PREFIXES = ("wsapp:seq:", "wsapp:epoch:", "wsapp:history:", "wsapp:sent:", "wsapp:sentt:")
 HISTORY_PREFIX = "wsapp:history:"
 
 

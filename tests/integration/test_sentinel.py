@@ -14,62 +14,13 @@ import websockets
 from loadtest.delivery import Receipt, new_totals
 
 from rooms.names import CHANNEL_PREFIX, HEARTBEAT_CHANNEL, HISTORY_PREFIX
-from tests.helpers import ROOT, AppServer, RedisNode, free_port, require_command, wait_until
+from testkit.redisfaults import MASTER
+from testkit.redisfaults import Sentinels as Topology
+from tests.helpers import ROOT, AppServer, require_command, wait_until
 
 pytestmark = pytest.mark.integration
 
 ORIGIN = "http://localhost"
-PASSWORD = "sentinel-test-0123456789"
-MASTER = "wsapp"
-# Small, so the test is quick: the stack uses 5000 and 60000 (docs/operations.md).
-SENTINEL_ENV = {"SENTINEL_DOWN_AFTER_MS": "1000", "SENTINEL_FAILOVER_TIMEOUT_MS": "5000"}
-
-
-def fields(raw):
-    """The key/value lines of a --raw SENTINEL MASTER answer as a dict."""
-    lines = (raw or "").splitlines()
-    return dict(zip(lines[::2], lines[1::2], strict=False))
-
-
-class Topology:
-    def __init__(self, workdir):
-        self.password_file = workdir / "redis_password"
-        self.password_file.write_text(PASSWORD + "\n")
-        ports = [free_port() for _ in range(5)]
-        self.listing = ",".join(f"127.0.0.1:{port}" for port in ports[2:])
-        first = f"127.0.0.1:{ports[0]}"
-        common = dict(workdir=workdir, password_file=self.password_file, sentinels=self.listing,
-                      primary=first)
-        # The first Redis finds no Sentinel yet: one question, not three, keeps the test quick.
-        self.primary = RedisNode("primary", port=ports[0], SENTINEL_ASK_TRIES="1", **common)
-        self.replica = RedisNode("replica", port=ports[1], SENTINEL_ASK_TRIES="1", **common)
-        self.sentinels = [RedisNode("sentinel", port=port, SENTINEL_SLOT=str(slot), SENTINEL_ASK_TRIES="1",
-                                    **SENTINEL_ENV, **common) for slot, port in enumerate(ports[2:], 1)]
-        self.nodes = [self.primary, self.replica, *self.sentinels]
-
-    def start(self):
-        for node in self.nodes:
-            node.start()
-        wait_until(self.converged, 40, "three Sentinels that see each other and the replica")
-
-    def master(self, sentinel):
-        return fields(sentinel.command("SENTINEL", "MASTER", MASTER))
-
-    def converged(self):
-        for sentinel in self.sentinels:
-            state = self.master(sentinel)
-            if state.get("num-other-sentinels") != "2" or state.get("num-slaves") != "1":
-                return False
-        return self.replica.command("INFO", "replication").count("master_link_status:up") == 1
-
-    def primary_port(self, sentinel=None):
-        answer = (sentinel or self.sentinels[0]).command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER)
-        lines = (answer or "").split()
-        return int(lines[1]) if len(lines) == 2 else None
-
-    def stop(self):
-        for node in self.nodes:
-            node.stop()
 
 
 @pytest.fixture
@@ -78,8 +29,8 @@ def topology(tmp_path):
     require_command("redis-cli", "redis/start.sh asks the Sentinels with redis-cli")
     require_command("getent", "redis/start.sh resolves the Sentinels' names")
     topology = Topology(tmp_path)
+    topology.start()  # stops what it started if it fails
     try:
-        topology.start()
         yield topology
     finally:
         topology.stop()

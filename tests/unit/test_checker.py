@@ -447,13 +447,18 @@ def delivered_events(logs):
     return [(name, n) for name, log in logs.items() for n, e in enumerate(log) if e["event"] == "message"]
 
 
-@PROPERTY
-@given(script=scripts, clients=st.integers(1, 4), data=st.data())
-def test_dropping_one_delivery_is_reported(script, clients, data):
+def a_delivery(script, clients, data):
+    """A simulated run, and one of its deliveries drawn: (logs, history, client, event index)."""
     logs, history = simulate(script, clients)
     candidates = delivered_events(logs)
     assume(candidates)
-    name, n = data.draw(st.sampled_from(candidates))
+    return (logs, history, *data.draw(st.sampled_from(candidates)))
+
+
+@PROPERTY
+@given(script=scripts, clients=st.integers(1, 4), data=st.data())
+def test_dropping_one_delivery_is_reported(script, clients, data):
+    logs, history, name, n = a_delivery(script, clients, data)
     del logs[name][n]
     assert check(logs, history) != []
 
@@ -461,10 +466,7 @@ def test_dropping_one_delivery_is_reported(script, clients, data):
 @PROPERTY
 @given(script=scripts, clients=st.integers(1, 4), data=st.data())
 def test_delivering_one_message_twice_is_reported(script, clients, data):
-    logs, history = simulate(script, clients)
-    candidates = delivered_events(logs)
-    assume(candidates)
-    name, n = data.draw(st.sampled_from(candidates))
+    logs, history, name, n = a_delivery(script, clients, data)
     logs[name].insert(n + 1, copy.deepcopy(logs[name][n]))
     assert check(logs, history) != []
 
