@@ -11,7 +11,6 @@ import json
 import secrets
 from typing import NamedTuple
 
-MESSAGE_HEAD = '{"type":"message",'
 EPOCH_FIELD = '"epoch":"'
 SERVER_ID_MARK = "~"  # a message id the server made: clients' ids cannot contain it
 
