@@ -57,6 +57,7 @@ class Traffic:
         self.sent = 0
         self.delivery = new_totals()  # received, lost, duplicated, out_of_order, resumes, replayed, ...
         self.unconfirmed = 0  # own messages never seen back (sent as the connection was released)
+        self.latencies = []  # seconds from sending an own message to seeing it back
         self.handovers = []  # seconds each client went without room messages across a 1012
         self.color_of = {}  # client index -> color of its current connection
         self.replica_of = {}  # client index -> replica of its current connection
@@ -170,7 +171,7 @@ class Client:
         self.retry_ms = RETRY_MS
         self.draining = False
         self.numbers = iter(range(10**9))
-        self.pending = set()  # bodies of own messages not yet seen back
+        self.pending = {}  # body of each own message not yet seen back -> when it was sent
         self.last_message_at = None
         self.handover_from = None
 
@@ -181,7 +182,7 @@ class Client:
             while not self.traffic.stop.is_set() and not self.draining:
                 body = f"{self.index}:{next(self.numbers)}"
                 await ws.send(json.dumps({"type": "message", "body": body}))
-                self.pending.add(body)
+                self.pending[body] = time.monotonic()
                 self.traffic.sent += 1
                 await asyncio.sleep(self.traffic.message_interval)
         except websockets.ConnectionClosed:
@@ -201,7 +202,9 @@ class Client:
                 problem = self.receipt.message(frame["seq"], frame.get("id"))
                 if problem is not None:
                     self.traffic.frame_errors.append(f"client {self.index}: seq {frame['seq']} {problem}")
-                self.pending.discard(frame["body"])
+                sent = self.pending.pop(frame["body"], None)
+                if sent is not None:
+                    self.traffic.latencies.append(self.last_message_at - sent)
             elif kind == "resync":
                 self.receipt.resync(frame)
                 if frame.get("reason") == "epoch" and self.traffic.redis_failover:
