@@ -12,6 +12,7 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
+import wsserver
 from rooms.names import CHANNEL_LAYER_PREFIX, DEFAULT_PORT
 from rooms.redis_url import RedisUrlError, layer_host
 from rooms.redis_url import redis_sentinels as redis_sentinels_with_password
@@ -241,6 +242,15 @@ GRACEFUL_TIMEOUT = env_int("GRACEFUL_TIMEOUT", 8, minimum=0)  # whole seconds, a
 REDIS_WAIT_SECONDS = env_float("REDIS_WAIT_SECONDS", 30.0, minimum=0.0)  # `rooms.ctl wait-redis` at start
 WS_PING_INTERVAL = env_float("WS_PING_INTERVAL", 20.0, minimum=0.0)  # 0: no keepalive
 WS_PING_TIMEOUT = env_float("WS_PING_TIMEOUT", 20.0, minimum=0.0)
+# Unsent bytes per socket (wsserver): over HIGH the connection stops reading, below LOW it resumes, and
+# one over HIGH for WS_WRITE_STALL_SECONDS is closed with 1013. The server reads the same variables.
+WS_WRITE_BUFFER_HIGH = env_int("WS_WRITE_BUFFER_HIGH", wsserver.WRITE_BUFFER_HIGH, minimum=4096)
+WS_WRITE_BUFFER_LOW = env_int("WS_WRITE_BUFFER_LOW", wsserver.WRITE_BUFFER_LOW, minimum=0)
+if WS_WRITE_BUFFER_LOW >= WS_WRITE_BUFFER_HIGH:
+    raise ImproperlyConfigured(
+        f"WS_WRITE_BUFFER_LOW={WS_WRITE_BUFFER_LOW} must be below WS_WRITE_BUFFER_HIGH={WS_WRITE_BUFFER_HIGH}"
+    )
+WS_WRITE_STALL_SECONDS = env_float("WS_WRITE_STALL_SECONDS", wsserver.WRITE_STALL_SECONDS, minimum=0.1)
 # Peers whose X-Forwarded-For/-Proto Uvicorn believes: the proxy only (the stack sets the overlay
 # network's subnet). Anyone else's headers are ignored, so a client cannot choose its own address.
 FORWARDED_ALLOW_IPS = forwarded_allow_ips()
