@@ -143,3 +143,17 @@ async def test_a_slow_reader_is_still_closed_by_its_outbox(redis_server, tmp_pat
         if slow is not None:
             slow.close()
         server.stop()
+
+
+async def test_a_body_with_a_lone_surrogate_is_refused_and_not_relayed(app_server):
+    url = f"{app_server.ws_url}/ws/rooms/unicode/"
+    async with (websockets.connect(url, origin=ORIGIN) as sender,
+                websockets.connect(url, origin=ORIGIN) as other):
+        for ws in (sender, other):
+            assert json.loads(await asyncio.wait_for(ws.recv(), 15))["type"] == "welcome"
+        await sender.send('{"type": "message", "body": "a\\ud800b", "id": "lone1"}')
+        error = json.loads(await asyncio.wait_for(sender.recv(), 15))
+        assert (error["type"], error["error"], error["id"]) == ("error", "invalid_body", "lone1")
+        await sender.send('{"type": "message", "body": "\\ud83d\\ude00", "id": "pair1"}')
+        relayed = await asyncio.wait_for(other.recv(), 15)  # the first frame the other member gets
+        assert json.loads(relayed)["body"] == "\U0001F600"
