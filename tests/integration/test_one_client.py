@@ -157,3 +157,22 @@ async def test_a_body_with_a_lone_surrogate_is_refused_and_not_relayed(app_serve
         await sender.send('{"type": "message", "body": "\\ud83d\\ude00", "id": "pair1"}')
         relayed = await asyncio.wait_for(other.recv(), 15)  # the first frame the other member gets
         assert json.loads(relayed)["body"] == "\U0001F600"
+
+
+@pytest.mark.parametrize(("origin", "accepted"), [
+    ("https://chat.example:8443", True),
+    ("http://chat.example:8443", False),  # another scheme
+    ("https://chat.example", False),  # another port (443)
+    ("https://other.example:8443", False),
+])
+async def test_the_origin_must_match_a_public_origin_in_scheme_host_and_port(make_server, origin, accepted):
+    # chat.example is an allowed host: Channels' check, by host name only, took any scheme and port
+    server = make_server(PUBLIC_ORIGINS="https://chat.example:8443", ALLOWED_HOSTS="chat.example,127.0.0.1")
+    url = f"{server.ws_url}/ws/rooms/origin/"
+    if accepted:
+        async with websockets.connect(url, origin=origin) as ws:
+            assert json.loads(await asyncio.wait_for(ws.recv(), 15))["type"] == "welcome"
+    else:
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(url, origin=origin, open_timeout=15)
+        assert refused.value.response.status_code == 403
