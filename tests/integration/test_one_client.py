@@ -8,12 +8,15 @@ protocol (wsserver.protocol) and a real Redis, on loopback.
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
 import time
 
 import pytest
 import websockets
 
-from tests.helpers import AppServer
+from tests.helpers import ROOT, AppServer, free_port
 from tests.hostile import PING, frame
 from tests.integration.test_hostile import BIG_BODY, ORIGIN, WireClient, rss
 from wsserver.protocol import CLOSE_TIMEOUT
@@ -176,3 +179,42 @@ async def test_the_origin_must_match_a_public_origin_in_scheme_host_and_port(mak
         with pytest.raises(websockets.InvalidStatus) as refused:
             await websockets.connect(url, origin=origin, open_timeout=15)
         assert refused.value.response.status_code == 403
+
+
+def listening_addresses(port):
+    """The local addresses of the IPv4 and IPv6 sockets listening on `port` (from /proc/net)."""
+    addresses = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            for line in list(lines)[1:]:
+                local, state = line.split()[1], line.split()[3]
+                address, hex_port = local.split(":")
+                if state == "0A" and int(hex_port, 16) == port:  # LISTEN
+                    addresses.add(address)
+    return addresses
+
+
+async def test_make_dev_listens_on_loopback_only_and_takes_its_own_pages(tmp_path):
+    """DEBUG and the development key on 0.0.0.0 served any machine that could reach this one."""
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if key not in ("HOST", "PORT", "REDIS_URL")}
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")
+    with open(tmp_path / "dev.log", "wb") as log:
+        dev = subprocess.Popen(["make", "-s", "dev", f"DEV_PORT={port}"], cwd=ROOT, env=env, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not listening_addresses(port):
+            assert dev.poll() is None and time.monotonic() < deadline, (tmp_path / "dev.log").read_text()
+            await asyncio.sleep(0.2)
+        assert listening_addresses(port) == {"0100007F"}, listening_addresses(port)  # 127.0.0.1 only
+        async with websockets.connect(f"ws://127.0.0.1:{port}/ws/rooms/dev/",
+                                      origin=f"http://localhost:{port}", open_timeout=30) as ws:
+            assert json.loads(await asyncio.wait_for(ws.recv(), 15))["type"] == "welcome"
+    finally:
+        os.killpg(dev.pid, signal.SIGTERM)  # make, the reloader and its worker: the session this test started
+        try:
+            dev.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(dev.pid, signal.SIGKILL)
+            dev.wait(5)
