@@ -13,6 +13,7 @@ from websockets.streams import StreamReader
 from websockets.uri import parse_uri
 
 from tests.echo_app import app as echo
+from wsserver import write_limits
 from wsserver.protocol import WebSocketProtocol, text_frame
 
 
@@ -337,3 +338,9 @@ async def test_a_buffer_that_drains_in_time_is_not_closed():
     await asyncio.sleep(0.06)
     assert not transport.closing
     protocol.connection_lost(None)
+
+
+def test_the_write_limits_come_from_the_environment_as_the_settings_validate_them():
+    assert write_limits({}) == (65536, 16384, 20.0)
+    assert write_limits({"WS_WRITE_BUFFER_HIGH": "8192", "WS_WRITE_BUFFER_LOW": " 1024 ",
+                         "WS_WRITE_STALL_SECONDS": "2.5"}) == (8192, 1024, 2.5)
