@@ -53,8 +53,13 @@ lint: deps  ## ruff and shellcheck
 	$(VENV)/bin/ruff check .
 	shellcheck $$(git ls-files '*.sh') .ci/run
 
-dev: deps  ## run the service on this host with auto-reload (in-memory layer, one worker)
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH DJANGO_DEBUG=1 RELOAD=1 ./entrypoint.sh
+# `make dev` listens on loopback only: DEBUG and the development key are not for other machines.
+DEV_ADDRESS ?= 127.0.0.1
+DEV_PORT ?= 8000
+
+dev: deps  ## run the service on 127.0.0.1:8000 with auto-reload (in-memory layer, one worker)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH DJANGO_DEBUG=1 RELOAD=1 HOST=$(DEV_ADDRESS) PORT=$(DEV_PORT) \
+	PUBLIC_ORIGINS=http://127.0.0.1:$(DEV_PORT),http://localhost:$(DEV_PORT) ./entrypoint.sh
 
 image:  ## build the app image (wsapp:dev) with whatever base image is available
 	./scripts/build-app.sh wsapp:dev

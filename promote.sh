@@ -75,7 +75,9 @@ Settings of the procedure (environment, with defaults):
   PROMETHEUS_URL=$PROMETHEUS_URL  queried by the watch (on the overlay network)
   RELEASE_ENV=\${RELEASE_ENV:-stack/release.env}  the release file
   LOCK_FILE=$LOCK_FILE  shared with make up and make down: one change at a time
-                              on this machine; a Swarm config (wsapp-lock) does the same
+                              on this machine, in LOCK_DIR=$LOCK_DIR (made mode 0700;
+                              root: /run/wsapp, anyone else: \$XDG_RUNTIME_DIR/wsapp);
+                              a Swarm config (wsapp-lock) does the same
                               across managers (./promote.sh unlock removes one left by a
                               killed command; one older than LOCK_STALE_SECONDS=$LOCK_STALE_SECONDS is taken over)
   ENGINE_WAIT=$ENGINE_WAIT          seconds a failed promotion waits for a restarting engine before

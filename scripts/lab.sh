@@ -156,6 +156,7 @@ nodes_ready() {
 # The lab's release file: stack/release.env with the edges' names and one replica per node.
 write_release_env() {
   sed -e "s|^ALLOWED_HOSTS=.*|ALLOWED_HOSTS=$(node_addr 1),$(node_addr 2),localhost|" \
+    -e "s|^PUBLIC_ORIGINS=.*|PUBLIC_ORIGINS=http://$(node_addr 1),http://$(node_addr 2),http://localhost|" \
     -e "s|^PUBLIC_ORIGIN=.*|PUBLIC_ORIGIN=http://$(node_addr 1)|" -e "s|^REPLICAS=.*|REPLICAS=$LAB_NODES|" \
     "$ROOT_DIR/stack/release.env" >"$RUN_DIR/release.env"
 }

@@ -27,8 +27,15 @@ REGISTRY=${REGISTRY:-127.0.0.1:$REGISTRY_PORT}
 readonly REGISTRY=${REGISTRY%/}
 readonly PUSH_TIMEOUT=${PUSH_TIMEOUT:-300}
 readonly REGISTRY_WAIT=${REGISTRY_WAIT:-60}
-# One lock for every command that changes the system: up, down, promote and rollback.
-readonly LOCK_FILE=${LOCK_FILE:-/tmp/wsapp.lock}
+# One lock for every command that changes the system: up, down, promote and rollback. Its directory
+# is one only its owner can write (root: /run/wsapp; anyone else: $XDG_RUNTIME_DIR/wsapp), made mode
+# 0700 by take_lock: in /tmp any local user could take the lock first, or plant a symlink there.
+if ((EUID == 0)); then
+  readonly LOCK_DIR=${LOCK_DIR:-/run/wsapp}
+else
+  readonly LOCK_DIR=${LOCK_DIR:-${XDG_RUNTIME_DIR:+$XDG_RUNTIME_DIR/wsapp}}
+fi
+readonly LOCK_FILE=${LOCK_FILE:-${LOCK_DIR:+$LOCK_DIR/wsapp.lock}}
 
 STEP_STARTED=$SECONDS
 
@@ -370,6 +377,12 @@ SWARM_LOCK_HELD=""
 # second command that changes the system stops at once instead of racing this one. The lock is
 # released by release_lock, from the EXIT trap (a script with its own EXIT trap calls it there).
 take_lock() {
+  [[ -n $LOCK_FILE ]] ||
+    die "no place for the lock file: set XDG_RUNTIME_DIR (a login session has it) or LOCK_FILE," \
+      "in a directory only you can write"
+  if [[ $LOCK_FILE == "$LOCK_DIR/wsapp.lock" ]]; then
+    private_dir "$LOCK_DIR"
+  fi
   exec 9>"$LOCK_FILE"
   flock -n 9 || die "another up, down, promote or rollback holds $LOCK_FILE; wait for it to finish"
   trap release_lock EXIT
@@ -389,6 +402,17 @@ take_lock() {
       die "another command holds the swarm lock: $(swarm_lock_holder). If none runs (it was killed)," \
         "remove it: ./promote.sh unlock"
     fi
+  fi
+}
+
+# private_dir DIR: DIR exists, is this user's, and no one else can write in it (made mode 0700 if missing).
+private_dir() {
+  local dir=$1 mode
+  [[ -e $dir ]] || mkdir -m 0700 "$dir" 2>/dev/null || [[ -d $dir ]] || die "could not create $dir for the lock file"
+  mode=$(stat -c %a "$dir")
+  if [[ -L $dir || ! -d $dir || ! -O $dir ]] || ((8#$mode & 8#022)); then
+    die "$dir (for the lock file) must be a directory of yours that only you can write, not" \
+      "$(stat -c '%F of %U, mode %a' "$dir"): remove it, or set LOCK_DIR or LOCK_FILE"
   fi
 }
 
@@ -431,7 +455,7 @@ require_decimal() {
 }
 
 # The release file (stack/release.env, or RELEASE_ENV): the only source of a release's settings.
-readonly RELEASE_KEYS=(ALLOWED_HOSTS PUBLIC_ORIGIN REPLICAS WEB_CONCURRENCY MAX_CONNECTIONS LOG_LEVEL
+readonly RELEASE_KEYS=(ALLOWED_HOSTS PUBLIC_ORIGINS PUBLIC_ORIGIN REPLICAS WEB_CONCURRENCY MAX_CONNECTIONS LOG_LEVEL
   NETWORK_SUBNET NGINX_CPUS NGINX_WORKER_CONNECTIONS NGINX_WS_PER_ADDRESS NGINX_HTTP_RATE NGINX_HTTP_BURST)
 
 # load_release_env: read NAME=value lines (no shell evaluation), refuse unknown or missing names
@@ -465,7 +489,11 @@ load_release_env() {
   ((NGINX_WORKER_CONNECTIONS <= 19900)) ||
     die "NGINX_WORKER_CONNECTIONS=$NGINX_WORKER_CONNECTIONS does not fit the open-file limit of 20000"
   [[ $ALLOWED_HOSTS =~ ^[^,]+(,[^,]+)*$ ]] || die "ALLOWED_HOSTS must be a comma-separated list, got '$ALLOWED_HOSTS'"
-  [[ $PUBLIC_ORIGIN =~ ^https?://[^/]+$ ]] || die "PUBLIC_ORIGIN must be scheme://host[:port], got '$PUBLIC_ORIGIN'"
+  [[ $PUBLIC_ORIGIN =~ ^https?://[^/,]+$ ]] || die "PUBLIC_ORIGIN must be scheme://host[:port], got '$PUBLIC_ORIGIN'"
+  [[ $PUBLIC_ORIGINS =~ ^https?://[^/,]+(,https?://[^/,]+)*$ ]] ||
+    die "PUBLIC_ORIGINS must be comma-separated scheme://host[:port], got '$PUBLIC_ORIGINS'"
+  [[ ,$PUBLIC_ORIGINS, == *",$PUBLIC_ORIGIN,"* ]] ||
+    die "PUBLIC_ORIGIN=$PUBLIC_ORIGIN is not one of PUBLIC_ORIGINS=$PUBLIC_ORIGINS: the replicas would refuse it"
   [[ $NETWORK_SUBNET =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$ ]] ||
     die "NETWORK_SUBNET must be an IPv4 network such as 10.231.0.0/24, got '$NETWORK_SUBNET'"
   [[ $LOG_LEVEL =~ ^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$ ]] || die "LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL"

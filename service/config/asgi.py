@@ -9,16 +9,18 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
 
 from rooms.ops import OpsRouter  # noqa: E402
+from rooms.origins import OriginCheck  # noqa: E402
 from rooms.routing import websocket_urlpatterns  # noqa: E402
 
 application = OpsRouter(
     ProtocolTypeRouter(
         {
             "http": django_asgi_app,
-            "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
+            # Not Channels' AllowedHostsOriginValidator: it compares host names only (rooms.origins).
+            "websocket": OriginCheck(URLRouter(websocket_urlpatterns), settings.PUBLIC_ORIGINS),
         }
     )
 )

@@ -12,7 +12,9 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
+import wsserver
 from rooms.names import CHANNEL_LAYER_PREFIX, DEFAULT_PORT
+from rooms.origins import ANY_ORIGIN, InvalidOrigin, origins_from_hosts, parse_origin
 from rooms.redis_url import RedisUrlError, layer_host
 from rooms.redis_url import redis_sentinels as redis_sentinels_with_password
 from rooms.redis_url import redis_url as redis_url_with_password
@@ -118,9 +120,35 @@ def forwarded_allow_ips():
     return ",".join(entries)
 
 
+def public_origins():
+    """PUBLIC_ORIGINS as parsed origins (rooms.origins), or {ANY_ORIGIN} in development."""
+    entries = env_list("PUBLIC_ORIGINS", "") or origins_from_hosts(ALLOWED_HOSTS)
+    if ANY_ORIGIN in entries or ANY_ORIGIN in ALLOWED_HOSTS:
+        if not DEBUG:
+            raise ImproperlyConfigured(
+                "'*' in ALLOWED_HOSTS or PUBLIC_ORIGINS turns off the Host and Origin checks: list the "
+                "public host names and origins (scheme://host[:port]), or set DJANGO_DEBUG=1 for development"
+            )
+        if ANY_ORIGIN in entries:
+            return frozenset({ANY_ORIGIN})
+    try:
+        origins = frozenset(parse_origin(entry) for entry in entries)
+    except InvalidOrigin as exc:
+        raise ImproperlyConfigured(f"PUBLIC_ORIGINS: {exc}") from None
+    if not origins:
+        raise ImproperlyConfigured(
+            f"PUBLIC_ORIGINS is not set and ALLOWED_HOSTS={','.join(ALLOWED_HOSTS)} names no host to derive "
+            "it from: list the origins browsers open the site at (scheme://host[:port], comma-separated)"
+        )
+    return origins
+
+
 DEBUG = env_bool("DJANGO_DEBUG")
 SECRET_KEY = secret_key()
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+# The origins (scheme, host, port) whose pages may open a WebSocket: PUBLIC_ORIGINS, comma-separated
+# scheme://host[:port]; by default each ALLOWED_HOSTS name over http and https on the default ports.
+PUBLIC_ORIGINS = public_origins()
 
 INSTALLED_APPS = ["channels", "rooms"]
 MIDDLEWARE = [
@@ -241,6 +269,15 @@ GRACEFUL_TIMEOUT = env_int("GRACEFUL_TIMEOUT", 8, minimum=0)  # whole seconds, a
 REDIS_WAIT_SECONDS = env_float("REDIS_WAIT_SECONDS", 30.0, minimum=0.0)  # `rooms.ctl wait-redis` at start
 WS_PING_INTERVAL = env_float("WS_PING_INTERVAL", 20.0, minimum=0.0)  # 0: no keepalive
 WS_PING_TIMEOUT = env_float("WS_PING_TIMEOUT", 20.0, minimum=0.0)
+# Unsent bytes per socket (wsserver): over HIGH the connection stops reading, below LOW it resumes, and
+# one over HIGH for WS_WRITE_STALL_SECONDS is closed with 1013. The server reads the same variables.
+WS_WRITE_BUFFER_HIGH = env_int("WS_WRITE_BUFFER_HIGH", wsserver.WRITE_BUFFER_HIGH, minimum=4096)
+WS_WRITE_BUFFER_LOW = env_int("WS_WRITE_BUFFER_LOW", wsserver.WRITE_BUFFER_LOW, minimum=0)
+if WS_WRITE_BUFFER_LOW >= WS_WRITE_BUFFER_HIGH:
+    raise ImproperlyConfigured(
+        f"WS_WRITE_BUFFER_LOW={WS_WRITE_BUFFER_LOW} must be below WS_WRITE_BUFFER_HIGH={WS_WRITE_BUFFER_HIGH}"
+    )
+WS_WRITE_STALL_SECONDS = env_float("WS_WRITE_STALL_SECONDS", wsserver.WRITE_STALL_SECONDS, minimum=0.1)
 # Peers whose X-Forwarded-For/-Proto Uvicorn believes: the proxy only (the stack sets the overlay
 # network's subnet). Anyone else's headers are ignored, so a client cannot choose its own address.
 FORWARDED_ALLOW_IPS = forwarded_allow_ips()

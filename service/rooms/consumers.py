@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 RELEASE_FLUSH_SECONDS = 2.0
 MESSAGE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a client's message id (docs/protocol.md)
+# A JSON "\ud800" escape without its pair parses to a lone surrogate: valid JSON, but no Unicode text,
+# and strict clients refuse the frame it would be relayed in (a pair parses to one character).
+SURROGATE = re.compile(r"[\ud800-\udfff]")
 NOT_PUBLISHED = "the message was not published; send it again"
 STALL_SECONDS = 1.0  # a publish that took longer stalled the connection's input (rooms.ratelimit)
 
@@ -230,6 +233,9 @@ class RoomConsumer(DatabaseFreeConsumer):
             self.error(Error.INVALID_BODY, "'body' must be a string", msg_id)
         elif len(body) > settings.MAX_BODY_CHARS:
             self.error(Error.BODY_TOO_LONG, f"'body' is over {settings.MAX_BODY_CHARS} characters", msg_id)
+        elif SURROGATE.search(body):
+            self.error(Error.INVALID_BODY, "'body' must be valid Unicode: a surrogate escape (\\ud800 to "
+                       "\\udfff) is allowed only as half of a pair", msg_id)
         else:
             await self.publish(body, msg_id)
 

@@ -6,7 +6,10 @@ this service needs, added here:
 
 - Flow control. Sends wait while the socket's buffer is over its high-water mark
   (pause_writing/resume_writing), so the consumer's outbox fills up behind a slow client and the
-  slow-consumer bound (1013) applies instead of a buffer that grows without limit.
+  slow-consumer bound (1013) applies instead of a buffer that grows without limit. Reading stops
+  meanwhile too: a ping is owed a pong, which websockets writes at once, so a client that pings
+  and never reads would otherwise grow the buffer without limit. A connection that stays over the
+  mark for WS_WRITE_STALL_SECONDS is closed with 1013, and aborted if even that cannot be sent.
 - Keepalive. Every `--ws-ping-interval` seconds a ping; a connection that sent nothing within
   `--ws-ping-timeout` seconds of it is closed with 1011, so vanished clients do not hold sessions
   forever. One timer per connection, no task.
@@ -27,9 +30,10 @@ from websockets.exceptions import ProtocolError
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.protocol import State
 
-from wsserver import SEND_TEXT_NOWAIT
+from wsserver import SEND_TEXT_NOWAIT, write_limits
 
 CLOSE_KEEPALIVE_TIMEOUT = 1011
+CLOSE_WRITE_STALLED = 1013  # the client reads too slowly: as the application's slow-consumer close
 CLOSE_TIMEOUT = 10.0  # seconds a closed connection may take to flush before it is aborted
 
 _last_text = None
@@ -109,6 +113,9 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     keepalive = None
     abort_timer = None
     lost = False
+    write_high, write_low, write_stall_seconds = write_limits()
+    write_paused = False  # the transport holds over write_high unsent bytes: no reading either
+    stall_timer = None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -117,21 +124,48 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     def pause_writing(self):
         self.writable.clear()
+        self.write_paused = True
+        self.transport.pause_reading()
+        if self.stall_timer is None:
+            self.stall_timer = self.loop.call_later(self.write_stall_seconds, self.write_stalled)
 
     def resume_writing(self):
         self.writable.set()
+        self.write_paused = False
+        if self.stall_timer is not None:
+            self.stall_timer.cancel()
+            self.stall_timer = None
+        if not self.read_paused:  # else the application's receive resumes it
+            self.transport.resume_reading()
+
+    def write_stalled(self):
+        """Over the high-water mark for write_stall_seconds: the client does not read what it is sent."""
+        self.stall_timer = None
+        self.logger.debug("%s - %d bytes unsent for %gs, closing", self.client,
+                          self.transport.get_write_buffer_size(), self.write_stall_seconds)
+        self.fail(CLOSE_WRITE_STALLED, "not reading")
 
     def connection_made(self, transport):
         super().connection_made(transport)
+        transport.set_write_buffer_limits(high=self.write_high, low=self.write_low)
         self.schedule_keepalive(self.config.ws_ping_interval)
 
     def connection_lost(self, exc):
         self.lost = True
-        for timer in (self.keepalive, self.abort_timer):
+        for timer in (self.keepalive, self.abort_timer, self.stall_timer):
             if timer is not None:
                 timer.cancel()
         super().connection_lost(exc)
         self.writable.set()  # a send waiting for the buffer to drain now fails as disconnected
+
+    async def receive(self):
+        """Uvicorn's, replaced whole, except: reading resumes only if the write buffer allows it too."""
+        message = await self.queue.get()
+        if self.read_paused and self.queue.empty():
+            self.read_paused = False
+            if not self.write_paused:
+                self.transport.resume_reading()
+        return message
 
     def data_received(self, data):
         self.heard = True
@@ -151,12 +185,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         if self.conn.state is not State.OPEN:
             return
         if self.pinged and not self.heard:
-            self.queue.put_nowait({"type": "websocket.disconnect", "code": CLOSE_KEEPALIVE_TIMEOUT})
-            self.conn.send_close(CLOSE_KEEPALIVE_TIMEOUT, "keepalive ping timeout")
-            self.transport.write(b"".join(self.conn.data_to_send()))
-            self.close_sent = True
-            self.transport.close()
-            self.abort_later()
+            self.fail(CLOSE_KEEPALIVE_TIMEOUT, "keepalive ping timeout")
             return
         self.pinged = not self.pinged
         if self.pinged:
@@ -166,6 +195,18 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             self.schedule_keepalive(self.config.ws_ping_timeout or self.config.ws_ping_interval)
         else:
             self.schedule_keepalive(self.config.ws_ping_interval)
+
+    def fail(self, code, reason):
+        """Close from this side, whatever the application is doing: it gets its disconnect now."""
+        if self.transport.is_closing():
+            return
+        if self.conn.state is State.OPEN and not self.close_sent:
+            self.queue.put_nowait({"type": "websocket.disconnect", "code": code})
+            self.conn.send_close(code, reason)
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.close_sent = True
+        self.transport.close()
+        self.abort_later()
 
     def abort_later(self):
         """A closing transport waits to flush its buffer, which a client that reads nothing never allows."""

@@ -30,6 +30,7 @@ EXTENDED = {
 # hand. Value: the first 16 hex digits of the sha256 of the base method's dedented source.
 REPLACED = {
     "send_receive_event_to_app": "21c9365074d33dc1",
+    "receive": "150d41c7f477225e",  # resumes reading only if the write buffer allows it too
 }
 
 # Methods the subclass adds. If the base class (not asyncio's) gains one, Uvicorn now does that
@@ -37,8 +38,10 @@ REPLACED = {
 ADDED = (
     "pause_writing",
     "resume_writing",
+    "write_stalled",
     "schedule_keepalive",
     "check_alive",
+    "fail",
     "abort_later",
     "send_text_nowait",
     "is_open",

@@ -3,13 +3,29 @@
 import json
 import os
 import subprocess
+import tempfile
 import urllib.request
+from pathlib import Path
 
 from tests.helpers import ROOT
 
 HTTP_PORT = int(os.environ.get("E2E_HTTP_PORT", "18080"))
+
+
+def release_env():
+    """stack/release.env, but accepting WebSockets from the page as a browser opens it here: its Origin
+    has the port (http://localhost:HTTP_PORT), and PUBLIC_ORIGINS compares ports. Written at import."""
+    path = Path(tempfile.mkdtemp(prefix="wsapp-e2e-")) / "release.env"
+    lines = Path(ROOT, "stack", "release.env").read_text().splitlines()
+    origin = f"http://localhost:{HTTP_PORT}"
+    lines = [f"{line},{origin}" if line.startswith("PUBLIC_ORIGINS=") else line for line in lines]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 ENV = dict(
     os.environ,
+    RELEASE_ENV=str(release_env()),
     HTTP_PORT=str(HTTP_PORT),
     PROMETHEUS_PORT=os.environ.get("E2E_PROMETHEUS_PORT", "19090"),
     GRAFANA_PORT=os.environ.get("E2E_GRAFANA_PORT", "13000"),

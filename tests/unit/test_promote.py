@@ -10,6 +10,7 @@ reach failures a real swarm does not produce on demand (an undrain that fails).
 import fcntl
 import os
 import signal
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -259,6 +260,8 @@ def test_an_image_given_by_digest_is_deployed_as_it_is(fake):
     ("REPLICAS=two", "REPLICAS must be a whole number"),
     ("NGINX_WORKER_CONNECTIONS=50000", "does not fit"),
     ("PUBLIC_ORIGIN=localhost", "PUBLIC_ORIGIN must be"),
+    ("PUBLIC_ORIGINS=http://localhost/,http://127.0.0.1", "PUBLIC_ORIGINS must be"),
+    ("PUBLIC_ORIGIN=http://localhost:8080", "is not one of PUBLIC_ORIGINS"),
 ])
 def test_a_bad_release_file_is_refused_before_anything_changes(fake, line, message):
     state, env = fake
@@ -394,3 +397,28 @@ def test_a_job_whose_logs_hang_still_ends(fake):
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - started < 30
     assert "could not be read" in result.stderr
+
+
+def test_the_lock_file_is_in_a_directory_only_its_owner_can_write(fake):
+    """Not /tmp, where any local user could take the lock first or plant a symlink at its path."""
+    state, env = fake
+    env = {key: value for key, value in env.items() if key != "LOCK_FILE"}
+    env["LOCK_DIR"] = str(state / "locks")
+    result = subprocess.run([f"{ROOT}/scripts/down.sh"], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert (state / "locks" / "wsapp.lock").is_file()
+    assert stat.S_IMODE((state / "locks").stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o720])
+def test_a_lock_directory_others_can_write_is_refused(fake, mode):
+    state, env = fake
+    env = {key: value for key, value in env.items() if key != "LOCK_FILE"}
+    (state / "locks").mkdir()
+    (state / "locks").chmod(mode)
+    env["LOCK_DIR"] = str(state / "locks")
+    result = subprocess.run([f"{ROOT}/scripts/down.sh"], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert f"{state / 'locks'} (for the lock file) must be a directory of yours that only you can write" in (
+        result.stderr)
+    assert not (state / "locks" / "wsapp.lock").exists() and "stack" not in calls(state)

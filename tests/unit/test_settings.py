@@ -40,6 +40,8 @@ def test_server_args_are_the_validated_settings_with_their_defaults():
         ({"REDIS_SENTINELS": "sentinel:x"}, "REDIS_SENTINELS: 'sentinel:x' has no port between 1 and 65535"),
         ({"REDIS_SENTINELS": "s", "REDIS_URL": "redis://r"}, "REDIS_URL and REDIS_SENTINELS are both set"),
         ({"FORWARDED_ALLOW_IPS": "10.0.0.0/8,proxy"}, "'proxy' is not an IP address or network"),
+        ({"WS_WRITE_BUFFER_LOW": "65536"}, "WS_WRITE_BUFFER_LOW=65536 must be below WS_WRITE_BUFFER_HIGH"),
+        ({"WS_WRITE_STALL_SECONDS": "0"}, "WS_WRITE_STALL_SECONDS must be at least 0.1, got 0.0"),
     ],
 )
 def test_entrypoint_refuses_a_bad_setting_naming_it_before_starting_anything(env, message):

@@ -13,6 +13,7 @@ from websockets.streams import StreamReader
 from websockets.uri import parse_uri
 
 from tests.echo_app import app as echo
+from wsserver import write_limits
 from wsserver.protocol import WebSocketProtocol, text_frame
 
 
@@ -62,14 +63,22 @@ class UndrainedTransport(asyncio.Transport):
     def get_extra_info(self, name, default=None):
         return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(name, default)
 
+    reading = True
+
     def pause_reading(self):
-        pass
+        self.reading = False
 
     def resume_reading(self):
-        pass
+        self.reading = True
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        self.limits = (high, low)
+
+    def get_write_buffer_size(self):
+        return sum(map(len, self.frames))
 
 
-def opened(app, interval=None, deflate=False):
+def opened(app, interval=None, deflate=False, stall=None):
     """A protocol on an UndrainedTransport that has received a client's handshake request."""
     config = Config(
         app=app,
@@ -80,6 +89,8 @@ def opened(app, interval=None, deflate=False):
     )
     config.load()
     protocol = WebSocketProtocol(config, ServerState(), {}, _loop=asyncio.get_running_loop())
+    if stall is not None:
+        protocol.write_stall_seconds = stall
     transport = UndrainedTransport()
     protocol.connection_made(transport)
     extensions = [ClientPerMessageDeflateFactory()] if deflate else None
@@ -249,3 +260,87 @@ async def test_a_message_after_the_servers_close_in_the_same_read_is_dropped():
     assert protocol.queue.empty()
     assert [(frame.opcode, Close.parse(frame.data).code) for frame in frames] == [(Opcode.CLOSE, 1007)]
     protocol.connection_lost(None)
+
+
+async def handshake(protocol):
+    for _ in range(100):  # the application runs as a task: let it accept
+        if protocol.handshake_complete:
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("the application did not accept")
+
+
+async def test_the_write_buffer_limits_are_set_on_the_transport():
+    protocol, transport, _ = opened(accept_then_wait)
+    assert transport.limits == (protocol.write_high, protocol.write_low) == (65536, 16384)
+    protocol.connection_lost(None)
+
+
+async def test_a_full_write_buffer_stops_reading_until_it_drains():
+    """Every ping is owed a pong: reading on while the client reads nothing grows the buffer without end."""
+    protocol, transport, _ = opened(accept_then_wait)
+    await handshake(protocol)
+    protocol.pause_writing()
+    assert not transport.reading and not protocol.writable.is_set()
+    protocol.resume_writing()
+    assert transport.reading and protocol.writable.is_set() and protocol.stall_timer is None
+    protocol.connection_lost(None)
+
+
+async def test_the_applications_receive_does_not_resume_reading_while_the_buffer_is_full():
+    app, received = recorder()
+    protocol, transport, client = opened(app)
+    await handshake(protocol)
+    client.send_frame(Frame(Opcode.TEXT, b"one"))
+    protocol.data_received(b"".join(client.data_to_send()))
+    assert protocol.read_paused and not transport.reading  # until the application takes it
+    protocol.pause_writing()
+    await asyncio.sleep(0.01)
+    assert received == [{"type": "websocket.receive", "text": "one"}]
+    assert not protocol.read_paused and not transport.reading
+    protocol.resume_writing()
+    assert transport.reading
+    protocol.connection_lost(None)
+
+
+async def test_a_message_waiting_for_the_application_keeps_reading_paused_when_the_buffer_drains():
+    protocol, transport, client = opened(recorder()[0])
+    await handshake(protocol)
+    protocol.pause_writing()
+    protocol.read_paused = True  # a message queued, not yet received
+    protocol.resume_writing()
+    assert not transport.reading
+    protocol.connection_lost(None)
+
+
+async def test_a_buffer_over_the_mark_for_the_stall_time_is_closed_with_1013_then_aborted(monkeypatch):
+    monkeypatch.setattr("wsserver.protocol.CLOSE_TIMEOUT", 0.05)
+    app, received = recorder()
+    protocol, transport, _ = opened(app, stall=0.05)
+    await handshake(protocol)
+    protocol.pause_writing()
+    await asyncio.sleep(0.08)
+    close = transport.frames[-1]
+    assert close[0] == 0x88 and Close.parse(close[2:]) == Close(1013, "not reading")
+    assert received[-1] == {"type": "websocket.disconnect", "code": 1013}
+    assert transport.closing and not transport.aborted
+    await asyncio.sleep(0.08)
+    assert transport.aborted  # the client read nothing, not even the close
+    protocol.connection_lost(None)
+
+
+async def test_a_buffer_that_drains_in_time_is_not_closed():
+    protocol, transport, _ = opened(accept_then_wait, stall=0.05)
+    await handshake(protocol)
+    protocol.pause_writing()
+    await asyncio.sleep(0.02)
+    protocol.resume_writing()
+    await asyncio.sleep(0.06)
+    assert not transport.closing
+    protocol.connection_lost(None)
+
+
+def test_the_write_limits_come_from_the_environment_as_the_settings_validate_them():
+    assert write_limits({}) == (65536, 16384, 20.0)
+    assert write_limits({"WS_WRITE_BUFFER_HIGH": "8192", "WS_WRITE_BUFFER_LOW": " 1024 ",
+                         "WS_WRITE_STALL_SECONDS": "2.5"}) == (8192, 1024, 2.5)

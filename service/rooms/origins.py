@@ -1,0 +1,78 @@
+"""The WebSocket Origin check: a handshake is accepted only from one of the public origins.
+
+An origin is a scheme, a host and a port (RFC 6454): `http://chat.example`, `https://chat.example` and
+`http://chat.example:8080` are three different sites, and a page of one must not open the socket of
+another. PUBLIC_ORIGINS (config.settings) lists them; this module parses them and checks the header.
+No Django imports: the settings use it.
+"""
+
+from urllib.parse import urlsplit
+
+ANY_ORIGIN = "*"  # every origin: for development only (the settings refuse it unless DJANGO_DEBUG)
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class InvalidOrigin(ValueError):
+    pass
+
+
+def parse_origin(text):
+    """(scheme, host, port) of `scheme://host[:port]`, the port made explicit; InvalidOrigin otherwise."""
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:  # a bad port or IPv6 literal
+        raise InvalidOrigin(f"{text!r} is not scheme://host[:port]: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS:
+        raise InvalidOrigin(f"{text!r} is not scheme://host[:port] with scheme http or https")
+    if not parts.hostname or parts.username is not None or parts.path or parts.query or parts.fragment:
+        raise InvalidOrigin(f"{text!r} is not scheme://host[:port]: an origin has no user, path or query")
+    if "*" in parts.hostname:
+        raise InvalidOrigin(f"{text!r}: a host name with '*' matches nothing; list each origin")
+    return scheme, parts.hostname, port or DEFAULT_PORTS[scheme]
+
+
+def origins_from_hosts(hosts):
+    """The default for PUBLIC_ORIGINS: each ALLOWED_HOSTS name over http and https on their default ports.
+
+    A subdomain pattern (`.example.com`) gives none: the origins it stands for are not known."""
+    origins = []
+    for host in hosts:
+        if host == ANY_ORIGIN:
+            origins.append(ANY_ORIGIN)
+        elif not host.startswith("."):
+            origins += [f"http://{host}", f"https://{host}"]
+    return origins
+
+
+def format_origin(origin):
+    scheme, host, port = origin
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}" + ("" if DEFAULT_PORTS[scheme] == port else f":{port}")
+
+
+def header_origin(scope):
+    """The parsed Origin header of an ASGI scope, or None if it is missing, repeated or malformed."""
+    values = [value for name, value in scope.get("headers", ()) if name == b"origin"]
+    if len(values) != 1:
+        return None
+    try:
+        return parse_origin(values[0].decode("latin-1"))
+    except InvalidOrigin:
+        return None
+
+
+class OriginCheck:
+    """ASGI middleware for WebSockets: the application for a handshake from one of `allowed` (parsed
+    origins, or ANY_ORIGIN), else a refusal before the handshake is answered (Uvicorn answers 403)."""
+
+    def __init__(self, application, allowed):
+        self.application = application
+        self.allowed = frozenset(allowed)
+
+    async def __call__(self, scope, receive, send):
+        if ANY_ORIGIN in self.allowed or header_origin(scope) in self.allowed:
+            return await self.application(scope, receive, send)
+        if (await receive())["type"] == "websocket.connect":
+            await send({"type": "websocket.close"})
