@@ -15,7 +15,6 @@ readonly COLOR_LABEL=com.wsapp.active-color
 readonly EDGE_LABEL=wsapp.edge
 readonly COLORS=(blue green)
 readonly IMAGES_ENV="$ROOT_DIR/.images.env"
-readonly REDIS_SECRET=wsapp_redis_password
 # Where images travel (docs/operations.md, "The image registry"): REGISTRY when the operator names
 # one (and is logged in to it), else the project's own (stack/registry.yml), which every node
 # reaches on its own loopback, 127.0.0.1:REGISTRY_PORT.
@@ -320,9 +319,9 @@ ctl_job() {
   local seconds=$1 image=$2
   shift 2
   swarm_job "$seconds" ctl "rooms.ctl $*" --mode replicated-job --network "$NETWORK" --read-only \
-    --cap-drop ALL --secret "source=$REDIS_SECRET,target=redis_password" \
+    --cap-drop ALL --secret "source=$REDIS_PASSWORD_SECRET,target=redis_password" \
     --env REDIS_SENTINELS=wsapp_sentinel:26379 --env REDIS_SENTINEL_MASTER=wsapp \
-    --env REDIS_PASSWORD_FILE=/run/secrets/redis_password \
+    --env REDIS_USERNAME=wsapp --env REDIS_PASSWORD_FILE=/run/secrets/redis_password \
     "$image" python -m rooms.ctl "$@"
 }
 
@@ -432,7 +431,8 @@ require_decimal() {
 
 # The release file (stack/release.env, or RELEASE_ENV): the only source of a release's settings.
 readonly RELEASE_KEYS=(ALLOWED_HOSTS PUBLIC_ORIGIN REPLICAS WEB_CONCURRENCY MAX_CONNECTIONS LOG_LEVEL
-  NETWORK_SUBNET NGINX_CPUS NGINX_WORKER_CONNECTIONS NGINX_WS_PER_ADDRESS NGINX_HTTP_RATE NGINX_HTTP_BURST)
+  NETWORK_SUBNET NGINX_CPUS NGINX_WORKER_CONNECTIONS NGINX_WS_PER_ADDRESS NGINX_HTTP_RATE NGINX_HTTP_BURST
+  REDIS_PASSWORD_SECRET)
 
 # load_release_env: read NAME=value lines (no shell evaluation), refuse unknown or missing names
 # and bad values, and export them, over whatever the shell had.
@@ -469,6 +469,8 @@ load_release_env() {
   [[ $NETWORK_SUBNET =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$ ]] ||
     die "NETWORK_SUBNET must be an IPv4 network such as 10.231.0.0/24, got '$NETWORK_SUBNET'"
   [[ $LOG_LEVEL =~ ^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$ ]] || die "LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL"
+  [[ $REDIS_PASSWORD_SECRET =~ ^wsapp_redis_password[A-Za-z0-9_.-]*$ ]] ||
+    die "REDIS_PASSWORD_SECRET must be a Swarm secret named wsapp_redis_password..., got '$REDIS_PASSWORD_SECRET'"
 }
 
 # Run the release tool (scripts/release_tools.py) with the runtime of IMAGE (which has Python and

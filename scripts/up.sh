@@ -237,7 +237,12 @@ main() {
   ensure_network
   ensure_secret wsapp_django_secret_key
   ensure_secret wsapp_grafana_admin_password
-  ensure_secret "$REDIS_SECRET"
+  # The app's Redis password (the release file names the secret: a rotation names a new one).
+  ensure_secret "$REDIS_PASSWORD_SECRET"
+  # Redis' other ACL users (redis/start.sh): operators, replication, the Sentinels.
+  ensure_secret wsapp_redis_admin_password
+  ensure_secret wsapp_redis_replication_password
+  ensure_secret wsapp_redis_sentinel_password
   step "registry"
   CONFIG_VERSION=$(config_version)
   export CONFIG_VERSION NGINX_IMAGE REGISTRY_IMAGE REGISTRY_PORT

@@ -310,11 +310,14 @@ def expire_room(port, room, password=None, ms=None):
 
 
 def history(port, room, password=None):
-    """The frames kept in a room's history, oldest first (field `f` of each stream entry)."""
+    """The frames kept in a room's history, oldest first (field `f` of each stream entry).
+    `password` as for redis_command: a password or a (user, password) pair."""
+    user, password = password if isinstance(password, tuple) else (None, password)
     env = dict(os.environ, REDISCLI_AUTH=password) if password else None
+    login = ["--user", user] if user else []
     result = subprocess.run(
-        [command("redis-cli", "Redis is queried"), "--no-auth-warning", "-h", "127.0.0.1", "-p", str(port),
-         "-3", "--json", "XRANGE", HISTORY_PREFIX + room, "-", "+"],
+        [command("redis-cli", "Redis is queried"), "--no-auth-warning", *login, "-h", "127.0.0.1",
+         "-p", str(port), "-3", "--json", "XRANGE", HISTORY_PREFIX + room, "-", "+"],
         env=env, capture_output=True, text=True, timeout=10, check=True,
     )
     entries = json.loads(result.stdout or "[]")

@@ -171,14 +171,17 @@ def test_replicas_believe_forwarded_headers_only_from_the_overlay(system):
     assert network == subnet
 
 
-def redis_cli(*args, password=True):
-    container = service_container("wsapp_redis")
-    auth = 'REDISCLI_AUTH="$(cat /run/secrets/redis_password)" ' if password else ""
-    return docker("exec", container, "sh", "-c", auth + "redis-cli " + " ".join(args))
+def redis_cli(*args, user="admin", service="wsapp_redis"):
+    """redis-cli in a container of `service`, as `user` (the password from its secret), or without
+    logging in (user None)."""
+    container = service_container(service)
+    secret = "redis_password" if user == "wsapp" else f"redis_{user}_password"
+    auth = f'REDISCLI_AUTH="$(cat /run/secrets/{secret})" redis-cli --user {user} ' if user else "redis-cli "
+    return docker("exec", container, "sh", "-c", auth + " ".join(args))
 
 
 def test_redis_requires_the_password_and_never_evicts(system):
-    assert "NOAUTH" in redis_cli("ping", password=False)
+    assert "NOAUTH" in redis_cli("ping", user=None)
     assert redis_cli("ping") == "PONG"
     assert redis_cli("config", "get", "maxmemory-policy").split() == ["maxmemory-policy", "noeviction"]
     assert redis_cli("config", "get", "appendonly").split() == ["appendonly", "yes"]
@@ -205,7 +208,8 @@ async def test_seq_continues_after_redis_restarts(system):
 
     def ready():
         answer = subprocess.run(["docker", "exec", running_container("wsapp_redis"), "sh", "-c",
-                                 'REDISCLI_AUTH="$(cat /run/secrets/redis_password)" redis-cli ping'],
+                                 'REDISCLI_AUTH="$(cat /run/secrets/redis_admin_password)" '
+                                 'redis-cli --user admin ping'],
                                 capture_output=True, text=True, timeout=30).stdout.strip()
         return answer == "PONG" and polite_get("/readyz")[0] == 200
 

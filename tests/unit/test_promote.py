@@ -259,6 +259,7 @@ def test_an_image_given_by_digest_is_deployed_as_it_is(fake):
     ("REPLICAS=two", "REPLICAS must be a whole number"),
     ("NGINX_WORKER_CONNECTIONS=50000", "does not fit"),
     ("PUBLIC_ORIGIN=localhost", "PUBLIC_ORIGIN must be"),
+    ("REDIS_PASSWORD_SECRET=other;rm", "REDIS_PASSWORD_SECRET must be"),
 ])
 def test_a_bad_release_file_is_refused_before_anything_changes(fake, line, message):
     state, env = fake
