@@ -188,6 +188,28 @@ def test_redis_requires_the_password_and_never_evicts(system):
     assert int(redis_cli("config", "get", "maxmemory").split()[1]) > 0
 
 
+def test_the_apps_redis_user_cannot_administer_redis_or_the_sentinels(system):
+    """A compromised replica holds the wsapp user's password: with it, nothing that hurts everyone
+    else (docs/security.md, "Redis users")."""
+    for service in ("wsapp_redis", "wsapp_redis-replica"):
+        assert redis_cli("ping", user="wsapp", service=service) == "PONG"
+        for command in ("flushall", "config set maxmemory 1", "replicaof no one", "shutdown nosave",
+                        "acl list", "keys '*'", "set other 1"):
+            assert "NOPERM" in redis_cli(command, user="wsapp", service=service), (service, command)
+    for command in ("sentinel failover wsapp", "sentinel remove wsapp", "shutdown", "acl list"):
+        assert "NOPERM" in redis_cli("-p 26379", command, user="wsapp", service="wsapp_sentinel"), command
+    asked = redis_cli("-p 26379 sentinel get-master-addr-by-name wsapp", user="wsapp",
+                      service="wsapp_sentinel")
+    assert asked.split()[0] == "wsapp_redis", asked
+    assert "NOAUTH" in redis_cli("-p 26379 ping", user=None, service="wsapp_sentinel")
+    # Replication and the Sentinels work under their own users: the replica is linked, the
+    # Sentinels see it and each other, and nothing anyone did was refused.
+    assert "master_link_status:up" in redis_cli("info replication", service="wsapp_redis-replica")
+    master = redis_cli("-p 26379 sentinel master wsapp", service="wsapp_sentinel").split()
+    state = dict(zip(master[::2], master[1::2], strict=False))
+    assert state["num-slaves"] == "1" and state["num-other-sentinels"] == "2", state
+
+
 async def send_and_get_seq(room, body):
     async with websockets.connect(f"{WS_URL}/ws/rooms/{room}/", origin=ORIGIN, open_timeout=10) as ws:
         assert json.loads(await ws.recv())["type"] == "welcome"
