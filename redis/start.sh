@@ -24,8 +24,6 @@
 # Settings (defaults are the stack's; tests/integration/test_sentinel.py runs this script against
 # local processes with its own):
 #   REDIS_PASSWORD_FILE              the app user's password               /run/secrets/redis_password
-#   REDIS_PASSWORD_OLD_FILE          a second password the app user keeps during a rotation (optional;
-#                                    docs/operations.md, "Rotating a Redis password")
 #   REDIS_ADMIN_PASSWORD_FILE        the admin user's                      /run/secrets/redis_admin_password
 #   REDIS_REPLICATION_PASSWORD_FILE  the replication user's (not Sentinels) /run/secrets/redis_replication_password
 #   REDIS_SENTINEL_PASSWORD_FILE     the sentinel user's                   /run/secrets/redis_sentinel_password
@@ -44,7 +42,6 @@ set -eu
 
 role=${REDIS_ROLE:-primary}
 app_secret=${REDIS_PASSWORD_FILE:-/run/secrets/redis_password}
-app_old_secret=${REDIS_PASSWORD_OLD_FILE:-}
 admin_secret=${REDIS_ADMIN_PASSWORD_FILE:-/run/secrets/redis_admin_password}
 replication_secret=${REDIS_REPLICATION_PASSWORD_FILE:-/run/secrets/redis_replication_password}
 sentinel_secret=${REDIS_SENTINEL_PASSWORD_FILE:-/run/secrets/redis_sentinel_password}
@@ -93,15 +90,11 @@ read_password() {
   printf '%s' "$value"
 }
 
-# An ACL user line: name, password files' contents (space-separated), then the rules.
+# An ACL user line: name, password, then the rules. The password as its SHA-256 (#...).
 acl_user() {
-  name=$1 passwords=$2
+  name=$1 value=$2
   shift 2
-  printf 'user %s reset on' "$name"
-  for value in $passwords; do
-    printf ' #%s' "$(printf '%s' "$value" | sha256sum | cut -c1-64)"
-  done
-  printf ' %s\n' "$*"
+  printf 'user %s reset on #%s %s\n' "$name" "$(printf '%s' "$value" | sha256sum | cut -c1-64)" "$*"
 }
 
 # "+a +b ..." from a list of commands.
@@ -110,10 +103,6 @@ allow() {
 }
 
 app_password=$(read_password "$app_secret" wsapp_redis_password)
-app_passwords=$app_password
-if [ -n "$app_old_secret" ]; then
-  app_passwords="$app_passwords $(read_password "$app_old_secret" "the previous wsapp_redis_password")"
-fi
 admin_password=$(read_password "$admin_secret" wsapp_redis_admin_password)
 sentinel_password=$(read_password "$sentinel_secret" wsapp_redis_sentinel_password)
 [ "$role" = sentinel ] || replication_password=$(read_password "$replication_secret" wsapp_redis_replication_password)
@@ -182,7 +171,7 @@ if [ "$role" = sentinel ]; then
     printf 'user default reset\n'
     acl_user admin "$admin_password" "~* &* +@all"
     acl_user sentinel "$sentinel_password" "resetchannels &__sentinel__:hello -@all $(allow "$SENTINEL_ON_SENTINEL")"
-    acl_user wsapp "$app_passwords" "resetchannels -@all $(allow "$ASK_SENTINEL")"
+    acl_user wsapp "$app_password" "resetchannels -@all $(allow "$ASK_SENTINEL")"
     # How this Sentinel logs in to the other Sentinels, and to the Redis it monitors (below).
     printf 'sentinel sentinel-user sentinel\n'
     printf 'sentinel sentinel-pass %s\n' "$sentinel_password"
@@ -208,7 +197,7 @@ fi
   # The default user: off, no rights (a connection that does not say who it is can do nothing).
   printf 'user default reset\n'
   acl_user admin "$admin_password" "~* &* +@all"
-  acl_user wsapp "$app_passwords" "resetkeys ~wsapp* resetchannels &wsapp:* -@all $(allow "$APP_COMMANDS")"
+  acl_user wsapp "$app_password" "resetkeys ~wsapp* resetchannels &wsapp:* -@all $(allow "$APP_COMMANDS")"
   acl_user replication "$replication_password" "-@all +psync +replconf +ping"
   acl_user sentinel "$sentinel_password" "resetchannels &__sentinel__:hello -@all $(allow "$SENTINEL_ON_REDIS")"
   # Any Redis may become a replica after a failover, and must then log in to the primary.

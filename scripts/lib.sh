@@ -282,6 +282,19 @@ run_on_network() {
     --security-opt no-new-privileges "$@"
 }
 
+# ipsec_probe: whether this kernel can run Docker's encrypted overlay, which has libnetwork program
+# IPsec ESP transport-mode states with AES-GCM (rfc4106(gcm(aes))) through xfrm. Tries to add one
+# in a throwaway network namespace; prints the kernel's refusal and fails when it cannot.
+ipsec_probe() {
+  local ns=wsapp-ipsec-probe-$$ key answer status=0
+  key=0x$(head -c 20 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  ip netns add "$ns" 2>/dev/null || { echo "cannot create a network namespace to try (ip netns add)"; return 1; }
+  answer=$(ip -n "$ns" xfrm state add src 192.0.2.1 dst 192.0.2.2 proto esp spi 0x100 mode transport \
+    aead 'rfc4106(gcm(aes))' "$key" 128 2>&1) || status=$?
+  ip netns del "$ns" 2>/dev/null || true
+  ((status == 0)) || { echo "ip xfrm state add ... proto esp ... aead 'rfc4106(gcm(aes))': ${answer:-refused}"; return 1; }
+}
+
 # swarm_job SECONDS KIND WHAT CREATE_ARGS...: a one-off Swarm job, `docker service create
 # CREATE_ARGS` (which give its mode, image and command), waited for until every task of it has
 # ended. Prints its output, removes it, and fails (naming WHAT) unless every task completed within

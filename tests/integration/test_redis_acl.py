@@ -13,7 +13,7 @@ from loadtest.delivery import new_totals
 from testkit.processes import redis_command
 from testkit.redisfaults import MASTER
 from testkit.redisfaults import Sentinels as Topology
-from tests.helpers import AppServer, require_command, wait_until
+from tests.helpers import AppServer, require_command
 from tests.integration.test_sentinel import Chatter
 
 pytestmark = pytest.mark.integration
@@ -151,25 +151,3 @@ async def test_rotating_the_app_password_on_every_node_while_clients_chat(topolo
     assert acked_after > 20, "the app stopped publishing once the old password was removed"
     assert totals["lost"] == 0 and totals["duplicated"] == 0 and totals["out_of_order"] == 0, dict(totals)
     assert topology.acl_denials() == []
-
-
-def test_a_redis_restarted_after_a_rotation_reads_both_passwords_from_its_secrets(topology, tmp_path):
-    """During a rotation the Redis services carry the new secret and the old one
-    (REDIS_PASSWORD_OLD_FILE): a Redis that restarts then accepts both, and the replica still
-    replicates with its own user."""
-    old = topology.password_file.read_text().strip()
-    old_file = tmp_path / "redis_password.old"
-    old_file.write_text(old + "\n")
-    new = f"rotated-{uuid.uuid4().hex}"
-    topology.password_file.write_text(new + "\n")
-    replica = topology.replica
-    replica.stop()
-    replica.env["REDIS_PASSWORD_OLD_FILE"] = str(old_file)
-    replica.start()
-    assert logs_in(replica, "wsapp", new) and logs_in(replica, "wsapp", old)
-    wait_until(lambda: "master_link_status:up" in (replica.command("INFO", "replication") or ""), 15,
-               "the restarted replica to replicate as the replication user")
-    del replica.env["REDIS_PASSWORD_OLD_FILE"]
-    replica.stop()
-    replica.start()
-    assert logs_in(replica, "wsapp", new) and not logs_in(replica, "wsapp", old)
