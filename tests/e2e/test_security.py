@@ -11,6 +11,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -208,6 +209,36 @@ def test_the_apps_redis_user_cannot_administer_redis_or_the_sentinels(system):
     master = redis_cli("-p 26379 sentinel master wsapp", service="wsapp_sentinel").split()
     state = dict(zip(master[::2], master[1::2], strict=False))
     assert state["num-slaves"] == "1" and state["num-other-sentinels"] == "2", state
+
+
+def test_the_apps_redis_password_is_added_and_removed_live_on_every_node(system):
+    """Step 2 of the rotation (docs/operations.md, scripts/redis-password.sh) on the swarm: every Redis
+    and Sentinel accepts a second password without restarting, and forgets it on `remove`."""
+    secret, password = "wsapp_redis_password_e2e", f"e2e-{uuid.uuid4().hex}"
+    subprocess.run(["docker", "secret", "create", secret, "-"], input=password, text=True, check=True,
+                   capture_output=True, timeout=30)
+    targets = []
+    for service, port in (("wsapp_redis", 6379), ("wsapp_redis-replica", 6379), ("wsapp_sentinel", 26379)):
+        label = f"label=com.docker.swarm.service.name={service}"
+        targets += [(container, port) for container in docker("ps", "-q", "--filter", label).split()]
+    assert len(targets) == 5, targets
+
+    def answers(container, port):
+        return docker("exec", container, "sh", "-c",
+                      f"REDISCLI_AUTH={password} redis-cli --no-auth-warning --user wsapp -p {port} ping")
+
+    try:
+        added = run(["scripts/redis-password.sh", "add", secret], 180)
+        assert "5 Redis and Sentinels changed" in added.stdout, added.stdout + added.stderr
+        assert [answers(*target) for target in targets] == ["PONG"] * 5
+        assert password not in added.stdout + added.stderr
+        removed = run(["scripts/redis-password.sh", "remove", secret], 180)
+        assert "5 Redis and Sentinels changed" in removed.stdout, removed.stdout + removed.stderr
+        assert all("WRONGPASS" in answers(*target) for target in targets)
+        for service in ("wsapp_redis", "wsapp_redis-replica"):  # the secret's password still works
+            assert redis_cli("ping", user="wsapp", service=service) == "PONG"
+    finally:
+        subprocess.run(["docker", "secret", "rm", secret], capture_output=True, timeout=30)
 
 
 async def send_and_get_seq(room, body):
