@@ -224,8 +224,8 @@ def test_the_apps_redis_password_is_added_and_removed_live_on_every_node(system)
     assert len(targets) == 5, targets
 
     def answers(container, port):
-        return docker("exec", container, "sh", "-c",
-                      f"REDISCLI_AUTH={password} redis-cli --no-auth-warning --user wsapp -p {port} ping")
+        login = f"REDISCLI_AUTH={password} redis-cli --no-auth-warning --user wsapp"
+        return docker("exec", container, "sh", "-c", f"{login} -p {port} ping 2>&1")
 
     try:
         added = run(["scripts/redis-password.sh", "add", secret], 180)
