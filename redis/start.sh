@@ -1,8 +1,9 @@
 #!/bin/sh
 # Redis and Sentinel container command (stack/infra.yml: services redis, redis-replica, sentinel).
-# Reads the password from the Swarm secret, writes the effective configuration (the mounted base
-# file plus what is below) to a private file on the tmpfs, and execs redis-server. The password
-# never appears on a command line.
+# Reads the passwords from the Swarm secrets, writes the effective configuration (the mounted base
+# file plus what is below: ACL users, replication and Sentinel credentials) to a private file on the
+# tmpfs, and execs redis-server. No password appears on a command line; ACL users are written with
+# the SHA-256 of their password (docs/security.md, "Redis users").
 #
 # REDIS_ROLE says what to start:
 #   primary   (service redis)          a Redis that is the primary unless the Sentinels name another
@@ -14,9 +15,18 @@
 # primary would come back as a second primary, a fresh Sentinel would monitor a demoted node.
 # So each one asks the Sentinels first. With SENTINELS empty, a lone primary starts as before.
 #
+# Users (Redis 7 ACL; the default user is off, so every connection says who it is):
+#   wsapp        the app: only the commands the service runs, on keys and channels wsapp*
+#   replication  a replica's link to its primary (masteruser): PSYNC, REPLCONF, PING
+#   sentinel     the Sentinels, on Redis (monitoring, failover) and on each other
+#   admin        operators: everything
+#
 # Settings (defaults are the stack's; tests/integration/test_sentinel.py runs this script against
 # local processes with its own):
-#   REDIS_PASSWORD_FILE   the password for Redis and the Sentinels   /run/secrets/redis_password
+#   REDIS_PASSWORD_FILE              the app user's password               /run/secrets/redis_password
+#   REDIS_ADMIN_PASSWORD_FILE        the admin user's                      /run/secrets/redis_admin_password
+#   REDIS_REPLICATION_PASSWORD_FILE  the replication user's (not Sentinels) /run/secrets/redis_replication_password
+#   REDIS_SENTINEL_PASSWORD_FILE     the sentinel user's                   /run/secrets/redis_sentinel_password
 #   REDIS_BASE_CONF       the base configuration                     /usr/local/etc/redis/{redis,sentinel}.conf
 #   REDIS_RUN_CONF        the effective configuration written here   /tmp/{redis,sentinel}.conf
 #   REDIS_ANNOUNCE        this Redis' name as others reach it        (none; the stack sets the service name)
@@ -31,12 +41,34 @@ set -eu
 [ -n "${TRACE:-}" ] && set -x
 
 role=${REDIS_ROLE:-primary}
-secret=${REDIS_PASSWORD_FILE:-/run/secrets/redis_password}
+app_secret=${REDIS_PASSWORD_FILE:-/run/secrets/redis_password}
+admin_secret=${REDIS_ADMIN_PASSWORD_FILE:-/run/secrets/redis_admin_password}
+replication_secret=${REDIS_REPLICATION_PASSWORD_FILE:-/run/secrets/redis_replication_password}
+sentinel_secret=${REDIS_SENTINEL_PASSWORD_FILE:-/run/secrets/redis_sentinel_password}
 announce=${REDIS_ANNOUNCE:-}
 port=${REDIS_PORT:-6379}
 first_primary=${REDIS_PRIMARY:-wsapp_redis:6379}
 sentinels=${SENTINELS:-}
 master=${SENTINEL_MASTER:-wsapp}
+
+# What the app runs (service/rooms: redishub.py, scripts.py's Lua, ctl.py; channels_redis), and
+# nothing else: no FLUSHALL, CONFIG, REPLICAOF, SHUTDOWN, ACL, DEBUG, KEYS or MONITOR.
+# tests/unit/test_redis_acl.py checks every command the service names is in this list. Not CLIENT
+# SETINFO: redis-py sends it on connecting and ignores the refusal, and Redis 7.0 (Debian 12) does not
+# know it, so naming it here would stop the server.
+readonly APP_COMMANDS="ping echo info time select client|setname client|getname client|id
+  publish subscribe unsubscribe evalsha eval script|load script|exists multi exec discard
+  get set getex incr del unlink exists expire pexpire ttl pttl hget hset hdel hgetall
+  xadd xrange xrevrange xtrim xlen zadd zcard zcount zrange zrangebyscore zrem zremrangebyscore
+  zpopmin bzpopmin"
+# What a Sentinel runs on Redis (Redis' documentation, "Sentinel and ACL").
+readonly SENTINEL_ON_REDIS="ping info role multi exec slaveof replicaof config|rewrite publish subscribe
+  client|setname client|kill script|kill"
+# What a Sentinel runs on another Sentinel, and what the app and redis/start.sh ask a Sentinel.
+readonly SENTINEL_ON_SENTINEL="ping info role client|setname publish subscribe sentinel|is-master-down-by-addr
+  sentinel|get-master-addr-by-name"
+readonly ASK_SENTINEL="ping client|setname sentinel|get-master-addr-by-name sentinel|masters
+  sentinel|master sentinel|sentinels sentinel|slaves sentinel|replicas"
 
 die() { echo "redis start ($role): $*" >&2; exit 64; }
 log() { echo "==> $(date -u +%H:%M:%S) redis start ($role): $*" >&2; }
@@ -47,14 +79,36 @@ case $role in
   *) die "REDIS_ROLE must be primary, replica or sentinel, not '$role'" ;;
 esac
 
-[ -r "$secret" ] || die "$secret is not readable (Swarm secret wsapp_redis_password)"
-password=$(cat "$secret")
-case "$password" in
-  "" | *[!A-Za-z0-9._~-]*) die "the password in $secret must be 16+ characters of [A-Za-z0-9._~-]" ;;
-esac
-[ "${#password}" -ge 16 ] || die "the password in $secret is shorter than 16 characters"
+# The password in file $1 (the Swarm secret named $2), checked.
+read_password() {
+  [ -r "$1" ] || die "$1 is not readable (Swarm secret $2)"
+  value=$(cat "$1")
+  case "$value" in
+    "" | *[!A-Za-z0-9._~-]*) die "the password in $1 must be 16+ characters of [A-Za-z0-9._~-]" ;;
+  esac
+  [ "${#value}" -ge 16 ] || die "the password in $1 is shorter than 16 characters"
+  printf '%s' "$value"
+}
+
+# An ACL user line: name, password, then the rules. The password as its SHA-256 (#...).
+acl_user() {
+  name=$1 value=$2
+  shift 2
+  printf 'user %s reset on #%s %s\n' "$name" "$(printf '%s' "$value" | sha256sum | cut -c1-64)" "$*"
+}
+
+# "+a +b ..." from a list of commands.
+allow() {
+  for command in $1; do printf '+%s ' "$command"; done
+}
+
+app_password=$(read_password "$app_secret" wsapp_redis_password)
+admin_password=$(read_password "$admin_secret" wsapp_redis_admin_password)
+sentinel_password=$(read_password "$sentinel_secret" wsapp_redis_sentinel_password)
+[ "$role" = sentinel ] || replication_password=$(read_password "$replication_secret" wsapp_redis_replication_password)
 [ -r "$base" ] || die "$base is not readable"
-export REDISCLI_AUTH="$password"
+# redis-cli below asks the Sentinels as the sentinel user.
+export REDISCLI_AUTH="$sentinel_password"
 
 # The primary the Sentinels name, as "host port" (empty when none answers). Every address of
 # every listed name is asked: one Sentinel down or not yet started must not hide the others.
@@ -68,7 +122,7 @@ ask_sentinels() {
     [ "$sport" != "$entry" ] || sport=26379
     for address in $(getent ahostsv4 "$host" 2>/dev/null | awk '{print $1}' | sort -u); do
       # Two lines, host and port, or an empty answer when it monitors no such master.
-      answer=$(timeout 3 redis-cli --no-auth-warning -h "$address" -p "$sport" --raw \
+      answer=$(timeout 3 redis-cli --no-auth-warning --user sentinel -h "$address" -p "$sport" --raw \
         SENTINEL get-master-addr-by-name "$master" 2>/dev/null | tr '\n' ' ') || continue
       phost=${answer%% *}
       pport=${answer#* }
@@ -114,8 +168,13 @@ if [ "$role" = sentinel ]; then
   slot=${SENTINEL_SLOT:-}
   {
     cat "$base"
-    printf 'requirepass %s\n' "$password"
-    printf 'sentinel sentinel-pass %s\n' "$password"
+    printf 'user default reset\n'
+    acl_user admin "$admin_password" "~* &* +@all"
+    acl_user sentinel "$sentinel_password" "resetchannels &__sentinel__:hello -@all $(allow "$SENTINEL_ON_SENTINEL")"
+    acl_user wsapp "$app_password" "resetchannels -@all $(allow "$ASK_SENTINEL")"
+    # How this Sentinel logs in to the other Sentinels, and to the Redis it monitors (below).
+    printf 'sentinel sentinel-user sentinel\n'
+    printf 'sentinel sentinel-pass %s\n' "$sentinel_password"
     # A fixed id per slot (40 hex digits): a restarted Sentinel replaces its old self in the
     # others' tables instead of adding a voter that never answers again.
     case $slot in
@@ -124,7 +183,8 @@ if [ "$role" = sentinel ]; then
       *) printf 'sentinel myid %s\n' "$(printf 'a5e2714e100000000000000000000000000%05d' "$slot")" ;;
     esac
     printf 'sentinel monitor %s %s %s\n' "$master" "$primary" "${SENTINEL_QUORUM:-2}"
-    printf 'sentinel auth-pass %s %s\n' "$master" "$password"
+    printf 'sentinel auth-user %s sentinel\n' "$master"
+    printf 'sentinel auth-pass %s %s\n' "$master" "$sentinel_password"
     printf 'sentinel down-after-milliseconds %s %s\n' "$master" "${SENTINEL_DOWN_AFTER_MS:-5000}"
     printf 'sentinel failover-timeout %s %s\n' "$master" "${SENTINEL_FAILOVER_TIMEOUT_MS:-60000}"
     printf 'sentinel parallel-syncs %s 1\n' "$master"
@@ -134,9 +194,15 @@ fi
 
 {
   cat "$base"
-  printf 'requirepass %s\n' "$password"
-  # Any Redis may become a replica after a failover, and must then authenticate to the primary.
-  printf 'masterauth %s\n' "$password"
+  # The default user: off, no rights (a connection that does not say who it is can do nothing).
+  printf 'user default reset\n'
+  acl_user admin "$admin_password" "~* &* +@all"
+  acl_user wsapp "$app_password" "resetkeys ~wsapp* resetchannels &wsapp:* -@all $(allow "$APP_COMMANDS")"
+  acl_user replication "$replication_password" "-@all +psync +replconf +ping"
+  acl_user sentinel "$sentinel_password" "resetchannels &__sentinel__:hello -@all $(allow "$SENTINEL_ON_REDIS")"
+  # Any Redis may become a replica after a failover, and must then log in to the primary.
+  printf 'masteruser replication\n'
+  printf 'masterauth %s\n' "$replication_password"
   # Sentinels and clients reach it by its service name, which follows the task to a new address.
   [ -z "$announce" ] || printf 'replica-announce-ip %s\n' "$announce"
   if [ -n "$primary" ] && is_self "${primary% *}" "${primary#* }"; then

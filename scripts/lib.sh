@@ -15,7 +15,6 @@ readonly COLOR_LABEL=com.wsapp.active-color
 readonly EDGE_LABEL=wsapp.edge
 readonly COLORS=(blue green)
 readonly IMAGES_ENV="$ROOT_DIR/.images.env"
-readonly REDIS_SECRET=wsapp_redis_password
 # Where images travel (docs/operations.md, "The image registry"): REGISTRY when the operator names
 # one (and is logged in to it), else the project's own (stack/registry.yml), which every node
 # reaches on its own loopback, 127.0.0.1:REGISTRY_PORT.
@@ -290,6 +289,19 @@ run_on_network() {
     --security-opt no-new-privileges "$@"
 }
 
+# ipsec_probe: whether this kernel can run Docker's encrypted overlay, which has libnetwork program
+# IPsec ESP transport-mode states with AES-GCM (rfc4106(gcm(aes))) through xfrm. Tries to add one
+# in a throwaway network namespace; prints the kernel's refusal and fails when it cannot.
+ipsec_probe() {
+  local ns=wsapp-ipsec-probe-$$ key answer status=0
+  key=0x$(head -c 20 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  ip netns add "$ns" 2>/dev/null || { echo "cannot create a network namespace to try (ip netns add)"; return 1; }
+  answer=$(ip -n "$ns" xfrm state add src 192.0.2.1 dst 192.0.2.2 proto esp spi 0x100 mode transport \
+    aead 'rfc4106(gcm(aes))' "$key" 128 2>&1) || status=$?
+  ip netns del "$ns" 2>/dev/null || true
+  ((status == 0)) || { echo "ip xfrm state add ... proto esp ... aead 'rfc4106(gcm(aes))': ${answer:-refused}"; return 1; }
+}
+
 # swarm_job SECONDS KIND WHAT CREATE_ARGS...: a one-off Swarm job, `docker service create
 # CREATE_ARGS` (which give its mode, image and command), waited for until every task of it has
 # ended. Prints its output, removes it, and fails (naming WHAT) unless every task completed within
@@ -327,9 +339,9 @@ ctl_job() {
   local seconds=$1 image=$2
   shift 2
   swarm_job "$seconds" ctl "rooms.ctl $*" --mode replicated-job --network "$NETWORK" --read-only \
-    --cap-drop ALL --secret "source=$REDIS_SECRET,target=redis_password" \
+    --cap-drop ALL --secret "source=$REDIS_PASSWORD_SECRET,target=redis_password" \
     --env REDIS_SENTINELS=wsapp_sentinel:26379 --env REDIS_SENTINEL_MASTER=wsapp \
-    --env REDIS_PASSWORD_FILE=/run/secrets/redis_password \
+    --env REDIS_USERNAME=wsapp --env REDIS_PASSWORD_FILE=/run/secrets/redis_password \
     "$image" python -m rooms.ctl "$@"
 }
 
@@ -456,7 +468,8 @@ require_decimal() {
 
 # The release file (stack/release.env, or RELEASE_ENV): the only source of a release's settings.
 readonly RELEASE_KEYS=(ALLOWED_HOSTS PUBLIC_ORIGINS PUBLIC_ORIGIN REPLICAS WEB_CONCURRENCY MAX_CONNECTIONS LOG_LEVEL
-  NETWORK_SUBNET NGINX_CPUS NGINX_WORKER_CONNECTIONS NGINX_WS_PER_ADDRESS NGINX_HTTP_RATE NGINX_HTTP_BURST)
+  NETWORK_SUBNET NGINX_CPUS NGINX_WORKER_CONNECTIONS NGINX_WS_PER_ADDRESS NGINX_HTTP_RATE NGINX_HTTP_BURST
+  REDIS_PASSWORD_SECRET)
 
 # load_release_env: read NAME=value lines (no shell evaluation), refuse unknown or missing names
 # and bad values, and export them, over whatever the shell had.
@@ -497,6 +510,8 @@ load_release_env() {
   [[ $NETWORK_SUBNET =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$ ]] ||
     die "NETWORK_SUBNET must be an IPv4 network such as 10.231.0.0/24, got '$NETWORK_SUBNET'"
   [[ $LOG_LEVEL =~ ^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$ ]] || die "LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL"
+  [[ $REDIS_PASSWORD_SECRET =~ ^wsapp_redis_password[A-Za-z0-9_.-]*$ ]] ||
+    die "REDIS_PASSWORD_SECRET must be a Swarm secret named wsapp_redis_password..., got '$REDIS_PASSWORD_SECRET'"
 }
 
 # Run the release tool (scripts/release_tools.py) with the runtime of IMAGE (which has Python and

@@ -15,6 +15,8 @@ readonly PROMETHEUS_PORT=${PROMETHEUS_PORT:-9090}
 readonly GRAFANA_PORT=${GRAFANA_PORT:-3000}
 readonly OPS_PROXY=${OPS_PROXY:-1}
 readonly OPS_PROXY_NAME=wsapp-ops-proxy
+# 1: the overlay network encrypted (IPsec ESP between nodes); every node's kernel must support it.
+readonly NETWORK_ENCRYPTED=${NETWORK_ENCRYPTED:-0}
 # The nginx user of the official image and of the stand-in (docker/nginx).
 readonly NGINX_UID=101
 export HTTP_PORT
@@ -35,6 +37,8 @@ Settings of this machine (environment):
   PROMETHEUS_PORT=$PROMETHEUS_PORT, GRAFANA_PORT=$GRAFANA_PORT
                                   Prometheus and Grafana through a proxy on 127.0.0.1 only
   OPS_PROXY=$OPS_PROXY                 0: no such proxy (reach them with an ssh tunnel and docker run)
+  NETWORK_ENCRYPTED=$NETWORK_ENCRYPTED         1: the overlay network encrypted between nodes (IPsec;
+                                  checked against this kernel first; docs/security.md)
   RELEASE_ENV=\${RELEASE_ENV:-stack/release.env}
   UP_TIMEOUT=$UP_TIMEOUT            seconds to wait for each part to come up
   SWARM_ADVERTISE_ADDR=$SWARM_ADVERTISE_ADDR  used only when a swarm is initialised
@@ -72,15 +76,24 @@ ensure_node_label() {
   docker node update --label-add "$key=true" "$(docker info --format '{{.Swarm.NodeID}}')" >/dev/null
 }
 
-# The overlay network, on NETWORK_SUBNET: replicas believe X-Forwarded-For only from it.
+# The overlay network, on NETWORK_SUBNET: replicas believe X-Forwarded-For only from it. With
+# NETWORK_ENCRYPTED=1, encrypted between nodes, once this kernel is known to do it.
 ensure_network() {
-  local subnet
+  local subnet encrypted problem
+  local -a options=()
+  if [[ $NETWORK_ENCRYPTED == 1 ]]; then
+    problem=$(ipsec_probe) || die "NETWORK_ENCRYPTED=1, but this kernel cannot run Docker's encrypted overlay: $problem"
+    options=(--opt encrypted)
+  fi
   if subnet=$(docker network inspect --format '{{range .IPAM.Config}}{{.Subnet}}{{end}}' "$NETWORK" 2>/dev/null); then
     [[ $subnet == "$NETWORK_SUBNET" ]] ||
       die "network $NETWORK has subnet $subnet, the release file says $NETWORK_SUBNET; run make down first"
+    encrypted=$(docker network inspect --format '{{if index .Options "encrypted"}}1{{else}}0{{end}}' "$NETWORK")
+    [[ $encrypted == "$NETWORK_ENCRYPTED" ]] ||
+      die "network $NETWORK has encryption $encrypted, NETWORK_ENCRYPTED is $NETWORK_ENCRYPTED; run make down first"
     return 0
   fi
-  docker network create --driver overlay --attachable --subnet "$NETWORK_SUBNET" "$NETWORK" >/dev/null
+  docker network create --driver overlay --attachable "${options[@]}" --subnet "$NETWORK_SUBNET" "$NETWORK" >/dev/null
 }
 
 ensure_secret() {
@@ -237,7 +250,12 @@ main() {
   ensure_network
   ensure_secret wsapp_django_secret_key
   ensure_secret wsapp_grafana_admin_password
-  ensure_secret "$REDIS_SECRET"
+  # The app's Redis password (the release file names the secret: a rotation names a new one).
+  ensure_secret "$REDIS_PASSWORD_SECRET"
+  # Redis' other ACL users (redis/start.sh): operators, replication, the Sentinels.
+  ensure_secret wsapp_redis_admin_password
+  ensure_secret wsapp_redis_replication_password
+  ensure_secret wsapp_redis_sentinel_password
   step "registry"
   CONFIG_VERSION=$(config_version)
   export CONFIG_VERSION NGINX_IMAGE REGISTRY_IMAGE REGISTRY_PORT

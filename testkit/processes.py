@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -135,11 +136,14 @@ class RedisServer:
 
 
 def redis_command(port, *args, password=None, timeout=2):
-    """One command to a Redis or Sentinel on loopback, through redis-cli; its output or None."""
+    """One command to a Redis or Sentinel on loopback, through redis-cli; its output or None.
+    `password` is a password (the default user's) or a (user, password) pair."""
+    user, password = password if isinstance(password, tuple) else (None, password)
     env = dict(os.environ, REDISCLI_AUTH=password) if password else None
+    login = ["--user", user] if user else []
     try:
         result = subprocess.run(
-            [command("redis-cli", "Redis is queried"), "--no-auth-warning", "-h", "127.0.0.1",
+            [command("redis-cli", "Redis is queried"), "--no-auth-warning", *login, "-h", "127.0.0.1",
              "-p", str(port), "--raw", *map(str, args)],
             env=env, capture_output=True, text=True, timeout=timeout,
         )
@@ -148,17 +152,34 @@ def redis_command(port, *args, password=None, timeout=2):
     return result.stdout if result.returncode == 0 else None
 
 
+REDIS_USERS = ("wsapp", "admin", "replication", "sentinel")  # redis/start.sh's ACL users
+REDIS_SECRET_SETTINGS = {"wsapp": "REDIS_PASSWORD_FILE", "admin": "REDIS_ADMIN_PASSWORD_FILE",
+                         "replication": "REDIS_REPLICATION_PASSWORD_FILE",
+                         "sentinel": "REDIS_SENTINEL_PASSWORD_FILE"}
+
+
+def redis_credentials(workdir, prefix="redis"):
+    """A password file per ACL user of redis/start.sh in `workdir` (as the stack's Swarm secrets):
+    {user: path}."""
+    files = {}
+    for user in REDIS_USERS:
+        files[user] = Path(workdir) / f"{prefix}-{user}.password"
+        files[user].write_text(f"{user}-{uuid.uuid4().hex}\n")
+    return files
+
+
 class RedisNode:
     """A Redis or Sentinel on loopback started through redis/start.sh, as the stack starts them
-    (REDIS_ROLE primary, replica or sentinel), with the password of `password_file`.
+    (REDIS_ROLE primary, replica or sentinel), with the password files of `credentials`
+    (redis_credentials()); command() runs as the admin user.
 
     `sentinels` lists the Sentinels the script asks (host:port,...), `primary` is its REDIS_PRIMARY
     (host:port). Nothing is persisted. start() again after kill() or stop() reuses the port.
     """
 
-    def __init__(self, role, workdir, password_file, sentinels="", primary="", port=None, **env):
+    def __init__(self, role, workdir, credentials, sentinels="", primary="", port=None, **env):
         self.role, self.port = role, port or free_port()
-        self.password = Path(password_file).read_text().strip()
+        self.password = ("admin", Path(credentials["admin"]).read_text().strip())
         self.workdir = Path(workdir)
         name = f"{role}-{self.port}"
         self.base = self.workdir / f"{name}.base.conf"
@@ -170,7 +191,8 @@ class RedisNode:
         self.base.write_text("\n".join(lines) + "\n")
         self.log_path = self.workdir / f"{name}.log"
         self.env = dict(
-            os.environ, REDIS_ROLE=role, REDIS_PASSWORD_FILE=str(password_file),
+            os.environ, REDIS_ROLE=role,
+            **{REDIS_SECRET_SETTINGS[user]: str(path) for user, path in credentials.items()},
             REDIS_BASE_CONF=str(self.base),
             REDIS_RUN_CONF=str(self.workdir / f"{name}.conf"), REDIS_ANNOUNCE="127.0.0.1",
             REDIS_PORT=str(self.port), REDIS_PRIMARY=primary, SENTINELS=sentinels, **env,

@@ -30,10 +30,18 @@ import subprocess
 import threading
 from pathlib import Path
 
-from testkit.processes import MissingCommand, RedisNode, command, free_port, redis_command, wait_until
+from testkit.processes import (
+    MissingCommand,
+    RedisNode,
+    command,
+    free_port,
+    redis_command,
+    redis_credentials,
+    wait_until,
+)
 
 MASTER = "wsapp"
-PASSWORD = "fault-tier-0123456789"
+APP_USER = "wsapp"
 # Small, so a failover takes about two seconds: the stack uses 5000 and 60000 (docs/operations.md).
 SENTINEL_ENV = {"SENTINEL_DOWN_AFTER_MS": "1000", "SENTINEL_FAILOVER_TIMEOUT_MS": "5000"}
 ROOM_KEY_PREFIXES = ("wsapp:seq:", "wsapp:epoch:", "wsapp:history:", "wsapp:sent:", "wsapp:sentt:")
@@ -47,16 +55,20 @@ def fields(raw):
 
 
 class Sentinels:
-    """A primary, its replica and three Sentinels on loopback, through redis/start.sh."""
+    """A primary, its replica and three Sentinels on loopback, through redis/start.sh, with a
+    password file per ACL user (`credentials`). `password` logs in as the admin user (for the
+    helpers below); `app_env` is what the app needs to find the primary and log in as `wsapp`."""
 
-    def __init__(self, workdir, password=PASSWORD):
+    def __init__(self, workdir):
         workdir = Path(workdir)
-        self.password_file = workdir / "redis_password"
-        self.password_file.write_text(password + "\n")
-        self.password = password
+        self.credentials = redis_credentials(workdir)
+        self.password_file = self.credentials[APP_USER]
+        self.password = ("admin", self.credentials["admin"].read_text().strip())
         ports = [free_port() for _ in range(5)]
         self.listing = ",".join(f"127.0.0.1:{port}" for port in ports[2:])
-        common = dict(workdir=workdir, password_file=self.password_file, sentinels=self.listing,
+        self.app_env = dict(REDIS_SENTINELS=self.listing, REDIS_USERNAME=APP_USER,
+                            REDIS_PASSWORD_FILE=str(self.password_file))
+        common = dict(workdir=workdir, credentials=self.credentials, sentinels=self.listing,
                       primary=f"127.0.0.1:{ports[0]}")
         # The first Redis finds no Sentinel yet: one question, not three, keeps the start quick.
         self.primary = RedisNode("primary", port=ports[0], SENTINEL_ASK_TRIES="1", **common)
@@ -88,6 +100,20 @@ class Sentinels:
         answer = (sentinel or self.sentinels[0]).command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER)
         lines = (answer or "").split()
         return int(lines[1]) if len(lines) == 2 else None
+
+    def acl_denials(self):
+        """Commands, keys and channels some user was refused (ACL LOG, failed logins left out), on
+        every node that runs: [(port, reason, user, object)]."""
+        denials = []
+        for node in self.nodes:
+            if node.process is None:
+                continue
+            lines = (node.command("ACL", "LOG", "128") or "").splitlines()
+            for n, line in enumerate(lines):
+                if line == "reason" and n + 1 < len(lines) and lines[n + 1] != "auth":
+                    entry = fields("\n".join(lines[n:n + 12]))
+                    denials.append((node.port, *(entry.get(key) for key in ("reason", "username", "object"))))
+        return denials
 
     def stop(self):
         for node in self.nodes:
@@ -284,11 +310,14 @@ def expire_room(port, room, password=None, ms=None):
 
 
 def history(port, room, password=None):
-    """The frames kept in a room's history, oldest first (field `f` of each stream entry)."""
+    """The frames kept in a room's history, oldest first (field `f` of each stream entry).
+    `password` as for redis_command: a password or a (user, password) pair."""
+    user, password = password if isinstance(password, tuple) else (None, password)
     env = dict(os.environ, REDISCLI_AUTH=password) if password else None
+    login = ["--user", user] if user else []
     result = subprocess.run(
-        [command("redis-cli", "Redis is queried"), "--no-auth-warning", "-h", "127.0.0.1", "-p", str(port),
-         "-3", "--json", "XRANGE", HISTORY_PREFIX + room, "-", "+"],
+        [command("redis-cli", "Redis is queried"), "--no-auth-warning", *login, "-h", "127.0.0.1",
+         "-p", str(port), "-3", "--json", "XRANGE", HISTORY_PREFIX + room, "-", "+"],
         env=env, capture_output=True, text=True, timeout=10, check=True,
     )
     entries = json.loads(result.stdout or "[]")

@@ -79,7 +79,7 @@ def sync_client(url, sentinels, timeout):
     if sentinels is None:
         return redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
     sentinel = Sentinel(sentinels.addresses, sentinel_kwargs=sentinel_kwargs(sentinels, timeout))
-    return sentinel.master_for(sentinels.master, password=sentinels.password,
+    return sentinel.master_for(sentinels.master, username=sentinels.username, password=sentinels.password,
                                socket_connect_timeout=timeout, socket_timeout=timeout)
 
 

@@ -1,5 +1,7 @@
-"""Where Redis is: REDIS_URL with the password from REDIS_PASSWORD_FILE (a Swarm secret) merged
-in, or the Sentinels of REDIS_SENTINELS that name the primary of REDIS_SENTINEL_MASTER.
+"""Where Redis is: REDIS_URL with the user of REDIS_USERNAME and the password from REDIS_PASSWORD_FILE
+(a Swarm secret) merged in, or the Sentinels of REDIS_SENTINELS that name the primary of
+REDIS_SENTINEL_MASTER. The stack's Redis and Sentinels know the app as the ACL user `wsapp`
+(redis/start.sh); without REDIS_USERNAME the connection logs in as Redis' `default` user.
 
 Used by the settings (channel layer and room hub) and by `rooms.ctl` (wait-redis, drain,
 undrain), so every Redis client of the service finds Redis and authenticates the same way. Plain
@@ -21,6 +23,7 @@ DEFAULT_SENTINEL_MASTER = "wsapp"
 SENTINEL_PORT = 26379
 MASTER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 HOST_NAME = re.compile(r"[A-Za-z0-9._-]{1,253}")
+USER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class RedisUrlError(ValueError):
@@ -28,13 +31,22 @@ class RedisUrlError(ValueError):
 
 
 class Sentinels(NamedTuple):
-    """REDIS_SENTINELS as (host, port) pairs, the master name and the password for both the
-    Sentinels and Redis (None: no password). A host name may resolve to several Sentinels: every
-    connection resolves it again, so Sentinels that move keep being found."""
+    """REDIS_SENTINELS as (host, port) pairs, the master name, and the user name and password for
+    both the Sentinels and Redis (None: the default user, no password). A host name may resolve to
+    several Sentinels: every connection resolves it again, so Sentinels that move keep being found."""
 
     addresses: tuple
     master: str
     password: str | None
+    username: str | None = None
+
+
+def read_username(environ):
+    """REDIS_USERNAME, or None when it is not set."""
+    name = environ.get("REDIS_USERNAME", "").strip()
+    if name and not USER_NAME.fullmatch(name):
+        raise RedisUrlError(f"REDIS_USERNAME must be 1-64 characters of [A-Za-z0-9._-], got {name!r}")
+    return name or None
 
 
 def read_password(environ):
@@ -83,7 +95,7 @@ def redis_sentinels(environ=None):
     addresses = tuple(sentinel_address(entry.strip()) for entry in raw.split(",") if entry.strip())
     if not addresses:
         raise RedisUrlError(f"REDIS_SENTINELS lists no Sentinel: {raw!r}")
-    return Sentinels(addresses, master, read_password(environ))
+    return Sentinels(addresses, master, read_password(environ), read_username(environ))
 
 
 def redis_url(environ=None):
@@ -94,20 +106,28 @@ def redis_url(environ=None):
         raise RedisUrlError(f"REDIS_URL is not a redis://, rediss:// or unix:// URL: {url!r}")
     if not url and environ.get("REDIS_SENTINELS", "").strip():
         return ""  # redis_sentinels() reads the password
-    if not environ.get("REDIS_PASSWORD_FILE", "").strip():
+    username = read_username(environ)
+    if not environ.get("REDIS_PASSWORD_FILE", "").strip() and not username:
         return url
     if not url:
-        raise RedisUrlError("REDIS_PASSWORD_FILE is set but REDIS_URL (or REDIS_SENTINELS) is empty")
-    password = read_password(environ)
+        raise RedisUrlError("REDIS_PASSWORD_FILE or REDIS_USERNAME is set but REDIS_URL (or REDIS_SENTINELS) "
+                            "is empty")
     parts = urlsplit(url)
-    if parts.password is not None:
+    if username and parts.username:
+        raise RedisUrlError("REDIS_URL has a user name and REDIS_USERNAME is set: use one")
+    password = read_password(environ)
+    if password is not None and parts.password is not None:
         raise RedisUrlError("REDIS_URL has a password and REDIS_PASSWORD_FILE is set: use one")
     if parts.scheme == "unix":  # urlunsplit would drop the empty host ("unix:///...")
-        return f"{url}{'&' if parts.query else '?'}password={quote(password, safe='')}"
-    user = quote(parts.username, safe="") if parts.username else ""
+        query = [f"username={quote(username, safe='')}"] if username else []
+        query += [f"password={quote(password, safe='')}"] if password is not None else []
+        return f"{url}{'&' if parts.query else '?'}{'&'.join(query)}"
+    user = quote(username or parts.username or "", safe="")
+    if password is None:
+        password = parts.password
+    secret = f":{quote(password, safe='')}" if password is not None else ""
     host = parts.netloc.rpartition("@")[2]
-    netloc = f"{user}:{quote(password, safe='')}@{host}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit(parts._replace(netloc=f"{user}{secret}@{host}"))
 
 
 def redacted(url):
@@ -121,7 +141,8 @@ def redacted(url):
 def sentinel_kwargs(sentinels, timeout):
     """Connection options for the Sentinels themselves: their password, and a timeout so that a
     Sentinel that does not answer is given up and the next one asked."""
-    return {"password": sentinels.password, "socket_timeout": timeout, "socket_connect_timeout": timeout}
+    return {"username": sentinels.username, "password": sentinels.password, "socket_timeout": timeout,
+            "socket_connect_timeout": timeout}
 
 
 def layer_host(url, sentinels, timeout, **options):
@@ -132,6 +153,7 @@ def layer_host(url, sentinels, timeout, **options):
         "sentinels": list(sentinels.addresses),
         "master_name": sentinels.master,
         "sentinel_kwargs": sentinel_kwargs(sentinels, timeout),
+        "username": sentinels.username,
         "password": sentinels.password,
         **options,
     }

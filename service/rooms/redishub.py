@@ -126,9 +126,10 @@ class RedisHub(BaseHub):
                 self.sentinels.addresses,
                 sentinel_kwargs=sentinel_kwargs(self.sentinels, settings.REDIS_CONNECT_TIMEOUT),
             )
-            master, password = self.sentinels.master, self.sentinels.password
-            pool = BlockingSentinelPool(master, sentinel, password=password, **options)
-            self.listener = sentinel.master_for(master, password=password, **listener_options)
+            master = self.sentinels.master
+            login = dict(username=self.sentinels.username, password=self.sentinels.password)
+            pool = BlockingSentinelPool(master, sentinel, **login, **options)
+            self.listener = sentinel.master_for(master, **login, **listener_options)
         self.redis = aioredis.Redis(connection_pool=pool)
         self.publish_script = self.redis.register_script(PUBLISH_SCRIPT)
         self.fence_script = self.redis.register_script(FENCE_SCRIPT)

@@ -11,6 +11,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -171,18 +172,73 @@ def test_replicas_believe_forwarded_headers_only_from_the_overlay(system):
     assert network == subnet
 
 
-def redis_cli(*args, password=True):
-    container = service_container("wsapp_redis")
-    auth = 'REDISCLI_AUTH="$(cat /run/secrets/redis_password)" ' if password else ""
-    return docker("exec", container, "sh", "-c", auth + "redis-cli " + " ".join(args))
+def redis_cli(*args, user="admin", service="wsapp_redis"):
+    """redis-cli in a container of `service`, as `user` (the password from its secret), or without
+    logging in (user None)."""
+    container = service_container(service)
+    secret = "redis_password" if user == "wsapp" else f"redis_{user}_password"
+    auth = f'REDISCLI_AUTH="$(cat /run/secrets/{secret})" redis-cli --user {user} ' if user else "redis-cli "
+    return docker("exec", container, "sh", "-c", auth + " ".join(args))
 
 
 def test_redis_requires_the_password_and_never_evicts(system):
-    assert "NOAUTH" in redis_cli("ping", password=False)
+    assert "NOAUTH" in redis_cli("ping", user=None)
     assert redis_cli("ping") == "PONG"
     assert redis_cli("config", "get", "maxmemory-policy").split() == ["maxmemory-policy", "noeviction"]
     assert redis_cli("config", "get", "appendonly").split() == ["appendonly", "yes"]
     assert int(redis_cli("config", "get", "maxmemory").split()[1]) > 0
+
+
+def test_the_apps_redis_user_cannot_administer_redis_or_the_sentinels(system):
+    """A compromised replica holds the wsapp user's password: with it, nothing that hurts everyone
+    else (docs/security.md, "Redis users")."""
+    for service in ("wsapp_redis", "wsapp_redis-replica"):
+        assert redis_cli("ping", user="wsapp", service=service) == "PONG"
+        for command in ("flushall", "config set maxmemory 1", "replicaof no one", "shutdown nosave",
+                        "acl list", "keys '*'", "set other 1"):
+            assert "NOPERM" in redis_cli(command, user="wsapp", service=service), (service, command)
+    for command in ("sentinel failover wsapp", "sentinel remove wsapp", "shutdown", "acl list"):
+        assert "NOPERM" in redis_cli("-p 26379", command, user="wsapp", service="wsapp_sentinel"), command
+    asked = redis_cli("-p 26379 sentinel get-master-addr-by-name wsapp", user="wsapp",
+                      service="wsapp_sentinel")
+    assert asked.split()[0] == "wsapp_redis", asked
+    assert "NOAUTH" in redis_cli("-p 26379 ping", user=None, service="wsapp_sentinel")
+    # Replication and the Sentinels work under their own users: the replica is linked, the
+    # Sentinels see it and each other, and nothing anyone did was refused.
+    assert "master_link_status:up" in redis_cli("info replication", service="wsapp_redis-replica")
+    master = redis_cli("-p 26379 sentinel master wsapp", service="wsapp_sentinel").split()
+    state = dict(zip(master[::2], master[1::2], strict=False))
+    assert state["num-slaves"] == "1" and state["num-other-sentinels"] == "2", state
+
+
+def test_the_apps_redis_password_is_added_and_removed_live_on_every_node(system):
+    """Step 2 of the rotation (docs/operations.md, scripts/redis-password.sh) on the swarm: every Redis
+    and Sentinel accepts a second password without restarting, and forgets it on `remove`."""
+    secret, password = "wsapp_redis_password_e2e", f"e2e-{uuid.uuid4().hex}"
+    subprocess.run(["docker", "secret", "create", secret, "-"], input=password, text=True, check=True,
+                   capture_output=True, timeout=30)
+    targets = []
+    for service, port in (("wsapp_redis", 6379), ("wsapp_redis-replica", 6379), ("wsapp_sentinel", 26379)):
+        label = f"label=com.docker.swarm.service.name={service}"
+        targets += [(container, port) for container in docker("ps", "-q", "--filter", label).split()]
+    assert len(targets) == 5, targets
+
+    def answers(container, port):
+        login = f"REDISCLI_AUTH={password} redis-cli --no-auth-warning --user wsapp"
+        return docker("exec", container, "sh", "-c", f"{login} -p {port} ping 2>&1")
+
+    try:
+        added = run(["scripts/redis-password.sh", "add", secret], 180)
+        assert "5 Redis and Sentinels changed" in added.stdout, added.stdout + added.stderr
+        assert [answers(*target) for target in targets] == ["PONG"] * 5
+        assert password not in added.stdout + added.stderr
+        removed = run(["scripts/redis-password.sh", "remove", secret], 180)
+        assert "5 Redis and Sentinels changed" in removed.stdout, removed.stdout + removed.stderr
+        assert all("WRONGPASS" in answers(*target) for target in targets)
+        for service in ("wsapp_redis", "wsapp_redis-replica"):  # the secret's password still works
+            assert redis_cli("ping", user="wsapp", service=service) == "PONG"
+    finally:
+        subprocess.run(["docker", "secret", "rm", secret], capture_output=True, timeout=30)
 
 
 async def send_and_get_seq(room, body):
@@ -205,7 +261,8 @@ async def test_seq_continues_after_redis_restarts(system):
 
     def ready():
         answer = subprocess.run(["docker", "exec", running_container("wsapp_redis"), "sh", "-c",
-                                 'REDISCLI_AUTH="$(cat /run/secrets/redis_password)" redis-cli ping'],
+                                 'REDISCLI_AUTH="$(cat /run/secrets/redis_admin_password)" '
+                                 'redis-cli --user admin ping'],
                                 capture_output=True, text=True, timeout=30).stdout.strip()
         return answer == "PONG" and polite_get("/readyz")[0] == 200
 

@@ -160,8 +160,7 @@ async def test_failover_to_a_replica_that_fell_behind(sentinels, make_servers, t
         require_iptables()
     except MissingCommand as exc:
         pytest.fail(str(exc), pytrace=False)
-    servers = make_servers("", REDIS_SENTINELS=sentinels.listing,
-                           REDIS_PASSWORD_FILE=str(sentinels.password_file))
+    servers = make_servers("", **sentinels.app_env)
 
     async def lag_then_fail_over(clients):
         await asyncio.sleep(1.5)

@@ -32,14 +32,15 @@ def topology(tmp_path):
     topology.start()  # stops what it started if it fails
     try:
         yield topology
+        # The app, the replica and the Sentinels did all they did within their ACL users' rights.
+        assert topology.acl_denials() == []
     finally:
         topology.stop()
 
 
 @pytest.fixture
 def sentinel_app(topology, tmp_path):
-    server = AppServer("", tmp_path, workers=2, REDIS_SENTINELS=topology.listing,
-                       REDIS_PASSWORD_FILE=str(topology.password_file),
+    server = AppServer("", tmp_path, workers=2, **topology.app_env,
                        RATE_LIMIT_PER_SECOND="1000", RATE_LIMIT_BURST="1000")
     server.start()
     yield server

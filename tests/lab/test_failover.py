@@ -22,7 +22,7 @@ def sentinel(lab, *command):
     """A Sentinel's answer (redis-cli in a sentinel container, with the password from its secret)."""
     node, container = next((n, c) for n in range(1, lab.nodes + 1) for c in lab.docker(
         n, "ps", "-q", "--filter", "label=com.docker.swarm.service.name=wsapp_sentinel", check=False).split())
-    script = 'REDISCLI_AUTH="$(cat /run/secrets/redis_password)" redis-cli -p 26379 "$@"'
+    script = 'REDISCLI_AUTH="$(cat /run/secrets/redis_admin_password)" redis-cli --user admin -p 26379 "$@"'
     return lab.docker(node, "exec", container, "sh", "-c", script, "sh", *command)
 
 

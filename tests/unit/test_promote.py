@@ -262,6 +262,7 @@ def test_an_image_given_by_digest_is_deployed_as_it_is(fake):
     ("PUBLIC_ORIGIN=localhost", "PUBLIC_ORIGIN must be"),
     ("PUBLIC_ORIGINS=http://localhost/,http://127.0.0.1", "PUBLIC_ORIGINS must be"),
     ("PUBLIC_ORIGIN=http://localhost:8080", "is not one of PUBLIC_ORIGINS"),
+    ("REDIS_PASSWORD_SECRET=other;rm", "REDIS_PASSWORD_SECRET must be"),
 ])
 def test_a_bad_release_file_is_refused_before_anything_changes(fake, line, message):
     state, env = fake

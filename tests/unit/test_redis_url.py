@@ -97,3 +97,33 @@ def test_the_channel_layer_gets_a_sentinel_pool_that_authenticates_to_both():
     assert (sentinel_pool.connection_kwargs["host"], sentinel_pool.connection_kwargs["port"]) == ("s2", 26380)
     plain = {"address": "redis://r", "max_connections": 10}
     assert layer_host("redis://r", None, 3, max_connections=10) == plain
+
+
+def test_the_user_name_is_merged_with_the_password(secret):
+    environ = {"REDIS_URL": "redis://r:6379/0",
+               "REDIS_USERNAME": "wsapp", "REDIS_PASSWORD_FILE": secret("pw")}
+    url = redis_url(environ)
+    assert url == "redis://wsapp:pw@r:6379/0"
+    parsed = redis.connection.parse_url(url)
+    assert (parsed["username"], parsed["password"]) == ("wsapp", "pw")
+    environ["REDIS_URL"] = "unix:///s.sock"
+    assert redis_url(environ) == "unix:///s.sock?username=wsapp&password=pw"
+
+
+def test_sentinels_carry_the_user_name_to_redis_and_to_the_sentinels(secret):
+    sentinels = redis_sentinels({"REDIS_SENTINELS": "s:1", "REDIS_USERNAME": "wsapp",
+                                 "REDIS_PASSWORD_FILE": secret("pw")})
+    assert (sentinels.username, sentinels.password) == ("wsapp", "pw")
+    host = layer_host("", sentinels, timeout=1)
+    assert host["username"] == host["sentinel_kwargs"]["username"] == "wsapp"
+    assert redis_sentinels({"REDIS_SENTINELS": "s"}).username is None
+
+
+@pytest.mark.parametrize("environ, message", [
+    ({"REDIS_URL": "redis://app@r", "REDIS_USERNAME": "wsapp"}, "has a user name and REDIS_USERNAME"),
+    ({"REDIS_URL": "redis://r", "REDIS_USERNAME": "ws app"}, "REDIS_USERNAME must be"),
+    ({"REDIS_USERNAME": "wsapp"}, "REDIS_USERNAME is set but REDIS_URL"),
+])
+def test_bad_user_names_say_what_to_fix(environ, message):
+    with pytest.raises(RedisUrlError, match=message):
+        redis_url(environ)
