@@ -11,6 +11,9 @@
 #   NGINX_WS_PER_ADDRESS  concurrent WebSockets per client address, 0 = no limit (default 256)
 #   NGINX_HTTP_RATE       other requests per second per client address, 0 = no limit (default 50)
 #   NGINX_HTTP_BURST      requests above the rate served at once before 429 (default 100)
+#   NGINX_WS_RATE         WebSocket handshakes, and any other request under /ws/, per second per
+#                         client address, 0 = no limit (default 20)
+#   NGINX_WS_BURST        handshakes above the rate served at once before 429 (default 256)
 set -eu
 
 die() { echo "nginx start: $*" >&2; exit 64; }
@@ -27,12 +30,16 @@ connections=${NGINX_WORKER_CONNECTIONS:-19000}
 ws_per_address=${NGINX_WS_PER_ADDRESS:-256}
 http_rate=${NGINX_HTTP_RATE:-50}
 http_burst=${NGINX_HTTP_BURST:-100}
+ws_rate=${NGINX_WS_RATE:-20}
+ws_burst=${NGINX_WS_BURST:-256}
 number NGINX_WORKERS "$workers"
 number NGINX_NOFILE "$nofile"
 number NGINX_WORKER_CONNECTIONS "$connections"
 number NGINX_WS_PER_ADDRESS "$ws_per_address"
 number NGINX_HTTP_RATE "$http_rate"
 number NGINX_HTTP_BURST "$http_burst"
+number NGINX_WS_RATE "$ws_rate"
+number NGINX_WS_BURST "$ws_burst"
 [ "$workers" -ge 1 ] || die "NGINX_WORKERS must be at least 1"
 # shellcheck disable=SC3045  # dash (Debian, the official image) and busybox sh have -H
 hard=$(ulimit -Hn)
@@ -55,6 +62,10 @@ fi
 if [ "$http_rate" -gt 0 ]; then
   printf 'limit_req_zone $binary_remote_addr zone=http_per_address:10m rate=%sr/s;\n' "$http_rate" >"$conf/zones.conf"
   printf 'limit_req zone=http_per_address burst=%s nodelay;\n' "$http_burst" >"$conf/http-limits.conf"
+fi
+if [ "$ws_rate" -gt 0 ]; then
+  printf 'limit_req_zone $binary_remote_addr zone=ws_handshakes_per_address:10m rate=%sr/s;\n' "$ws_rate" >>"$conf/zones.conf"
+  printf 'limit_req zone=ws_handshakes_per_address burst=%s nodelay;\n' "$ws_burst" >>"$conf/ws-limits.conf"
 fi
 
 # The active color: the Nginx service's label com.wsapp.active-color, which Swarm puts in

@@ -183,6 +183,7 @@ start_ops_proxy() {
     -p "127.0.0.1:$PROMETHEUS_PORT:9090" -p "127.0.0.1:$GRAFANA_PORT:3000" \
     --user "$NGINX_UID:$NGINX_UID" --read-only --tmpfs /tmp \
     --cap-drop ALL --security-opt no-new-privileges --memory 64m --cpus 0.25 \
+    --log-driver json-file --log-opt max-size=10m --log-opt max-file=3 \
     -v "$ROOT_DIR/nginx/ops-proxy.conf:/etc/nginx/nginx.conf:ro" \
     --entrypoint nginx "$NGINX_IMAGE" -g 'daemon off;' >/dev/null
 }

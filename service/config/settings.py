@@ -167,8 +167,12 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s pid=%(process)d %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # One bounded line per record, whatever the client sent (config/logbounds.py).
+    "filters": {"bounded": {"()": "config.logbounds.BoundedRecord"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["bounded"]}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO").upper()},
+    # Uvicorn keeps its own handler; its protocols log here (the path of every WebSocket at info).
+    "loggers": {"uvicorn.error": {"filters": ["bounded"]}},
 }
 
 # Identity of this process, shown in /version, welcome frames and metrics.

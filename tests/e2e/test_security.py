@@ -12,6 +12,9 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -24,8 +27,12 @@ from tests.helpers import ROOT, wait_until
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 WS_PER_ADDRESS = 5
+WS_RATE = 5
+WS_BURST = 10
 HTTP_RATE = 5
 HTTP_BURST = 5
+LIMITS = dict(NGINX_WS_PER_ADDRESS=WS_PER_ADDRESS, NGINX_WS_RATE=WS_RATE, NGINX_WS_BURST=WS_BURST,
+              NGINX_HTTP_RATE=HTTP_RATE, NGINX_HTTP_BURST=HTTP_BURST)
 PROMETHEUS_PORT = int(ENV["PROMETHEUS_PORT"])
 GRAFANA_PORT = int(ENV["GRAFANA_PORT"])
 
@@ -44,8 +51,7 @@ def release_file(directory, **changes):
 
 @pytest.fixture(scope="module")
 def system(swarm, tmp_path_factory):
-    release = release_file(tmp_path_factory.mktemp("release"), NGINX_WS_PER_ADDRESS=WS_PER_ADDRESS,
-                           NGINX_HTTP_RATE=HTTP_RATE, NGINX_HTTP_BURST=HTTP_BURST)
+    release = release_file(tmp_path_factory.mktemp("release"), **LIMITS)
     run(["scripts/down.sh"], 300)
     run(["scripts/up.sh"], 600, RELEASE_ENV=str(release))
     yield release
@@ -279,8 +285,13 @@ async def test_seq_continues_after_redis_restarts(system):
     assert after == before + 1
 
 
+def let_the_buckets_empty():
+    """Wait until the request-rate buckets earlier tests filled are empty again."""
+    time.sleep(max(WS_BURST / WS_RATE, HTTP_BURST / HTTP_RATE) + 1)
+
+
 async def test_per_address_limits_answer_429(system):
-    await asyncio.sleep(2)  # let the request-rate bucket of earlier tests empty
+    let_the_buckets_empty()
     sockets = []
     try:
         for _ in range(WS_PER_ADDRESS):
@@ -302,11 +313,136 @@ async def test_per_address_limits_answer_429(system):
     assert polite_get("/version")[0] == 200, "the limit did not lift"
 
 
+async def handshake():
+    """One handshake through Nginx, closed at once: "welcome", or the refusal's HTTP status."""
+    try:
+        async with websockets.connect(f"{WS_URL}/ws/rooms/flood/", origin=ORIGIN, open_timeout=10) as ws:
+            return json.loads(await asyncio.wait_for(ws.recv(), 10))["type"]
+    except websockets.InvalidStatus as refused:
+        return refused.response.status_code
+
+
+async def test_a_handshake_flood_is_answered_429_beyond_the_rate(system):
+    """One connection at a time, so NGINX_WS_PER_ADDRESS is never reached: only the handshake rate
+    refuses. On one machine every client has the same address; a client that comes after the flood
+    (one interval of the rate later) connects."""
+    let_the_buckets_empty()
+    started = time.monotonic()
+    answers = [await handshake() for _ in range(4 * WS_BURST)]
+    seconds = time.monotonic() - started
+    welcomed, refused = answers.count("welcome"), answers.count(429)
+    allowed = WS_BURST + 1 + WS_RATE * seconds
+    print(f"handshake flood: {len(answers)} handshakes in {seconds:.2f}s, {welcomed} welcomed, {refused} "
+          f"answered 429 (rate {WS_RATE}/s, burst {WS_BURST}: at most {allowed:.0f} let through)")
+    assert welcomed + refused == len(answers), answers
+    assert refused > 0 and welcomed <= allowed + 1, answers
+    await asyncio.sleep(1 / WS_RATE + 0.2)
+    assert await handshake() == "welcome", "a client after the flood was refused"
+
+
+def test_plain_http_under_ws_is_rate_limited(system):
+    """Plain HTTP under /ws/ counts against the handshake rate (it skipped every request rate)."""
+    let_the_buckets_empty()
+    started = time.monotonic()
+    statuses = [get(f"{BASE_URL}/ws/plain-{index}")[0] for index in range(4 * WS_BURST)]
+    seconds = time.monotonic() - started
+    print(f"plain HTTP under /ws/: {len(statuses)} in {seconds:.2f}s: {dict(Counter(statuses))}")
+    assert set(statuses) == {404, 429}, statuses
+    assert statuses.count(404) <= WS_BURST + 2 + WS_RATE * seconds, statuses
+
+
+def service_log(service, since=None):
+    """`docker service logs` of the service, since an RFC 3339 time if given (bounded: the command
+    sometimes hangs; its tasks' lines interleave, so only a time cuts the log reliably)."""
+    args = ["docker", "service", "logs", "--raw", *(["--since", since] if since else []), service]
+    result = subprocess.run(args, capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout + result.stderr
+
+
+def settled_log(service, since=None):
+    """The service's log once it stopped growing (Docker delivers it with a delay)."""
+    previous = None
+    for _ in range(20):
+        log = service_log(service, since)
+        if previous is not None and len(log) == len(previous):
+            return log
+        previous = log
+        time.sleep(1)
+    raise AssertionError(f"the log of {service} kept growing")
+
+
+def flood(seconds, workers=4):
+    """Refused requests as fast as `workers` threads can send them for `seconds`: long paths under
+    /ws/ (a 404 each from the app) and a long bad Host (a 400 each), in turn. Their statuses."""
+    path = "/ws/" + "a" * 6000
+    host = "evil-" + "x" * 6000 + ".example"
+    deadline = time.monotonic() + seconds
+
+    def worker(index):
+        statuses = []
+        while time.monotonic() < deadline:
+            if (len(statuses) + index) % 2:
+                statuses.append(get(BASE_URL + path)[0])
+            else:
+                statuses.append(get(BASE_URL + "/", headers={"Host": host})[0])
+        return statuses
+
+    with ThreadPoolExecutor(workers) as pool:
+        return [status for statuses in pool.map(worker, range(workers)) for status in statuses]
+
+
+def test_a_log_flood_grows_the_logs_by_a_bounded_amount(system):
+    """Found from outside: a 404 under /ws/ logged its whole path (2.7 MB in 3 s from one connection)
+    and a bad Host ~2 KB of traceback. Now the app writes one bounded line per request it answers,
+    Nginx one bounded access line per request, and the rates bound how many reach the app."""
+    app = f"wsapp-{color()}_app"
+    let_the_buckets_empty()
+    app_before, nginx_before = len(settled_log(app)), len(settled_log("wsapp_nginx"))
+    since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    seconds = 5
+    statuses = flood(seconds)
+    answered = Counter(statuses)
+    app_new, nginx_new = settled_log(app, since), settled_log("wsapp_nginx", since)
+    app_after, nginx_after = len(settled_log(app)), len(settled_log("wsapp_nginx"))
+    print(f"docker service logs, bytes before and after the flood: {app} {app_before} -> {app_after}, "
+          f"wsapp_nginx {nginx_before} -> {nginx_after}")
+    reached = answered[400] + answered[404]
+    print(f"log flood: {len(statuses)} requests in {seconds}s ({dict(answered)}); "
+          f"app log +{len(app_new)} bytes ({len(app_new) / max(reached, 1):.0f} per request it answered), "
+          f"Nginx log +{len(nginx_new)} bytes ({len(nginx_new) / len(statuses):.0f} per request)")
+    assert set(answered) <= {400, 404, 429} and answered[429] > 0, answered
+    assert reached <= HTTP_BURST + WS_BURST + 2 + (HTTP_RATE + WS_RATE) * (seconds + 1), answered
+    assert b"Traceback" not in app_new
+    assert len(app_new.splitlines()) <= reached, app_new[-3000:]
+    assert max(map(len, app_new.splitlines()), default=0) <= 700
+    assert len(app_new) <= 700 * reached
+    # One access line per request, none in the error log for a refusal.
+    assert b"limiting requests" not in nginx_new and b"limiting connections" not in nginx_new
+    assert len(nginx_new.splitlines()) <= len(statuses) + 5
+    assert max(map(len, nginx_new.splitlines())) <= 700
+    assert len(nginx_new) <= 700 * len(statuses)
+
+
+def test_every_container_rotates_its_log(system):
+    """What stack/*.yml ask (tests/unit/test_stack_logs.py) is what Docker runs."""
+    ops_proxy = docker("ps", "-q", "--filter", "name=wsapp-ops-proxy")
+    checked = []
+    for container in containers("wsapp", f"wsapp-{color()}", "wsapp-registry") + [ops_proxy]:
+        info = json.loads(docker("inspect", container))[0]
+        config = info["HostConfig"]["LogConfig"]
+        assert config["Type"] == "json-file", (info["Name"], config)
+        assert config["Config"].get("max-size") == "10m" and config["Config"].get("max-file") == "3", \
+            (info["Name"], config)
+        checked.append(info["Name"])
+    print("logs rotated:", sorted(checked))
+    assert len(checked) >= 8  # nginx, two Redis, three Sentinels, prometheus, two replicas, the proxies
+
+
 def test_a_release_that_would_refuse_browsers_fails_before_the_switch(system, tmp_path):
     before = color()
     idle = "green" if before == "blue" else "blue"
-    wrong = release_file(tmp_path, ALLOWED_HOSTS="wrong.example.com", NGINX_WS_PER_ADDRESS=WS_PER_ADDRESS,
-                         NGINX_HTTP_RATE=HTTP_RATE, NGINX_HTTP_BURST=HTTP_BURST)
+    wrong = release_file(tmp_path, ALLOWED_HOSTS="wrong.example.com", **LIMITS)
     result = run(["./promote.sh"], 600, False, RELEASE_ENV=str(wrong), WATCH_SECONDS="0")
     print(result.stderr[-3000:])
     assert result.returncode != 0

@@ -5,6 +5,7 @@ Swarm hands it from the service's label."""
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -99,3 +100,44 @@ def test_nginx_refuses_an_unknown_recorded_color(tmp_path):
     result = start(tmp_path, ACTIVE_COLOR="red")
     assert result.returncode == 64
     assert "ACTIVE_COLOR must be blue or green, got 'red'" in result.stderr
+
+
+def test_websocket_handshakes_get_a_request_rate_of_their_own(tmp_path):
+    """Every request under /ws/ (handshakes and plain HTTP alike) is rate-limited per address, apart
+    from the other requests' rate, and still bounded in number at once (NGINX_WS_PER_ADDRESS)."""
+    result = start(tmp_path, NGINX_WS_RATE="7", NGINX_WS_BURST="9", NGINX_HTTP_RATE="5", NGINX_HTTP_BURST="6")
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "run"
+    zones = (run / "zones.conf").read_text()
+    assert "zone=ws_handshakes_per_address:10m rate=7r/s;" in zones
+    assert "zone=http_per_address:10m rate=5r/s;" in zones
+    assert (run / "ws-limits.conf").read_text().splitlines() == [
+        "limit_conn ws_per_address 256;", "limit_req zone=ws_handshakes_per_address burst=9 nodelay;"]
+    assert (run / "http-limits.conf").read_text() == "limit_req zone=http_per_address burst=6 nodelay;\n"
+
+
+def test_a_websocket_rate_of_zero_turns_that_limit_off(tmp_path):
+    result = start(tmp_path, NGINX_WS_RATE="0")
+    assert result.returncode == 0, result.stderr
+    assert "ws_handshakes" not in (tmp_path / "run" / "zones.conf").read_text()
+    assert (tmp_path / "run" / "ws-limits.conf").read_text() == "limit_conn ws_per_address 256;\n"
+
+
+@pytest.mark.parametrize("name", ["NGINX_WS_RATE", "NGINX_WS_BURST"])
+def test_a_websocket_rate_setting_must_be_a_whole_number(tmp_path, name):
+    result = start(tmp_path, **{name: "2.5"})
+    assert result.returncode == 64
+    assert f"{name} must be a whole number" in result.stderr
+
+
+def test_the_nginx_configuration_bounds_what_a_client_puts_in_the_logs():
+    """The access log names the request line only through its bounded copy, and a refused request is
+    not also logged in the error log (nginx/nginx.conf; the e2e tier measures the bytes)."""
+    conf = (Path(ROOT) / "nginx" / "nginx.conf").read_text()
+    formats = conf[conf.index("log_format"):conf.index("access_log")]
+    assert '"$request_logged"' in formats and "$request " not in formats and '"$request"' not in formats
+    assert '"~^(?<request_head>.{256})." "${request_head}...";' in conf
+    assert "limit_req_log_level info;" in conf and "limit_conn_log_level info;" in conf
+    assert "error_log /dev/stderr warn;" in conf
+    assert "large_client_header_buffers 4 8k;" in conf
+    assert "include /tmp/nginx/ws-limits.conf;" in conf[conf.index("location /ws/"):]
