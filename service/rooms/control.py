@@ -1,9 +1,12 @@
 """Control commands: every process of a color listens on the channel-layer group `control.<color>`.
 
-rooms.ctl sends them (drain, undrain).
+rooms.ctl sends them (drain, undrain), each also on the pub/sub channel `wsapp:control:<color>`, which
+the room hub's subscriber hears (rooms.redishub): PUBLISH needs no memory, so it works when Redis is at
+maxmemory and the channel layer's writes are refused.
 """
 
 import asyncio
+import json
 import logging
 
 from channels.layers import get_channel_layer
@@ -53,7 +56,29 @@ async def control_loop():
             delay = min(delay * 2, 5.0)
 
 
+class Applied:
+    stamp = 0  # of the newest stamped control message applied
+
+
+def handle_control_text(text):
+    """A control message from the color's pub/sub channel (rooms.ctl sends each one both ways)."""
+    try:
+        message = json.loads(text)
+    except ValueError:
+        message = None
+    if not isinstance(message, dict):
+        metrics.ERRORS.labels(Error.CONTROL).inc()
+        log.warning("control message that is not a JSON object ignored: %.200r", text)
+        return
+    handle_control(message)
+
+
 def handle_control(message):
+    stamp = message.get("stamp")
+    if isinstance(stamp, int):
+        if stamp <= Applied.stamp:
+            return  # the same message by the other way, or older than one applied
+        Applied.stamp = stamp
     kind = message.get("type")
     if kind == DRAIN:
         start_drain(float(message.get("seconds", 0)))
