@@ -228,8 +228,8 @@ ROOM_MESSAGES_PER_SECOND = env_int("ROOM_MESSAGES_PER_SECOND", 100)
 ROOM_MAX_MEMBERS = env_int("ROOM_MAX_MEMBERS", 2000, minimum=1)
 # Shares of Redis's maxmemory: above REDIS_MEMORY_TRIM the history of the rooms that published least
 # recently is deleted until used_memory is below it again; above REDIS_MEMORY_REFUSE no room is created.
-REDIS_MEMORY_TRIM = env_float("REDIS_MEMORY_TRIM", 0.6, minimum=0.1)
-REDIS_MEMORY_REFUSE = env_float("REDIS_MEMORY_REFUSE", 0.75, minimum=0.1)
+REDIS_MEMORY_TRIM = env_float("REDIS_MEMORY_TRIM", 0.5, minimum=0.1)
+REDIS_MEMORY_REFUSE = env_float("REDIS_MEMORY_REFUSE", 0.7, minimum=0.1)
 if not REDIS_MEMORY_TRIM <= REDIS_MEMORY_REFUSE <= 0.95:
     raise ImproperlyConfigured(
         f"REDIS_MEMORY_TRIM={REDIS_MEMORY_TRIM} and REDIS_MEMORY_REFUSE={REDIS_MEMORY_REFUSE}: need "
