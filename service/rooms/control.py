@@ -11,6 +11,7 @@ import logging
 
 from channels.layers import get_channel_layer
 from django.conf import settings
+from redis.exceptions import OutOfMemoryError
 
 from . import metrics
 from .draining import start_drain, stop_drain
@@ -49,7 +50,9 @@ async def control_loop():
                         pass
             raise
         except Exception as exc:
-            STATE.control_ok = False
+            # A Redis at maxmemory refuses the layer's group_add, not the room hub's subscription to
+            # the control channel: the process still hears control messages (rooms.ctl sends both).
+            STATE.control_ok = isinstance(exc, OutOfMemoryError)
             metrics.ERRORS.labels(Error.CHANNEL_LAYER).inc()
             log.warning("control channel lost (%s); retrying in %.1fs", exc, delay)
             await asyncio.sleep(delay)

@@ -359,7 +359,8 @@ class RedisHub(BaseHub):
         """Read Redis's memory for the gauges and, over REDIS_MEMORY_TRIM of maxmemory, delete the
         history of the rooms that published least recently (rooms.scripts, TRIM_SCRIPT)."""
         try:
-            args = [HISTORY_PREFIX, settings.REDIS_MEMORY_TRIM, self.history[1], TRIM_BATCH]
+            args = [HISTORY_PREFIX, settings.REDIS_MEMORY_TRIM, self.history[1], TRIM_BATCH, SENT_PREFIX,
+                    SENT_TIMES_PREFIX, settings.ROOM_IDS_PRESSURE_SECONDS]
             used, limit, deleted = await self.trim_script(keys=[ROOMS_INDEX], args=args)
         except asyncio.CancelledError:
             raise
@@ -370,7 +371,8 @@ class RedisHub(BaseHub):
         metrics.REDIS_MAXMEMORY.set(limit)
         if deleted:
             metrics.HISTORIES_TRIMMED.inc(deleted)
-            log.warning("Redis used %d of %d bytes: deleted the history of %d rooms", used, limit, deleted)
+            log.warning("Redis used %d of %d bytes: trimmed the history and old ids of %d rooms", used, limit,
+                        deleted)
 
     async def _beat(self):
         while True:

@@ -28,8 +28,9 @@ room's seq, epoch or ids and nothing of the control path is ever evicted; room h
 instead. PUBLISH_SCRIPT counts the room's messages in the current second (`wsapp:rate:R`, refused over
 the limit before anything is written) and records the room's last publish in `wsapp:rooms`;
 BACKLOG_SCRIPT counts the rooms an address creates per window (`wsapp:created:<address>`) and creates
-none while used_memory is over its share of maxmemory; TRIM_SCRIPT deletes the history of the rooms
-that published least recently while used_memory is over its share (seq, epoch and ids stay).
+none while used_memory is over its share of maxmemory; TRIM_SCRIPT, while used_memory is over its
+share, deletes the history of the rooms that published least recently and their message ids older
+than ROOM_IDS_PRESSURE_SECONDS (seq and epoch stay).
 """
 
 # The seq key outlives the epoch key by this many seconds, so an expiry never leaves an epoch without it.
@@ -209,22 +210,32 @@ return #KEYS / 2
 """
 
 # KEYS: rooms index. ARGV: history key prefix, share of maxmemory to trim down to, history seconds,
-# rooms per batch.
+# rooms per batch, sent and sentt key prefixes, ids seconds kept under pressure.
 # Forgets index entries older than the history, then, while used_memory is over the share, deletes the
-# history of the rooms that published least recently, a batch at a time (a room's seq, epoch and ids
-# stay, so nothing is renumbered or published twice; a client resuming past the deleted frames gets a
-# resync). Returns {used_memory, maxmemory, histories deleted}.
+# history of the rooms that published least recently, a batch at a time, and their message ids older
+# than the seconds kept under pressure. A room's seq and epoch stay, so nothing is renumbered; a client
+# resuming past the deleted frames gets a resync, and a resend within those seconds still publishes
+# once. Returns {used_memory, maxmemory, rooms trimmed}.
 TRIM_SCRIPT = PRELUDE + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]) * 1000)
 local used, max = memory()
-local floor, deleted = max * tonumber(ARGV[2]), 0
+local floor, trimmed, ids_floor = max * tonumber(ARGV[2]), 0, now - tonumber(ARGV[7]) * 1000
 while max > 0 and used > floor do
   local rooms = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[4]) - 1)
   if #rooms == 0 then break end
-  for _, room in ipairs(rooms) do redis.call('DEL', ARGV[1] .. room) end
+  for _, room in ipairs(rooms) do
+    redis.call('DEL', ARGV[1] .. room)
+    local sent, sentt = ARGV[5] .. room, ARGV[6] .. room
+    while true do
+      local old = redis.call('ZRANGEBYSCORE', sentt, '-inf', ids_floor, 'LIMIT', 0, 1000)
+      if #old == 0 then break end
+      redis.call('HDEL', sent, unpack(old))
+      redis.call('ZREM', sentt, unpack(old))
+    end
+  end
   redis.call('ZREM', KEYS[1], unpack(rooms))
-  deleted = deleted + #rooms
+  trimmed = trimmed + #rooms
   used = memory()
 end
-return {used, max, deleted}
+return {used, max, trimmed}
 """
