@@ -432,7 +432,8 @@ require_decimal() {
 
 # The release file (stack/release.env, or RELEASE_ENV): the only source of a release's settings.
 readonly RELEASE_KEYS=(ALLOWED_HOSTS PUBLIC_ORIGIN REPLICAS WEB_CONCURRENCY MAX_CONNECTIONS LOG_LEVEL
-  NETWORK_SUBNET NGINX_CPUS NGINX_WORKER_CONNECTIONS NGINX_WS_PER_ADDRESS NGINX_HTTP_RATE NGINX_HTTP_BURST)
+  NETWORK_SUBNET NGINX_CPUS NGINX_WORKER_CONNECTIONS NGINX_WS_PER_ADDRESS NGINX_HTTP_RATE NGINX_HTTP_BURST
+  ROOM_CREATIONS_PER_ADDRESS)
 
 # load_release_env: read NAME=value lines (no shell evaluation), refuse unknown or missing names
 # and bad values, and export them, over whatever the shell had.
@@ -459,7 +460,7 @@ load_release_env() {
   for key in REPLICAS WEB_CONCURRENCY MAX_CONNECTIONS NGINX_CPUS NGINX_WORKER_CONNECTIONS; do
     require_int "$key" 1
   done
-  for key in NGINX_WS_PER_ADDRESS NGINX_HTTP_RATE NGINX_HTTP_BURST; do
+  for key in NGINX_WS_PER_ADDRESS NGINX_HTTP_RATE NGINX_HTTP_BURST ROOM_CREATIONS_PER_ADDRESS; do
     require_int "$key" 0
   done
   ((NGINX_WORKER_CONNECTIONS <= 19900)) ||

@@ -24,6 +24,7 @@ from django.conf import settings
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
+from redis.exceptions import OutOfMemoryError
 
 from . import metrics
 from .frames import Backlog, frame_parts
@@ -213,6 +214,8 @@ class RedisHub(BaseHub):
             kind, *result = await self.publish_script(keys=keys, args=args)
         except NotSent as exc:
             raise NotPublished(str(exc)) from exc
+        except OutOfMemoryError as exc:  # Redis refuses a script only before its first write
+            raise NotPublished(f"Redis is full: {exc}") from exc
         except (aioredis.RedisError, OSError) as exc:
             raise unavailable(exc) from exc
         if kind == 0:

@@ -126,6 +126,9 @@ async def test_drain_and_undrain_work_when_redis_is_full(redis_server, make_serv
     member, _ = await connect(server, "full")
     fill_redis(redis_server, "4mb")
     print(f"Redis full: used_memory {used_memory(redis_server)} of {4 * MIB}")
+    await member.send(json.dumps({"type": "message", "body": "x", "id": "m1"}))
+    refused = await answer(member, "m1", timeout=5)  # at once: not published, certainly
+    assert refused["type"] == "error" and refused["error"] == "unavailable"
 
     said = ctl(server, "drain", "blue", "--seconds", "1")
     print(said.strip())
