@@ -134,8 +134,9 @@ def probe(args):
 def control(args, message):
     """Send a control message to every process of a color, two ways: published on the color's
     pub/sub channel (PUBLISH allocates nothing, so a Redis at maxmemory still carries it) and sent to
-    the channel-layer group (queued for a process that is reconnecting). Each carries the same stamp:
-    a process applies it once, and never after a newer one (rooms.control)."""
+    the channel-layer group (queued for a process that is reconnecting). Each carries the same stamp,
+    Redis's clock in microseconds: a process applies it once, and never after a newer one
+    (rooms.control). Without Redis there is no stamp, and the channel layer fails too."""
     import json
 
     from channels_redis.core import RedisChannelLayer
@@ -145,10 +146,11 @@ def control(args, message):
     configured = configured_redis()
     if configured is None:
         return 2
-    message = {**message, "stamp": time.time_ns()}
     try:
-        heard = sync_client(*configured, timeout=3).publish(CONTROL_CHANNEL_PREFIX + args.color,
-                                                            json.dumps(message))
+        client = sync_client(*configured, timeout=3)
+        seconds, micros = client.time()  # one clock for every operator and node: the primary's
+        message = {**message, "stamp": seconds * 1_000_000 + micros}
+        heard = client.publish(CONTROL_CHANNEL_PREFIX + args.color, json.dumps(message))
         published = f"{heard} processes heard it"
     except Exception as exc:
         heard, published = None, f"failed: {exc}"
