@@ -163,13 +163,16 @@ def current_publish(sha, then=()):
         names.EPOCH_PREFIX,
         names.SENT_PREFIX,
         names.SENT_TIMES_PREFIX,
+        names.ROOM_RATE_PREFIX,
     )
 
     def commands(p):
         msg_id = f"m{next(MESSAGE_IDS)}"
         head, tail = frames.frame_parts(p.room, p.session, BODY, time.time(), msg_id)
-        args = [head, tail, *HISTORY, f"{p.sender}:{msg_id}", secrets.token_urlsafe(9), *IDS]
-        return [("EVALSHA", sha, len(prefixes), *(k + p.room for k in prefixes), *args), *then]
+        keys = [*(k + p.room for k in prefixes), names.ROOMS_INDEX]
+        # No room rate limit (0): the publishers share a few rooms far above it.
+        args = [head, tail, *HISTORY, f"{p.sender}:{msg_id}", secrets.token_urlsafe(9), *IDS, 0, p.room]
+        return [("EVALSHA", sha, len(keys), *keys, *args), *then]
 
     return commands
 

@@ -73,6 +73,8 @@ def start_service(workers, redis_url, workdir, root=ROOT, name="service"):
         COLOR="bench",
         RATE_LIMIT_PER_SECOND="1000",
         RATE_LIMIT_BURST="1000",
+        ROOM_CREATIONS_PER_ADDRESS="0",  # every bench client comes from loopback
+        ROOM_MESSAGES_PER_SECOND="0",
     )
     app.start()
     return Server(f"{name}-{workers}w-{app.port}", app.ws_url, app.process.pid, app.stop)

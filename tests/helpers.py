@@ -32,6 +32,8 @@ def publish_args(room, body, history_seconds=600, session="other", history_max=1
         CHANNEL_PREFIX,
         EPOCH_PREFIX,
         HISTORY_PREFIX,
+        ROOM_RATE_PREFIX,
+        ROOMS_INDEX,
         SENT_PREFIX,
         SENT_TIMES_PREFIX,
         SEQ_PREFIX,
@@ -39,10 +41,12 @@ def publish_args(room, body, history_seconds=600, session="other", history_max=1
     from rooms.scripts import PUBLISH_SCRIPT
 
     msg_id = f"t{next(_published)}"
-    prefixes = (SEQ_PREFIX, HISTORY_PREFIX, CHANNEL_PREFIX, EPOCH_PREFIX, SENT_PREFIX, SENT_TIMES_PREFIX)
-    keys = [prefix + room for prefix in prefixes]
+    prefixes = (SEQ_PREFIX, HISTORY_PREFIX, CHANNEL_PREFIX, EPOCH_PREFIX, SENT_PREFIX, SENT_TIMES_PREFIX,
+                ROOM_RATE_PREFIX)
+    keys = [*(prefix + room for prefix in prefixes), ROOMS_INDEX]
     head, tail = frame_parts(room, session, body, 0, msg_id)
-    args = [head, tail, history_max, history_seconds, history_bytes, f"{session}:{msg_id}", "a", 600, 10000]
+    args = [head, tail, history_max, history_seconds, history_bytes, f"{session}:{msg_id}", "a", 600, 10000,
+            0, room]  # no room rate limit
     return (PUBLISH_SCRIPT, len(keys), *keys, *args)
 
 

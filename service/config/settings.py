@@ -249,6 +249,27 @@ ROOM_HISTORY_BYTES = env_int("ROOM_HISTORY_BYTES", 262144, minimum=4096)
 # ROOM_IDS_MAX per room, whatever the history keeps: a client's resend within that window publishes once.
 ROOM_IDS_SECONDS = env_int("ROOM_IDS_SECONDS", 600, minimum=1)
 ROOM_IDS_MAX = env_int("ROOM_IDS_MAX", 10000, minimum=1)
+# The Redis memory budget (docs/security.md, "Redis memory"). A room is created when a handshake first
+# writes its keys: an address (the client's, or X-Forwarded-For from FORWARDED_ALLOW_IPS) may create
+# ROOM_CREATIONS_PER_ADDRESS rooms per ROOM_CREATIONS_WINDOW_SECONDS (0: no limit), shared by every
+# process through Redis. A room takes ROOM_MESSAGES_PER_SECOND messages a second from all its members
+# together (0: no limit), and ROOM_MAX_MEMBERS members per process.
+ROOM_CREATIONS_PER_ADDRESS = env_int("ROOM_CREATIONS_PER_ADDRESS", 30)
+ROOM_CREATIONS_WINDOW_SECONDS = env_int("ROOM_CREATIONS_WINDOW_SECONDS", 60, minimum=1)
+ROOM_MESSAGES_PER_SECOND = env_int("ROOM_MESSAGES_PER_SECOND", 200)
+ROOM_MAX_MEMBERS = env_int("ROOM_MAX_MEMBERS", 2000, minimum=1)
+# Shares of Redis's maxmemory: above REDIS_MEMORY_TRIM the history of the rooms that published least
+# recently is deleted until used_memory is below it again; above REDIS_MEMORY_REFUSE no room is created.
+REDIS_MEMORY_TRIM = env_float("REDIS_MEMORY_TRIM", 0.5, minimum=0.1)
+REDIS_MEMORY_REFUSE = env_float("REDIS_MEMORY_REFUSE", 0.7, minimum=0.1)
+# ...and, in the rooms it trims, the message ids older than ROOM_IDS_PRESSURE_SECONDS (a client resends
+# at once on reconnecting: within that window its resend still publishes once).
+ROOM_IDS_PRESSURE_SECONDS = env_int("ROOM_IDS_PRESSURE_SECONDS", 60, minimum=1)
+if not REDIS_MEMORY_TRIM <= REDIS_MEMORY_REFUSE <= 0.95:
+    raise ImproperlyConfigured(
+        f"REDIS_MEMORY_TRIM={REDIS_MEMORY_TRIM} and REDIS_MEMORY_REFUSE={REDIS_MEMORY_REFUSE}: need "
+        "REDIS_MEMORY_TRIM <= REDIS_MEMORY_REFUSE <= 0.95, so the control path keeps memory of its own"
+    )
 # How long a process tries to learn the fate of a publish whose reply was lost (a Redis stall) before it
 # has the client resend it on a new connection (docs/protocol.md, "Redis outages").
 PUBLISH_SETTLE_SECONDS = env_float("PUBLISH_SETTLE_SECONDS", 10.0, minimum=1.0)

@@ -14,12 +14,15 @@ from wsserver import SEND_TEXT_NOWAIT
 from . import draining, metrics, resume
 from .frames import frame_seq, server_id
 from .generic import DatabaseFreeConsumer
-from .hub import Duplicate, HubUnavailable, NotPublished, get_hub
+from .hub import Duplicate, HubUnavailable, NotPublished, RoomRateLimited, RoomRefused, get_hub
 from .names import (
     CLOSE_POLICY_VIOLATION,
     CLOSE_SERVER_ERROR,
     CLOSE_SERVICE_RESTART,
     CLOSE_TRY_AGAIN_LATER,
+    REDIS_FULL,
+    ROOM_FULL,
+    ROOM_LIMIT,
     Error,
 )
 from .outbox import Outbox
@@ -36,6 +39,10 @@ MESSAGE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a client's message id (docs/p
 # and strict clients refuse the frame it would be relayed in (a pair parses to one character).
 SURROGATE = re.compile(r"[\ud800-\udfff]")
 NOT_PUBLISHED = "the message was not published; send it again"
+ROOM_REFUSED = {
+    ROOM_LIMIT: "this address created too many rooms lately; try again later",
+    REDIS_FULL: "the service is short of memory for new rooms; try again later",
+}
 STALL_SECONDS = 1.0  # a publish that took longer stalled the connection's input (rooms.ratelimit)
 
 
@@ -102,10 +109,18 @@ class RoomConsumer(DatabaseFreeConsumer):
             await self.refuse_query(str(exc))
             return
         self.sender = query.sender or secrets.token_urlsafe(16)
+        if len(get_hub().rooms.get(self.room, ())) >= settings.ROOM_MAX_MEMBERS:
+            await self.refuse_room(ROOM_FULL, f"the room has {settings.ROOM_MAX_MEMBERS} members here")
+            return
+        client = self.scope.get("client") or ("", 0)
         # Join first, then read the room: live frames are held meanwhile (see rooms.resume).
         try:
             await get_hub().join(self.room, self)
-            backlog = await get_hub().backlog(self.room, query.since, query.epoch)
+            backlog = await get_hub().backlog(self.room, query.since, query.epoch, client[0] or None)
+        except RoomRefused as exc:
+            await get_hub().leave(self.room, self)
+            await self.refuse_room(exc.args[0], ROOM_REFUSED[exc.args[0]])
+            return
         except HubUnavailable as exc:
             log.warning("handshake refused: %s", exc)
             await get_hub().leave(self.room, self)
@@ -113,7 +128,6 @@ class RoomConsumer(DatabaseFreeConsumer):
             return
         self.epoch, self.last = backlog.epoch, backlog.seq
         self.session_id = secrets.token_urlsafe(9)
-        client = self.scope.get("client") or ("", 0)
         register(Session(self.session_id, self.room, f"{client[0]}:{client[1]}", self))
         metrics.CONNECTIONS_OPENED.inc()
         welcome = {
@@ -171,6 +185,14 @@ class RoomConsumer(DatabaseFreeConsumer):
         error = {"type": "error", "error": Error.INVALID_SINCE, "detail": detail}
         await self.send(text_data=json.dumps(error))
         await self.close(code=CLOSE_POLICY_VIOLATION)
+
+    async def refuse_room(self, code, detail):
+        """A handshake the room's limits refuse (docs/security.md, "Redis memory"): an error frame
+        that says which, then 1013 (try again later)."""
+        metrics.HANDSHAKES_REJECTED.labels(code).inc()
+        await self.accept()
+        await self.send(text_data=json.dumps({"type": "error", "error": code, "detail": detail}))
+        await self.close(code=CLOSE_TRY_AGAIN_LATER)
 
     async def server_fault(self):
         metrics.ERRORS.labels(Error.CONSUMER).inc()
@@ -258,6 +280,8 @@ class RoomConsumer(DatabaseFreeConsumer):
             await get_hub().publish(self.room, self.session_id, body, msg_id, self.sender, attempt)
         except HubUnavailable:
             await self.settle(msg_id, given, attempt)
+        except RoomRateLimited as exc:
+            self.error(Error.ROOM_RATE_LIMITED, f"{exc}; send it again later", given)
         except NotPublished:
             self.error(Error.UNAVAILABLE, NOT_PUBLISHED, given)
         except Duplicate as duplicate:  # a resend of a message the room has: say so, publish nothing

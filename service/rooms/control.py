@@ -1,13 +1,17 @@
 """Control commands: every process of a color listens on the channel-layer group `control.<color>`.
 
-rooms.ctl sends them (drain, undrain).
+rooms.ctl sends them (drain, undrain), each also on the pub/sub channel `wsapp:control:<color>`, which
+the room hub's subscriber hears (rooms.redishub): PUBLISH needs no memory, so it works when Redis is at
+maxmemory and the channel layer's writes are refused.
 """
 
 import asyncio
+import json
 import logging
 
 from channels.layers import get_channel_layer
 from django.conf import settings
+from redis.exceptions import OutOfMemoryError
 
 from . import metrics
 from .draining import start_drain, stop_drain
@@ -46,14 +50,38 @@ async def control_loop():
                         pass
             raise
         except Exception as exc:
-            STATE.control_ok = False
+            # A Redis at maxmemory refuses the layer's group_add, not the room hub's subscription to
+            # the control channel: the process still hears control messages (rooms.ctl sends both).
+            STATE.control_ok = isinstance(exc, OutOfMemoryError)
             metrics.ERRORS.labels(Error.CHANNEL_LAYER).inc()
             log.warning("control channel lost (%s); retrying in %.1fs", exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
 
+class Applied:
+    stamp = 0  # of the newest stamped control message applied
+
+
+def handle_control_text(text):
+    """A control message from the color's pub/sub channel (rooms.ctl sends each one both ways)."""
+    try:
+        message = json.loads(text)
+    except ValueError:
+        message = None
+    if not isinstance(message, dict):
+        metrics.ERRORS.labels(Error.CONTROL).inc()
+        log.warning("control message that is not a JSON object ignored: %.200r", text)
+        return
+    handle_control(message)
+
+
 def handle_control(message):
+    stamp = message.get("stamp")
+    if isinstance(stamp, int):
+        if stamp <= Applied.stamp:
+            return  # the same message by the other way, or older than one applied
+        Applied.stamp = stamp
     kind = message.get("type")
     if kind == DRAIN:
         start_drain(float(message.get("seconds", 0)))

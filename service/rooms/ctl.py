@@ -132,22 +132,40 @@ def probe(args):
 
 
 def control(args, message):
-    """Send a control message to every process of a color, through the channel layer."""
+    """Send a control message to every process of a color, two ways: published on the color's
+    pub/sub channel (PUBLISH allocates nothing, so a Redis at maxmemory still carries it) and sent to
+    the channel-layer group (queued for a process that is reconnecting). Each carries the same stamp,
+    Redis's clock in microseconds: a process applies it once, and never after a newer one
+    (rooms.control). Without Redis there is no stamp, and the channel layer fails too."""
+    import json
+
     from channels_redis.core import RedisChannelLayer
 
-    from .names import CHANNEL_LAYER_PREFIX, control_group
+    from .names import CHANNEL_LAYER_PREFIX, CONTROL_CHANNEL_PREFIX, control_group
 
     configured = configured_redis()
     if configured is None:
         return 2
+    try:
+        client = sync_client(*configured, timeout=3)
+        seconds, micros = client.time()  # one clock for every operator and node: the primary's
+        message = {**message, "stamp": seconds * 1_000_000 + micros}
+        heard = client.publish(CONTROL_CHANNEL_PREFIX + args.color, json.dumps(message))
+        published = f"{heard} processes heard it"
+    except Exception as exc:
+        heard, published = None, f"failed: {exc}"
     layer = RedisChannelLayer(hosts=[layer_host(*configured, timeout=3)], prefix=CHANNEL_LAYER_PREFIX)
 
     async def send():
         await layer.group_send(control_group(args.color), message)
 
-    asyncio.run(send())
-    print(f"sent {message['type']} to {args.color}")
-    return 0
+    try:
+        asyncio.run(send())
+        queued = "queued"
+    except Exception as exc:
+        queued = f"failed: {exc!r}"
+    print(f"sent {message['type']} to {args.color} (pub/sub: {published}; channel layer: {queued})")
+    return 0 if heard or queued == "queued" else 1
 
 
 def main(argv=None):

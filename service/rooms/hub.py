@@ -30,6 +30,14 @@ class NotPublished(Exception):  # noqa: N818 (an answer, not a fault)
     to Redis, or it was fenced (rooms.scripts)."""
 
 
+class RoomRateLimited(NotPublished):
+    """The room is over ROOM_MESSAGES_PER_SECOND: the message was not published; send it again later."""
+
+
+class RoomRefused(Exception):  # noqa: N818 (an answer, not a fault)
+    """The room does not exist and may not be created now; args[0] is the reason, an error code."""
+
+
 class Published(NamedTuple):
     epoch: str
     seq: int

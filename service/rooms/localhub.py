@@ -2,7 +2,8 @@
 
 Behaves as RedisHub does: a room's epoch, seq and history are forgotten ROOM_HISTORY_SECONDS after
 its last message or its last member leaving, whichever is later, and its next epoch is a new one; a
-sender's message ids are kept ROOM_IDS_SECONDS, at most ROOM_IDS_MAX per room. Nothing here can fail
+sender's message ids are kept ROOM_IDS_SECONDS, at most ROOM_IDS_MAX per room; the room limits
+(ROOM_MESSAGES_PER_SECOND, ROOM_CREATIONS_PER_ADDRESS) hold within this process. Nothing here can fail
 half-way, so fence() only reports.
 """
 
@@ -13,7 +14,8 @@ from collections import OrderedDict, deque
 from django.conf import settings
 
 from .frames import Backlog, frame_parts, join_parts
-from .hub import BaseHub, Duplicate, Published, replay_page, sent_field
+from .hub import BaseHub, Duplicate, Published, RoomRateLimited, RoomRefused, replay_page, sent_field
+from .names import ROOM_LIMIT
 
 
 class LocalHub(BaseHub):
@@ -27,6 +29,8 @@ class LocalHub(BaseHub):
         self.history = {}  # room -> deque of (seq, time, frame)
         self.sent = {}  # room -> OrderedDict {sender:id: (epoch, seq, time)}, oldest first
         self.expires = {}  # room -> clock() after which a room without members is forgotten
+        self.rate = {}  # room -> (second, messages published in it)
+        self.created = {}  # address -> (end of its window, rooms it created in it)
 
     async def start(self):
         pass
@@ -45,7 +49,7 @@ class LocalHub(BaseHub):
         now = self.clock()
         idle = [room for room, expires in self.expires.items() if expires < now and room not in self.rooms]
         for room in idle:
-            for table in (self.epoch, self.seq, self.history, self.expires, self.sent):
+            for table in (self.epoch, self.seq, self.history, self.expires, self.sent, self.rate):
                 table.pop(room, None)
 
     async def leave(self, room, member):
@@ -85,6 +89,11 @@ class LocalHub(BaseHub):
         sent, field = self._sent(room), sent_field(sender, msg_id)
         if field in sent:
             raise Duplicate(*sent[field][:2])
+        limit, second = settings.ROOM_MESSAGES_PER_SECOND, int(self.clock())
+        count = self.rate[room][1] + 1 if self.rate.get(room, (None,))[0] == second else 1
+        self.rate[room] = (second, count)
+        if limit and count > limit:
+            raise RoomRateLimited(f"room {room!r} is over {limit} messages/s")
         history = self._kept(room) or self.history.setdefault(room, deque())
         epoch = self._epoch(room)
         seq = self.seq[room] = self.seq.get(room, 0) + 1
@@ -106,7 +115,15 @@ class LocalHub(BaseHub):
         known = self._sent(room).get(sent_field(sender, msg_id))
         return None if known is None else Published(*known[:2])
 
-    async def backlog(self, room, since, epoch=None):
+    async def backlog(self, room, since, epoch=None, address=None):
+        if room not in self.epoch and address is not None and settings.ROOM_CREATIONS_PER_ADDRESS:
+            now = self.clock()
+            end, count = self.created.get(address, (0.0, 0))
+            if end < now:
+                end, count = now + settings.ROOM_CREATIONS_WINDOW_SECONDS, 0
+            if count >= settings.ROOM_CREATIONS_PER_ADDRESS:
+                raise RoomRefused(ROOM_LIMIT)
+            self.created[address] = (end, count + 1)
         history = self._kept(room)
         current, seq = self._epoch(room), self.seq.get(room, 0)
         if since is None or not history:

@@ -37,6 +37,17 @@ BUILD_INFO = Gauge(
     ["color", "version", "replica"],
     multiprocess_mode="max",
 )
+REDIS_USED_MEMORY = Gauge(
+    "ws_redis_used_memory_bytes", "Redis used_memory, as this process read it last.",
+    multiprocess_mode="livemax",
+)
+REDIS_MAXMEMORY = Gauge(
+    "ws_redis_maxmemory_bytes", "Redis maxmemory (0: no limit), as this process read it last.",
+    multiprocess_mode="livemax",
+)
+HISTORIES_TRIMMED = Counter(
+    "ws_room_histories_trimmed_total", "Room histories deleted because Redis was over REDIS_MEMORY_TRIM."
+)
 CONNECTIONS_OPENED = Counter("ws_connections_opened_total", "WebSocket handshakes accepted.")
 CONNECTIONS_CLOSED = Counter(
     "ws_connections_closed_total", "WebSocket sessions ended, by close code.", ["code"]

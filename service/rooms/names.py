@@ -19,6 +19,10 @@ EPOCH_PREFIX = "wsapp:epoch:"  # + room: the room's epoch and the replication id
 SENT_PREFIX = "wsapp:sent:"  # + room: hash of the message ids published (or fenced), per sender
 SENT_TIMES_PREFIX = "wsapp:sentt:"  # + room: sorted set of the same ids by time, to bound the hash
 HEARTBEAT_CHANNEL = "wsapp:heartbeat"
+CONTROL_CHANNEL_PREFIX = "wsapp:control:"  # + color: control messages by pub/sub, which full memory allows
+ROOM_RATE_PREFIX = "wsapp:rate:"  # + room: messages published in the current second
+CREATED_PREFIX = "wsapp:created:"  # + address: rooms it created in the current window
+ROOMS_INDEX = "wsapp:rooms"  # sorted set: room -> time of its last publish (ms), for the trimmer
 
 # WebSocket close codes the service sends or counts (RFC 6455, section 7.4.1). The WebSocket layer
 # (wsserver.protocol) keeps its own (1011 on a keepalive timeout): a server does not import its app.
@@ -27,6 +31,12 @@ CLOSE_POLICY_VIOLATION = 1008  # rate limit: too many limited frames in a row; a
 CLOSE_SERVER_ERROR = 1011  # a fault of the service while handling this connection
 CLOSE_SERVICE_RESTART = 1012  # drained for a release: reconnect at once
 CLOSE_TRY_AGAIN_LATER = 1013  # slow consumer: the client fell too far behind
+
+# Handshakes the room limits refuse (docs/security.md, "Redis memory"): the `error` frame's code and the
+# reason of ws_handshakes_rejected_total.
+ROOM_FULL = "room_full"  # the room has ROOM_MAX_MEMBERS members on this process
+ROOM_LIMIT = "room_limit"  # the address created ROOM_CREATIONS_PER_ADDRESS rooms in the window
+REDIS_FULL = "redis_full"  # Redis is over REDIS_MEMORY_REFUSE: no room is created
 
 
 class Error(StrEnum):
@@ -44,6 +54,7 @@ class Error(StrEnum):
     INVALID_SINCE = "invalid_since"
     INVALID_ID = "invalid_id"
     SLOW_CONSUMER = "slow_consumer"
+    ROOM_RATE_LIMITED = "room_rate_limited"  # the room is over ROOM_MESSAGES_PER_SECOND
     # Server-side: the release gate and the alerts count these (observability/prometheus/rules.yml).
     INTERNAL = "internal"
     UNAVAILABLE = "unavailable"

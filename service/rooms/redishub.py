@@ -24,22 +24,37 @@ from django.conf import settings
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
+from redis.exceptions import OutOfMemoryError
 
 from . import metrics
 from .frames import Backlog, frame_parts
-from .hub import BaseHub, Duplicate, HubUnavailable, NotPublished, Published, replay_page, sent_field
+from .hub import (
+    BaseHub,
+    Duplicate,
+    HubUnavailable,
+    NotPublished,
+    Published,
+    RoomRateLimited,
+    RoomRefused,
+    replay_page,
+    sent_field,
+)
 from .names import (
     CHANNEL_PREFIX,
+    CONTROL_CHANNEL_PREFIX,
+    CREATED_PREFIX,
     EPOCH_PREFIX,
     HEARTBEAT_CHANNEL,
     HISTORY_PREFIX,
+    ROOM_RATE_PREFIX,
+    ROOMS_INDEX,
     SENT_PREFIX,
     SENT_TIMES_PREFIX,
     SEQ_PREFIX,
     Error,
 )
 from .redis_url import sentinel_kwargs
-from .scripts import BACKLOG_SCRIPT, FENCE_SCRIPT, KEEP_ALIVE_SCRIPT, PUBLISH_SCRIPT
+from .scripts import BACKLOG_SCRIPT, FENCE_SCRIPT, KEEP_ALIVE_SCRIPT, PUBLISH_SCRIPT, TRIM_SCRIPT
 from .tasks import spawn
 
 log = logging.getLogger(__name__)
@@ -52,6 +67,7 @@ RECONCILE_GRACE = 1.0  # how long messages published before a resubscription may
 # connection that died while idle is found by a health check (a PING) before it is used instead.
 NO_RETRY = Retry(NoBackoff(), 0)
 HEALTH_CHECK_SECONDS = 2
+TRIM_BATCH = 16  # rooms whose history TRIM_SCRIPT deletes between two readings of used_memory
 
 
 class NotSent(aioredis.ConnectionError):
@@ -135,6 +151,8 @@ class RedisHub(BaseHub):
         self.fence_script = self.redis.register_script(FENCE_SCRIPT)
         self.backlog_script = self.redis.register_script(BACKLOG_SCRIPT)
         self.keep_alive_script = self.redis.register_script(KEEP_ALIVE_SCRIPT)
+        self.trim_script = self.redis.register_script(TRIM_SCRIPT)
+        self.control_channel = CONTROL_CHANNEL_PREFIX + settings.COLOR
         self.history = [settings.ROOM_HISTORY_MAX, settings.ROOM_HISTORY_SECONDS, settings.ROOM_HISTORY_BYTES]
         self.ids_seconds, self.ids_max = settings.ROOM_IDS_SECONDS, settings.ROOM_IDS_MAX
         self.tasks = [
@@ -190,17 +208,21 @@ class RedisHub(BaseHub):
         did not come (settle it with fence())."""
         head, tail = frame_parts(room, session, body, time.time(), msg_id)
         keys = [SEQ_PREFIX + room, HISTORY_PREFIX + room, CHANNEL_PREFIX + room, EPOCH_PREFIX + room,
-                SENT_PREFIX + room, SENT_TIMES_PREFIX + room]
+                SENT_PREFIX + room, SENT_TIMES_PREFIX + room, ROOM_RATE_PREFIX + room, ROOMS_INDEX]
         args = [head, tail, *self.history, sent_field(sender, msg_id), attempt, self.ids_seconds,
-                self.ids_max]
+                self.ids_max, settings.ROOM_MESSAGES_PER_SECOND, room]
         try:
             kind, *result = await self.publish_script(keys=keys, args=args)
         except NotSent as exc:
             raise NotPublished(str(exc)) from exc
+        except OutOfMemoryError as exc:  # Redis refuses a script only before its first write
+            raise NotPublished(f"Redis is full: {exc}") from exc
         except (aioredis.RedisError, OSError) as exc:
             raise unavailable(exc) from exc
         if kind == 0:
             raise NotPublished("the attempt was fenced")
+        if kind == 3:
+            raise RoomRateLimited(f"room {room!r} is over {settings.ROOM_MESSAGES_PER_SECOND} messages/s")
         if kind == 2:
             raise Duplicate(result[0].decode(), result[1])
         return Published(result[0].decode(), result[1])
@@ -216,15 +238,21 @@ class RedisHub(BaseHub):
             raise unavailable(exc) from exc
         return Published(result[0].decode(), result[1]) if kind == 2 else None
 
-    async def backlog(self, room, since, epoch=None):
+    async def backlog(self, room, since, epoch=None, address=None):
         """The room's epoch and seq and, if since is given, its kept frames after since (all, if it
-        is ahead or epoch is not the room's)."""
-        keys = [SEQ_PREFIX + room, HISTORY_PREFIX + room, EPOCH_PREFIX + room]
-        args = ["" if since is None else since, self.history[1], replay_page(), epoch or ""]
+        is ahead or epoch is not the room's). RoomRefused if the room does not exist and `address`
+        (None: no limit) may not create it, or Redis is too full to create any."""
+        keys = [SEQ_PREFIX + room, HISTORY_PREFIX + room, EPOCH_PREFIX + room,
+                CREATED_PREFIX + (address or "")]
+        limit = settings.ROOM_CREATIONS_PER_ADDRESS if address is not None else 0
+        args = ["" if since is None else since, self.history[1], replay_page(), epoch or "", limit,
+                settings.ROOM_CREATIONS_WINDOW_SECONDS, settings.REDIS_MEMORY_REFUSE]
         try:
             current, seq, oldest, *frames = await self.backlog_script(keys=keys, args=args)
         except (aioredis.RedisError, OSError) as exc:
             raise unavailable(exc) from exc
+        if not current:
+            raise RoomRefused(frames[0].decode())
         return Backlog(current.decode(), seq, oldest, [frame.decode() for frame in frames])
 
     async def page(self, room, after, upto):
@@ -274,7 +302,8 @@ class RedisHub(BaseHub):
             pubsub = self.listener.pubsub()
             try:
                 rooms = set(self.rooms)
-                await pubsub.subscribe(HEARTBEAT_CHANNEL, *(CHANNEL_PREFIX + room for room in rooms))
+                await pubsub.subscribe(HEARTBEAT_CHANNEL, self.control_channel,
+                                       *(CHANNEL_PREFIX + room for room in rooms))
                 self.pubsub = pubsub
                 self.last_beat = time.monotonic()
                 # Rooms joined while the subscribe above was in flight saw no pubsub yet.
@@ -305,6 +334,11 @@ class RedisHub(BaseHub):
         kind, channel = message["type"], message["channel"]
         if channel == HEARTBEAT_CHANNEL:
             self.last_beat = time.monotonic()
+        elif channel == self.control_channel:
+            if kind == "message":
+                from .control import handle_control_text
+
+                handle_control_text(message["data"])
         elif kind == "message":
             self.fan_out(channel[len(CHANNEL_PREFIX) :], message["data"])
         elif kind == "subscribe":
@@ -325,6 +359,25 @@ class RedisHub(BaseHub):
             return False
         return (connection.host, connection.port) != tuple(primary)
 
+    async def _trim(self):
+        """Read Redis's memory for the gauges and, over REDIS_MEMORY_TRIM of maxmemory, delete the
+        history of the rooms that published least recently (rooms.scripts, TRIM_SCRIPT)."""
+        try:
+            args = [HISTORY_PREFIX, settings.REDIS_MEMORY_TRIM, self.history[1], TRIM_BATCH, SENT_PREFIX,
+                    SENT_TIMES_PREFIX, settings.ROOM_IDS_PRESSURE_SECONDS]
+            used, limit, deleted = await self.trim_script(keys=[ROOMS_INDEX], args=args)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("reading Redis's memory failed: %s", exc or type(exc).__name__)
+            return
+        metrics.REDIS_USED_MEMORY.set(used)
+        metrics.REDIS_MAXMEMORY.set(limit)
+        if deleted:
+            metrics.HISTORIES_TRIMMED.inc(deleted)
+            log.warning("Redis used %d of %d bytes: trimmed the history and old ids of %d rooms", used, limit,
+                        deleted)
+
     async def _beat(self):
         while True:
             try:
@@ -338,6 +391,7 @@ class RedisHub(BaseHub):
                 raise
             except Exception as exc:
                 log.warning("heartbeat to Redis failed: %s", exc or type(exc).__name__)
+            await self._trim()
             stuck = not self.connected and time.monotonic() - self.listener_started > HEARTBEAT_STALE_SECONDS
             if stuck or (self.pubsub is not None and self._on_old_primary()):
                 # Silent, stuck connecting to a Redis that never answers, or on a demoted primary.

@@ -22,6 +22,15 @@ at most ROOM_IDS_MAX per room, whatever the history keeps. Its value is `<epoch>
 published, or `!<attempt>` once an attempt was fenced: a publish whose reply was lost is settled by
 FENCE_SCRIPT, after which that attempt can never publish (Redis runs scripts one at a time, so either
 the publish ran first and the fence reports it, or the fence ran first and the publish refuses).
+
+**Memory budget** (docs/security.md, "Redis memory"). Redis runs with `noeviction`, so nothing of a
+room's seq, epoch or ids and nothing of the control path is ever evicted; room history is what yields
+instead. PUBLISH_SCRIPT counts the room's messages in the current second (`wsapp:rate:R`, refused over
+the limit before anything is written) and records the room's last publish in `wsapp:rooms`;
+BACKLOG_SCRIPT counts the rooms an address creates per window (`wsapp:created:<address>`) and creates
+none while used_memory is over its share of maxmemory; TRIM_SCRIPT, while used_memory is over its
+share, deletes the history of the rooms that published least recently and their message ids older
+than ROOM_IDS_PRESSURE_SECONDS (seq and epoch stay).
 """
 
 # The seq key outlives the epoch key by this many seconds, so an expiry never leaves an epoch without it.
@@ -76,17 +85,22 @@ local function room_epoch(seq_key, key, history, ttl)
   end
   return epoch, tonumber(seq)
 end
+local function memory()
+  local info = redis.call('INFO', 'memory')
+  return tonumber(string.match(info, 'used_memory:(%d+)')), tonumber(string.match(info, 'maxmemory:(%d+)'))
+end
 local function answer(known)
   local epoch, seq = string.match(known, '^(%w+) (%d+)$')
   return {2, epoch, tonumber(seq)}
 end
 """
 
-# KEYS: seq, history, channel, epoch, sent, sentt.
+# KEYS: seq, history, channel, epoch, sent, sentt, rate, rooms index.
 # ARGV: frame head, frame tail, history max, history seconds, history bytes, sender:id, attempt,
-# ids seconds, ids max.
+# ids seconds, ids max, room messages per second (0: no limit), room.
 # Returns {1, epoch, seq} once published; {2, epoch, seq} if that sender's id was published already
-# (nothing published now); {0} if this attempt was fenced (FENCE_SCRIPT): it never publishes.
+# (nothing published now); {0} if this attempt was fenced (FENCE_SCRIPT): it never publishes; {3} if
+# the room is over its messages per second (nothing written but the count: send it again later).
 # The byte bound is kept in the same step as XADD: the oldest entries go until the frames kept take at
 # most ROOM_HISTORY_BYTES (the newest always stays).
 PUBLISH_SCRIPT = PRELUDE + """
@@ -95,6 +109,12 @@ local known = redis.call('HGET', KEYS[5], ARGV[6])
 if known then
   if known == '!' .. ARGV[7] then return {0} end
   if string.sub(known, 1, 1) ~= '!' then return answer(known) end
+end
+local rate = tonumber(ARGV[10])
+if rate > 0 then
+  local count = redis.call('INCR', KEYS[7])
+  if count == 1 then redis.call('PEXPIRE', KEYS[7], 1000) end
+  if count > rate then return {3} end
 end
 local epoch = room_epoch(KEYS[1], KEYS[4], KEYS[2], ttl)
 local seq = redis.call('INCR', KEYS[1])  -- keeps the expiry room_epoch set
@@ -112,6 +132,7 @@ end
 trim(KEYS[2], now - ttl * 1000)
 trim_below(KEYS[2], 6, offset + #frame - tonumber(ARGV[5]), true)
 redis.call('EXPIRE', KEYS[2], ttl)
+redis.call('ZADD', KEYS[8], now, ARGV[11])
 local ids_ttl = tonumber(ARGV[8])
 redis.call('HSET', KEYS[5], ARGV[6], epoch .. ' ' .. seq)
 redis.call('ZADD', KEYS[6], now, ARGV[6])
@@ -141,14 +162,26 @@ redis.call('EXPIRE', KEYS[2], ARGV[3])
 return {0}
 """
 
-# KEYS: seq, history, epoch. ARGV: since ('' for none), history seconds, page size, the client's epoch
-# ('' for none).
+# KEYS: seq, history, epoch, created (of the client's address). ARGV: since ('' for none), history
+# seconds, page size, the client's epoch ('' for none), rooms an address may create per window (0: no
+# limit), the window in seconds, the share of maxmemory above which no room is created.
+# Returns {'', 0, 0, reason} without writing anything if the room does not exist and may not be created
+# (reason 'room_limit' or 'redis_full').
 # Returns {epoch, seq, oldest kept seq (0: none), the first page of frames with seq > since...}: of all
 # kept frames when since is ahead of seq or the client's epoch is not the room's. Atomic with
 # PUBLISH_SCRIPT, so the frames end at seq. Refreshes the room's keys (a handshake keeps it alive), and
 # gives a room without an epoch one (its seq goes on from 0 under it).
 BACKLOG_SCRIPT = PRELUDE + """
 local ttl = tonumber(ARGV[2])
+if redis.call('EXISTS', KEYS[1]) == 0 then  -- this handshake creates the room
+  local used, max = memory()
+  if max > 0 and used > max * tonumber(ARGV[7]) then return {'', 0, 0, 'redis_full'} end
+  local limit = tonumber(ARGV[5])
+  if limit > 0 then
+    if tonumber(redis.call('GET', KEYS[4]) or '0') >= limit then return {'', 0, 0, 'room_limit'} end
+    if redis.call('INCR', KEYS[4]) == 1 then redis.call('EXPIRE', KEYS[4], ARGV[6]) end
+  end
+end
 local epoch, seq = room_epoch(KEYS[1], KEYS[3], KEYS[2], ttl)
 if ARGV[1] == '' then return {epoch, seq, 0} end
 trim(KEYS[2], now - ttl * 1000)
@@ -174,4 +207,35 @@ for i = 1, #KEYS, 2 do
   redis.call('EXPIRE', KEYS[i + 1], ttl)
 end
 return #KEYS / 2
+"""
+
+# KEYS: rooms index. ARGV: history key prefix, share of maxmemory to trim down to, history seconds,
+# rooms per batch, sent and sentt key prefixes, ids seconds kept under pressure.
+# Forgets index entries older than the history, then, while used_memory is over the share, deletes the
+# history of the rooms that published least recently, a batch at a time, and their message ids older
+# than the seconds kept under pressure. A room's seq and epoch stay, so nothing is renumbered; a client
+# resuming past the deleted frames gets a resync, and a resend within those seconds still publishes
+# once. Returns {used_memory, maxmemory, rooms trimmed}.
+TRIM_SCRIPT = PRELUDE + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]) * 1000)
+local used, max = memory()
+local floor, trimmed, ids_floor = max * tonumber(ARGV[2]), 0, now - tonumber(ARGV[7]) * 1000
+while max > 0 and used > floor do
+  local rooms = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[4]) - 1)
+  if #rooms == 0 then break end
+  for _, room in ipairs(rooms) do
+    redis.call('DEL', ARGV[1] .. room)
+    local sent, sentt = ARGV[5] .. room, ARGV[6] .. room
+    while true do
+      local old = redis.call('ZRANGEBYSCORE', sentt, '-inf', ids_floor, 'LIMIT', 0, 1000)
+      if #old == 0 then break end
+      redis.call('HDEL', sent, unpack(old))
+      redis.call('ZREM', sentt, unpack(old))
+    end
+  end
+  redis.call('ZREM', KEYS[1], unpack(rooms))
+  trimmed = trimmed + #rooms
+  used = memory()
+end
+return {used, max, trimmed}
 """

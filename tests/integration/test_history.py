@@ -14,7 +14,7 @@ import websockets
 pytestmark = pytest.mark.integration
 
 ORIGIN = "http://localhost"
-FAST = {"RATE_LIMIT_PER_SECOND": "100000", "RATE_LIMIT_BURST": "100000"}
+FAST = {"RATE_LIMIT_PER_SECOND": "100000", "RATE_LIMIT_BURST": "100000", "ROOM_MESSAGES_PER_SECOND": "0"}
 
 
 

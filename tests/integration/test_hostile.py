@@ -232,7 +232,7 @@ async def test_clients_that_stop_reading_do_not_grow_the_process(redis_server, t
     """Five clients stop reading in a room of 49 KB messages. With the default OUTBOUND_QUEUE_BYTES
     they are closed with 1013 once 1 MiB waits for them; bounded by frames only (the control case),
     each could pin 1000 frames, 49 MB."""
-    env = {"RATE_LIMIT_PER_SECOND": "10000", "RATE_LIMIT_BURST": "10000"}
+    env = {"RATE_LIMIT_PER_SECOND": "10000", "RATE_LIMIT_BURST": "10000", "ROOM_MESSAGES_PER_SECOND": "0"}
     if queue_bytes:
         env["OUTBOUND_QUEUE_BYTES"] = queue_bytes
     server = AppServer(redis_server.url, tmp_path, workers=1, **env)

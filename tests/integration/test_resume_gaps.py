@@ -21,6 +21,8 @@ from tests.integration.test_hostile import BIG_BODY, BIG_MESSAGES, SLOW_CLIENTS,
 connect, store = test_history.connect, test_history.store
 
 pytestmark = pytest.mark.integration
+# A flood: the per-connection and per-room rates out of the way.
+FLOOD = {"RATE_LIMIT_PER_SECOND": "100000", "RATE_LIMIT_BURST": "100000", "ROOM_MESSAGES_PER_SECOND": "0"}
 
 
 async def read_consecutive(ws, last, final):
@@ -83,7 +85,7 @@ async def test_messages_the_subscriber_missed_make_members_resume_not_see_a_gap(
 async def test_many_clients_resuming_a_full_history_at_once_are_not_closed_slow(connect, make_server, store):
     """A replay is sent before the outbox bounds apply: twenty clients asking at once for a full
     history (1000 messages, 2 MB each) while the room goes on get all of it, none closed 1013."""
-    server = make_server(RATE_LIMIT_PER_SECOND="100000", RATE_LIMIT_BURST="100000",
+    server = make_server(**FLOOD,
                          ROOM_HISTORY_BYTES="4000000")  # room for all of the 2 MB, live ones too
     with store.pipeline(transaction=False) as pipe:
         for n in range(1000):
@@ -111,7 +113,7 @@ async def test_the_drain_notice_seq_is_the_last_message_sent_before_it_in_a_busy
     """The notice's seq must be the last seq this connection was sent, even while the room keeps
     publishing as the replica drains: frames fanned out between the drain choosing a connection and
     the notice being queued come before the notice."""
-    server = make_server(RATE_LIMIT_PER_SECOND="100000", RATE_LIMIT_BURST="100000")
+    server = make_server(**FLOOD)
     clients = [await connect(server, "busy-drain") for _ in range(60)]
     stop = asyncio.Event()
 

@@ -41,7 +41,7 @@ def topology(tmp_path):
 @pytest.fixture
 def sentinel_app(topology, tmp_path):
     server = AppServer("", tmp_path, workers=2, **topology.app_env,
-                       RATE_LIMIT_PER_SECOND="1000", RATE_LIMIT_BURST="1000")
+                       RATE_LIMIT_PER_SECOND="1000", RATE_LIMIT_BURST="1000", ROOM_MESSAGES_PER_SECOND="0")
     server.start()
     yield server
     server.stop()

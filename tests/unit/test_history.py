@@ -61,9 +61,9 @@ async def test_the_seam_has_no_duplicate_and_no_gap_when_others_send_while_joini
     hub = get_hub()
     read = type(hub).backlog
 
-    async def racing_backlog(self, room, since, epoch=None):
+    async def racing_backlog(self, room, since, epoch=None, address=None):
         await self.publish(room, "other", "during join", "d1", "other-sender")
-        backlog = await read(self, room, since, epoch)
+        backlog = await read(self, room, since, epoch, address)
         await self.publish(room, "other", "after read", "d2", "other-sender")
         return backlog
 
