@@ -71,8 +71,8 @@ def rss(container):
 def redis_memory():
     """used_memory and maxmemory of the Redis primary, in bytes."""
     container = docker("ps", "-q", "--filter", "label=com.docker.swarm.service.name=wsapp_redis").split()[0]
-    info = docker("exec", container, "sh", "-c",
-                  'REDISCLI_AUTH="$(cat /run/secrets/redis_admin_password)" redis-cli --user admin info memory')
+    login = 'REDISCLI_AUTH="$(cat /run/secrets/redis_admin_password)" redis-cli --user admin'
+    info = docker("exec", container, "sh", "-c", f"{login} info memory")
     fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
     return int(fields["used_memory"]), int(fields["maxmemory"])
 
