@@ -37,6 +37,8 @@ async def test_a_body_is_relayed_only_if_it_is_unicode_text(body, with_id):
         message = {"type": "message", "body": body, **({"id": "m1"} if with_id else {})}
         await sender.send_to(text_data=json.dumps(message))  # ensure_ascii: "\ud800" escapes
         answer = await sender.receive_json_from()
+        # What the server reads: an adjacent high and low surrogate escape parse as one character.
+        body = json.loads(json.dumps(body))
         if lone_surrogate(body):
             assert answer["type"] == "error" and answer["error"] == "invalid_body", answer
             assert "Unicode" in answer["detail"] and answer.get("id") == ("m1" if with_id else None)
