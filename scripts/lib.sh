@@ -175,11 +175,17 @@ pick_digest() {
 
 # registry_answers: the registry itself answers this node's engine. A pull of a name nobody pushed
 # is refused by a live registry ("manifest unknown", or "denied" where a login is needed); a proxy
-# whose registry is away answers 502, an address nothing listens on refuses the connection.
+# whose registry is away answers 502, an address nothing listens on refuses the connection. The
+# project's own registry needs no login: "unauthorized" there is a proxy still without the
+# password (one from before it, being replaced), not yet an answer.
 registry_answers() {
   local out
   out=$(timeout --kill-after=5 20 docker pull -q "$REGISTRY/wsapp-probe:none" 2>&1) && return 0
-  [[ $out =~ (not\ found|manifest\ unknown|denied|unauthorized) ]]
+  if [[ $OWN_REGISTRY == 1 ]]; then
+    [[ $out =~ (not\ found|manifest\ unknown) ]]
+  else
+    [[ $out =~ (not\ found|manifest\ unknown|denied|unauthorized) ]]
+  fi
 }
 
 # push_image NAME: push to the registry, bounded. First wait (REGISTRY_WAIT) until the registry

@@ -147,6 +147,28 @@ prepare_registry_volume() {
     --entrypoint "chown 65534:65534 /data" "$REGISTRY_IMAGE" || die "could not give the registry's volume to its user"
 }
 
+# The registry's password (docs/security.md): random, as a Swarm secret for the proxies, and its
+# bcrypt hash as an htpasswd line (user wsapp) for the registry, which takes no other hash. Made
+# together: a secret cannot be read back, so one without the other cannot be completed.
+ensure_registry_secrets() {
+  local has_password=0 has_htpasswd=0 password htpasswd
+  docker secret inspect wsapp_registry_password >/dev/null 2>&1 && has_password=1
+  docker secret inspect wsapp_registry_htpasswd >/dev/null 2>&1 && has_htpasswd=1
+  ((has_password && has_htpasswd)) && return 0
+  ((has_password || has_htpasswd)) &&
+    die "only one of the secrets wsapp_registry_password and wsapp_registry_htpasswd exists: remove" \
+      "the registry stack (docker stack rm $REGISTRY_STACK) and that secret, and run make up again"
+  log "creating secrets wsapp_registry_password and wsapp_registry_htpasswd (random)"
+  password=$(head -c 48 /dev/urandom | base64 | tr -d '\n/+=')
+  # Python's crypt (libxcrypt) makes bcrypt ($2b$), which the registry's htpasswd accepts.
+  htpasswd=$(printf '%s' "$password" | python3 -W ignore -c \
+    'import crypt, sys; print("wsapp:" + crypt.crypt(sys.stdin.read(), crypt.mksalt(crypt.METHOD_BLOWFISH)))') ||
+    die "cannot make a bcrypt hash: python3 with its crypt module is needed"
+  [[ $htpasswd == "wsapp:\$2"* ]] || die "python3's crypt made no bcrypt hash (libxcrypt without it?)"
+  printf '%s' "$password" | docker secret create wsapp_registry_password - >/dev/null
+  printf '%s\n' "$htpasswd" | docker secret create wsapp_registry_htpasswd - >/dev/null
+}
+
 # The project's own registry (stack/registry.yml), unless REGISTRY names another. Its images are
 # the local names: they cannot come from the registry they start.
 deploy_registry() {
@@ -155,6 +177,7 @@ deploy_registry() {
     return 0
   fi
   ensure_node_label wsapp.registry
+  ensure_registry_secrets
   prepare_registry_volume
   docker stack deploy --detach=true --resolve-image never \
     -c "$ROOT_DIR/stack/registry.yml" "$REGISTRY_STACK" >/dev/null

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import websockets
 
-from tests.e2e.helpers import BASE_URL, ENV, HTTP_PORT, WS_URL, docker, run, stacks
+from tests.e2e.helpers import BASE_URL, ENV, HTTP_PORT, WS_URL, docker, run, service_image, stacks
 from tests.e2e.load import ORIGIN
 from tests.helpers import ROOT, wait_until
 
@@ -130,6 +130,59 @@ def test_only_nginx_is_reachable_from_other_hosts(system):
     assert published == {"wsapp_nginx": [8080], "wsapp-registry_proxy": [5000]}
     status, _, _ = get(f"http://{address}:5000/v2/")
     assert status == 403, f"the registry answers {status} on {address}"
+
+
+# From inside a container: GET each URL, print one line per URL, what answered (a registry says so
+# in a header of every answer, 401 included).
+PROBE = """
+import sys, urllib.error, urllib.request
+for url in sys.argv[1:]:
+    try:
+        response = urllib.request.urlopen(url, timeout=3)
+    except urllib.error.HTTPError as error:
+        response = error
+    except OSError as error:
+        print(url, type(error).__name__)
+        continue
+    print(url, "registry" if response.headers["Docker-Distribution-Api-Version"] else response.status)
+"""
+
+
+def test_the_registry_is_reachable_only_through_each_engines_proxy(system):
+    """Issue 17: the registry on a network of its own, its password needed; only the proxies on it."""
+    network = json.loads(docker("network", "inspect", "wsapp-registry"))[0]
+    assert network["Attachable"] is False and network["Driver"] == "overlay", network
+    registry = service_container("wsapp-registry_registry")
+    proxy = service_container("wsapp-registry_proxy")
+    on_it = {info["Name"].split(".")[0] for info in network["Containers"].values()}
+    on_it.discard("wsapp-registry-endpoint")
+    assert on_it == {"wsapp-registry_registry", "wsapp-registry_proxy"}, on_it
+    address = json.loads(docker("inspect", registry))[0]["NetworkSettings"]["Networks"]["wsapp-registry"]
+    address = address["IPAddress"]
+    # From an app replica: the name does not resolve, and the registry's address is on no network
+    # the replica has (what answers there, if anything, is not the registry).
+    urls = ["http://wsapp-registry_registry:5000/v2/", "http://tasks.wsapp-registry_registry:5000/v2/",
+            f"http://{address}:5000/v2/"]
+    app = service_container(f"wsapp-{color()}_app")
+    answers = dict(line.rsplit(" ", 1) for line in
+                   docker("exec", app, "python", "-c", PROBE, *urls, timeout=60).splitlines())
+    print("from an app replica:", answers)
+    assert answers[urls[0]] == answers[urls[1]] == "URLError", answers  # the name does not resolve
+    assert answers[urls[2]] != "registry", answers
+    # On its own network the registry wants the password, which only the proxies add.
+    status = docker("exec", proxy, "sh", "-c", "curl -s -o /dev/null -w '%{http_code}' "
+                    "http://wsapp-registry_registry:5000/v2/ || wget -S -O /dev/null "
+                    "http://wsapp-registry_registry:5000/v2/ 2>&1 | grep -o ' 401 '")
+    assert status.strip() == "401", status
+    # The engine pushes and pulls through its proxy, without a login.
+    tag = f"127.0.0.1:5000/wsapp-e2e-registry:{uuid.uuid4().hex[:8]}"
+    docker("tag", service_image("wsapp_nginx"), tag)
+    try:
+        docker("push", tag, timeout=300)
+        docker("image", "rm", tag)
+        docker("pull", tag, timeout=300)
+    finally:
+        run(["docker", "image", "rm", "-f", tag], 60, check=False)
 
 
 def test_the_operator_reaches_prometheus_on_loopback_and_cannot_stop_it(system):
