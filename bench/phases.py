@@ -45,16 +45,30 @@ def load(server, phase, *extra):
     return result
 
 
+def settle(servers, quiet=0.02, period=0.25, limit=5.0):
+    """Wait (at most `limit` s) until no server used more than `quiet` s of CPU over `period` s: a
+    server still closing the last run's connections would otherwise take the next run's core."""
+    servers, deadline = list(servers), time.monotonic() + limit
+    while time.monotonic() < deadline:
+        before = [server.cpu() for server in servers]
+        time.sleep(period)
+        if all(server.cpu() - cpu < quiet for server, cpu in zip(servers, before, strict=True)):
+            return
+
+
 def best(repeats, key, servers, phase, *extra):
     """`repeats` runs of a phase against each server ({who: server}) in turn, the order rotating by
     one each round so that machine noise falls on all alike; the run with the highest `key` for each:
     {who: result}. Runs on one core vary: the baseline's round trips ranged 10k-18k/s between runs,
-    and its handshakes fell from about 1,300/s to 700/s after its first run of 2,000."""
+    and its handshakes fell from about 1,300/s to 700/s after its first run of 2,000. Each run waits
+    for every server to settle first: a server measured right after the baseline's handshakes ran
+    20-50% slower, and the rotation put the service there in two rounds of three."""
     names = list(servers)
     runs = {who: [] for who in names}
     for i in range(repeats):
         turn = i % len(names)
         for who in names[turn:] + names[:turn]:
+            settle(servers.values())
             runs[who].append(load(servers[who], phase, *extra))
     return {who: max(results, key=lambda run: run[key]) for who, results in runs.items()}
 

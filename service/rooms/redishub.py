@@ -105,6 +105,7 @@ class RedisHub(BaseHub):
         self.url = url
         self.sentinels = sentinels
         self.subscribed = {}  # room -> Event set once Redis confirmed the subscription
+        self.unchecked = set()  # rooms whose epoch this process has not checked since their first member
         self.pubsub = None
         self.last_beat = 0.0
         self.listener_started = 0.0
@@ -175,6 +176,7 @@ class RedisHub(BaseHub):
         if first:
             members = self.rooms[room] = set()
             self.subscribed[room] = asyncio.Event()
+            self.unchecked.add(room)
         members.add(member)
         try:
             if first and self.pubsub is not None:
@@ -196,6 +198,7 @@ class RedisHub(BaseHub):
             return
         del self.rooms[room]
         self.subscribed.pop(room, None)
+        self.unchecked.discard(room)
         if self.pubsub is not None:
             try:
                 await self.pubsub.unsubscribe(CHANNEL_PREFIX + room)
@@ -238,21 +241,35 @@ class RedisHub(BaseHub):
             raise unavailable(exc) from exc
         return Published(result[0].decode(), result[1]) if kind == 2 else None
 
-    async def backlog(self, room, since, epoch=None, address=None):
+    async def backlog(self, room, since, epoch=None, address=None, check=False):
         """The room's epoch and seq and, if since is given, its kept frames after since (all, if it
         is ahead or epoch is not the room's). RoomRefused if the room does not exist and `address`
-        (None: no limit) may not create it, or Redis is too full to create any."""
-        keys = [SEQ_PREFIX + room, HISTORY_PREFIX + room, EPOCH_PREFIX + room,
-                CREATED_PREFIX + (address or "")]
-        limit = settings.ROOM_CREATIONS_PER_ADDRESS if address is not None else 0
-        args = ["" if since is None else since, self.history[1], replay_page(), epoch or "", limit,
-                settings.ROOM_CREATIONS_WINDOW_SECONDS, settings.REDIS_MEMORY_REFUSE]
+        (None: no limit) may not create it, or Redis is too full to create any.
+
+        The epoch is checked against Redis's replication id, and the room's keys refreshed, with
+        `check` and for the room's first member here; later members only read them, which is all a
+        handshake needs (rooms.scripts, BACKLOG_SCRIPT), while _keep_alive refreshes the keys: a
+        handshake storm into rooms with members costs Redis no write and no `INFO`. Without since,
+        that read is one MGET."""
+        check = check or room in self.unchecked
         try:
+            if since is None and not check:
+                record, seq = await self.redis.mget(EPOCH_PREFIX + room, SEQ_PREFIX + room)
+                if record is not None and seq is not None and b":" in record:
+                    return Backlog(record.split(b":", 1)[0].decode(), int(seq), 0, [])
+            keys = [SEQ_PREFIX + room, HISTORY_PREFIX + room, EPOCH_PREFIX + room,
+                    CREATED_PREFIX + (address or "")]
+            limit = settings.ROOM_CREATIONS_PER_ADDRESS if address is not None else 0
+            args = ["" if since is None else since, self.history[1], replay_page(), epoch or "", limit,
+                    settings.ROOM_CREATIONS_WINDOW_SECONDS, settings.REDIS_MEMORY_REFUSE,
+                    "1" if check else ""]
             current, seq, oldest, *frames = await self.backlog_script(keys=keys, args=args)
         except (aioredis.RedisError, OSError) as exc:
             raise unavailable(exc) from exc
         if not current:
             raise RoomRefused(frames[0].decode())
+        if check:
+            self.unchecked.discard(room)
         return Backlog(current.decode(), seq, oldest, [frame.decode() for frame in frames])
 
     async def page(self, room, after, upto):
@@ -285,7 +302,7 @@ class RedisHub(BaseHub):
         """After a (re)subscription: members resume if the room's epoch changed or messages were
         published that they were not sent and that do not arrive live within RECONCILE_GRACE."""
         try:
-            state = await self.backlog(room, None)
+            state = await self.backlog(room, None, check=True)  # a failover may have come between
         except HubUnavailable as exc:
             log.warning("room %r not reconciled after resubscribing: %s", room, exc)
             return  # the subscription is failing again: the next one reconciles

@@ -8,14 +8,15 @@ Keys of a room R (rooms.names): `wsapp:seq:R` its last seq; `wsapp:epoch:R` its 
 be proven: the epoch key records the epoch and the replication id (`master_replid`) of the Redis
 that wrote it. That id changes when a replica is promoted and when a primary restarts, both of which
 may have lost the last writes (replication and the append-only file are asynchronous). A script that
-finds no epoch key, or one written under another replication id, starts a new epoch; the seq goes on
-from what this Redis has. So within one epoch a seq never names two different messages: a failover
-that lost 8-10 hands out 8 again only under a new epoch. An epoch also ends with its seq key: a
-script that finds the seq key gone (expired, deleted) starts a new epoch and the seq key at 0, so a
-counter never starts again under its old epoch. A new epoch is a new history: the frames the old one
-kept are dropped (members who had them keep them; a replay holds only frames of the current epoch).
-A room's first handshake gives it both keys, so its first message follows on from the welcome's `seq`
-0 in the same epoch.
+finds no epoch key, or (when it checks) one written under another replication id, starts a new
+epoch; the seq goes on from what this Redis has. The publish script always checks, so within one
+epoch a seq never names two different messages: a failover that lost 8-10 hands out 8 again only
+under a new epoch. A handshake's read checks only for a room's first member in a process
+(BACKLOG_SCRIPT). An epoch also ends with its seq key: a script that finds the seq key gone
+(expired, deleted) starts a new epoch and the seq key at 0, so a counter never starts again under
+its old epoch. A new epoch is a new history: the frames the old one kept are dropped (members who
+had them keep them; a replay holds only frames of the current epoch). A room's first handshake gives
+it both keys, so its first message follows on from the welcome's `seq` 0 in the same epoch.
 
 **Sent ids.** A message id is kept per room and per sender (`<sender>:<id>`) for ROOM_IDS_SECONDS,
 at most ROOM_IDS_MAX per room, whatever the history keeps. Its value is `<epoch> <seq>` once
@@ -164,13 +165,18 @@ return {0}
 
 # KEYS: seq, history, epoch, created (of the client's address). ARGV: since ('' for none), history
 # seconds, page size, the client's epoch ('' for none), rooms an address may create per window (0: no
-# limit), the window in seconds, the share of maxmemory above which no room is created.
+# limit), the window in seconds, the share of maxmemory above which no room is created, check ('1':
+# check the epoch and refresh the keys, as PUBLISH_SCRIPT does; '': only read).
 # Returns {'', 0, 0, reason} without writing anything if the room does not exist and may not be created
 # (reason 'room_limit' or 'redis_full').
 # Returns {epoch, seq, oldest kept seq (0: none), the first page of frames with seq > since...}: of all
 # kept frames when since is ahead of seq or the client's epoch is not the room's. Atomic with
-# PUBLISH_SCRIPT, so the frames end at seq. Refreshes the room's keys (a handshake keeps it alive), and
-# gives a room without an epoch one (its seq goes on from 0 under it).
+# PUBLISH_SCRIPT, so the frames end at seq. Gives a room without an epoch or a seq key one (its seq goes
+# on from 0 under it), whatever check says.
+# Without check the epoch is read, not checked against `INFO replication` (the dearest call here): a
+# read hands out no seq, and what this Redis has is a prefix of what was written under that epoch
+# (replication and the append-only file apply writes in order), so the epoch and the frames up to seq
+# are right for the client; the next publish or reconcile starts the new epoch (rooms.redishub).
 BACKLOG_SCRIPT = PRELUDE + """
 local ttl = tonumber(ARGV[2])
 if redis.call('EXISTS', KEYS[1]) == 0 then  -- this handshake creates the room
@@ -182,7 +188,12 @@ if redis.call('EXISTS', KEYS[1]) == 0 then  -- this handshake creates the room
     if redis.call('INCR', KEYS[4]) == 1 then redis.call('EXPIRE', KEYS[4], ARGV[6]) end
   end
 end
-local epoch, seq = room_epoch(KEYS[1], KEYS[3], KEYS[2], ttl)
+local record, count = unpack(redis.call('MGET', KEYS[3], KEYS[1]))
+local epoch, seq
+if ARGV[8] == '' and record and count then
+  epoch, seq = string.match(record, '^(%w+):%x+$'), tonumber(count)
+end
+if not epoch then epoch, seq = room_epoch(KEYS[1], KEYS[3], KEYS[2], ttl) end
 if ARGV[1] == '' then return {epoch, seq, 0} end
 trim(KEYS[2], now - ttl * 1000)
 local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
