@@ -58,7 +58,7 @@ master=${SENTINEL_MASTER:-wsapp}
 # know it, so naming it here would stop the server.
 readonly APP_COMMANDS="ping echo info time select client|setname client|getname client|id
   publish subscribe unsubscribe evalsha eval script|load script|exists multi exec discard
-  get set getex incr del unlink exists expire pexpire ttl pttl hget hset hdel hgetall
+  get mget set getex incr del unlink exists expire pexpire ttl pttl hget hset hdel hgetall
   xadd xrange xrevrange xtrim xlen zadd zcard zcount zrange zrangebyscore zrem zremrangebyscore
   zpopmin bzpopmin"
 # What a Sentinel runs on Redis (Redis' documentation, "Sentinel and ACL").
