@@ -261,6 +261,8 @@ class AppServer:
             DJANGO_SECRET_KEY="integration-tests",
             PROMETHEUS_MULTIPROC_DIR=str(Path(workdir) / f"metrics-{self.port}"),
             GRACEFUL_TIMEOUT="5",
+            # The tools' Origin (http://localhost) and a browser's on this server's own page.
+            PUBLIC_ORIGINS=f"http://localhost,http://127.0.0.1,{self.url}",
         )
         self.env.update(env)
         self.log_path = Path(workdir) / f"app-{self.port}.log"

@@ -100,8 +100,8 @@ class Watch(threading.Thread):
         self.rss_before = max(rss(c) for c in app_containers())
         self.redis_before, self.maxmemory = redis_memory()
         self.rss_peak = self.rss_before
-        self.logs_before = log_sizes()
-        self.logs = dict(self.logs_before)
+        self.logs = log_sizes()
+        self.log_growth = 0
         self.redis_peak = self.redis_before
 
     def run(self):
@@ -109,7 +109,7 @@ class Watch(threading.Thread):
         while not self.stopped.wait(0.5):
             if time.monotonic() - listed > 2:
                 containers, listed = app_containers(), time.monotonic()
-                self.logs.update(log_sizes())
+                self.count_logs()
             self.rss_peak = max([self.rss_peak] + [rss(c) for c in containers])
             try:
                 self.redis_peak = max(self.redis_peak, redis_memory()[0])
@@ -119,11 +119,14 @@ class Watch(threading.Thread):
     def stop(self):
         self.stopped.set()
         self.join(10)
-        self.logs.update(log_sizes())
+        self.count_logs()
 
-    @property
-    def log_growth(self):
-        return sum(self.logs.values()) - sum(self.logs_before.values())
+    def count_logs(self):
+        """Add what each log grew by since the last look; a smaller file is a rotated one, new since."""
+        for container, size in log_sizes().items():
+            last = self.logs.get(container, 0)
+            self.log_growth += size - last if size >= last else size
+            self.logs[container] = size
 
 
 async def under_attack(attack, *options):
@@ -144,8 +147,8 @@ async def under_attack(attack, *options):
         await asyncio.sleep(3)
     finally:
         attacker.stdin.close()  # the attack stops, prints its figures and exits
-        output = await asyncio.to_thread(attacker.stdout.read)
-        attacker.wait(10)
+        with attacker:
+            output = await asyncio.to_thread(attacker.stdout.read)
         traffic.stop.set()
         await runner
         watch.stop()

@@ -108,7 +108,7 @@ async def test_a_ping_flood_that_never_reads_is_closed_and_the_replica_does_not_
 async def test_a_slow_reader_is_still_closed_by_its_outbox(redis_server, tmp_path):
     """It reads, so its buffer keeps falling under the low-water mark and the stall close never comes;
     its outbox overflows (OUTBOUND_QUEUE_BYTES) and the application closes it with 1013."""
-    env = {"RATE_LIMIT_PER_SECOND": "10000", "RATE_LIMIT_BURST": "10000"}
+    env = {"RATE_LIMIT_PER_SECOND": "10000", "RATE_LIMIT_BURST": "10000", "ROOM_MESSAGES_PER_SECOND": "0"}
     server = AppServer(redis_server.url, tmp_path, workers=1, **env)
     server.start()
     slow = None
