@@ -183,21 +183,30 @@ async def room_flood(args, stop):
     return figures
 
 
+async def repeat_in_threads(args, stop, figures, once):
+    """Run once() over and over in args.connections threads until stop; an OSError is a figure."""
+
+    def repeat():
+        while not stop.is_set():
+            try:
+                once()
+            except OSError as exc:
+                figures[f"error_{type(exc).__name__}"] += 1
+
+    await asyncio.gather(*(asyncio.to_thread(repeat) for _ in range(args.connections)))
+
+
 async def handshake_flood(args, stop):
     """Handshake after handshake, closed at once, from several connections at a time."""
     url = urllib.parse.urlsplit(args.url)
     figures = Counter()
 
-    def flood():
-        while not stop.is_set():
-            try:
-                sock, status = handshake(url, "/ws/rooms/attack-handshakes/", args.source)
-                sock.close()
-                figures[f"status_{status}"] += 1
-            except OSError as exc:
-                figures[f"error_{type(exc).__name__}"] += 1
+    def once():
+        sock, status = handshake(url, "/ws/rooms/attack-handshakes/", args.source)
+        sock.close()
+        figures[f"status_{status}"] += 1
 
-    await asyncio.gather(*(asyncio.to_thread(flood) for _ in range(args.connections)))
+    await repeat_in_threads(args, stop, figures, once)
     return figures
 
 
@@ -208,23 +217,18 @@ async def log_flood(args, stop):
     long_path = "/ws/" + "x" * 4000
     figures = Counter()
 
-    def flood():
-        while not stop.is_set():
-            try:
-                with connect(url, args.source) as sock:
-                    sock.sendall(b"GET /version HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
-                    figures[f"bad_host_{sock.recv(64)[9:12].decode()}"] += 1
-                with connect(url, args.source) as sock:
-                    sock.sendall(f"GET {long_path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-                                 .encode())
-                    figures[f"long_path_{sock.recv(64)[9:12].decode()}"] += 1
-                sock, status = handshake(url, long_path, args.source)
-                sock.close()
-                figures[f"long_path_ws_{status}"] += 1
-            except OSError as exc:
-                figures[f"error_{type(exc).__name__}"] += 1
+    def once():
+        with connect(url, args.source) as sock:
+            sock.sendall(b"GET /version HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
+            figures[f"bad_host_{sock.recv(64)[9:12].decode()}"] += 1
+        with connect(url, args.source) as sock:
+            sock.sendall(f"GET {long_path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
+            figures[f"long_path_{sock.recv(64)[9:12].decode()}"] += 1
+        sock, status = handshake(url, long_path, args.source)
+        sock.close()
+        figures[f"long_path_ws_{status}"] += 1
 
-    await asyncio.gather(*(asyncio.to_thread(flood) for _ in range(args.connections)))
+    await repeat_in_threads(args, stop, figures, once)
     return figures
 
 

@@ -245,8 +245,11 @@ async def test_a_room_forgotten_while_idle_comes_back_under_a_new_epoch(connect)
     ({"ROOM_HISTORY_MAX": "0"}, "ROOM_HISTORY_MAX must be at least 1"),
     ({"ROOM_HISTORY_SECONDS": "ten"}, "ROOM_HISTORY_SECONDS must be an integer"),
     ({"ROOM_HISTORY_BYTES": "1000"}, "ROOM_HISTORY_BYTES must be at least 4096"),
+    ({"REDIS_MEMORY_TRIM": "0.8", "REDIS_MEMORY_REFUSE": "0.7"}, "REDIS_MEMORY_TRIM <= REDIS_MEMORY_REFUSE"),
+    ({"REDIS_MEMORY_REFUSE": "1"}, "REDIS_MEMORY_REFUSE <= 0.95"),
+    ({"ROOM_MAX_MEMBERS": "0"}, "ROOM_MAX_MEMBERS must be at least 1"),
 ])
-def test_bad_history_settings_fail_at_startup_with_the_variable_named(env, message):
+def test_bad_room_settings_fail_at_startup_with_the_variable_named(env, message):
     base = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DJANGO_DEBUG")}
     base.update({"DJANGO_SECRET_KEY": "x", "DJANGO_SETTINGS_MODULE": "config.settings"}, **env)
     result = subprocess.run([sys.executable, "-c", "import django; django.setup()"],
