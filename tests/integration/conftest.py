@@ -2,6 +2,7 @@
 
 import pytest
 
+from testkit.redisfaults import Sentinels
 from tests.helpers import AppServer, RedisServer, require_command
 
 
@@ -36,3 +37,17 @@ def make_server(redis_server, tmp_path):
     yield make
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def sentinels(tmp_path):
+    """A primary, its replica and three Sentinels, started by redis/start.sh (testkit.redisfaults)."""
+    require_command("redis-server", "the integration tier runs a real Redis, a replica and Sentinels")
+    require_command("redis-cli", "redis/start.sh asks the Sentinels with redis-cli")
+    require_command("getent", "redis/start.sh resolves the Sentinels' names")
+    topology = Sentinels(tmp_path)
+    topology.start()  # stops what it started if it fails
+    try:
+        yield topology
+    finally:
+        topology.stop()

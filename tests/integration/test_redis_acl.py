@@ -12,8 +12,7 @@ from loadtest.delivery import new_totals
 
 from testkit.processes import redis_command
 from testkit.redisfaults import MASTER
-from testkit.redisfaults import Sentinels as Topology
-from tests.helpers import AppServer, require_command
+from tests.helpers import AppServer
 from tests.integration.test_sentinel import Chatter
 
 pytestmark = pytest.mark.integration
@@ -35,16 +34,8 @@ ON_SENTINEL = [
 
 
 @pytest.fixture
-def topology(tmp_path):
-    require_command("redis-server", "the integration tier runs a real Redis and Sentinels")
-    require_command("redis-cli", "redis/start.sh asks the Sentinels with redis-cli")
-    require_command("getent", "redis/start.sh resolves the Sentinels' names")
-    topology = Topology(tmp_path)
-    topology.start()
-    try:
-        yield topology
-    finally:
-        topology.stop()
+def topology(sentinels):
+    return sentinels
 
 
 def client(node, user, password):

@@ -20,7 +20,6 @@ from testkit.chatclient import ChatClient, run_clients
 from testkit.checker import check
 from testkit.redisfaults import (
     BlackHole,
-    Sentinels,
     expire_room,
     failover,
     frozen,
@@ -30,7 +29,7 @@ from testkit.redisfaults import (
     replication_cut,
     require_iptables,
 )
-from tests.helpers import AppServer, require_command
+from tests.helpers import AppServer
 
 pytestmark = pytest.mark.integration
 
@@ -58,19 +57,6 @@ def make_servers(tmp_path):
     yield make
     for server in servers:
         server.stop()
-
-
-@pytest.fixture
-def sentinels(tmp_path):
-    require_command("redis-server", "the fault tier runs a real Redis, a replica and Sentinels")
-    require_command("redis-cli", "redis/start.sh asks the Sentinels with redis-cli")
-    require_command("getent", "redis/start.sh resolves the Sentinels' names")
-    topology = Sentinels(tmp_path)
-    topology.start()
-    try:
-        yield topology
-    finally:
-        topology.stop()
 
 
 async def chat(servers, fault, clients=4, seconds=6.0, rate=4.0):

@@ -15,8 +15,7 @@ from loadtest.delivery import Receipt, new_totals
 
 from rooms.names import CHANNEL_PREFIX, HEARTBEAT_CHANNEL, HISTORY_PREFIX
 from testkit.redisfaults import MASTER
-from testkit.redisfaults import Sentinels as Topology
-from tests.helpers import ROOT, AppServer, require_command, wait_until
+from tests.helpers import ROOT, AppServer, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -24,18 +23,10 @@ ORIGIN = "http://localhost"
 
 
 @pytest.fixture
-def topology(tmp_path):
-    require_command("redis-server", "the integration tier runs a real Redis and Sentinels")
-    require_command("redis-cli", "redis/start.sh asks the Sentinels with redis-cli")
-    require_command("getent", "redis/start.sh resolves the Sentinels' names")
-    topology = Topology(tmp_path)
-    topology.start()  # stops what it started if it fails
-    try:
-        yield topology
-        # The app, the replica and the Sentinels did all they did within their ACL users' rights.
-        assert topology.acl_denials() == []
-    finally:
-        topology.stop()
+def topology(sentinels):
+    yield sentinels
+    # The app, the replica and the Sentinels did all they did within their ACL users' rights.
+    assert sentinels.acl_denials() == []
 
 
 @pytest.fixture
