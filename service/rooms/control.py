@@ -63,6 +63,12 @@ class Applied:
     stamp = 0  # of the newest stamped control message applied
 
 
+# A copy of a control message comes late only through the channel layer, which drops a message older
+# than its expiry (channels-redis: 60 s). A stamp older than that behind the newest applied is no copy:
+# the stamping clock went back (a failover to a Redis whose clock is behind), so it is a new message.
+LATE_MICROSECONDS = 60 * 1_000_000
+
+
 def handle_control_text(text):
     """A control message from the color's pub/sub channel (rooms.ctl sends each one both ways)."""
     try:
@@ -79,7 +85,7 @@ def handle_control_text(text):
 def handle_control(message):
     stamp = message.get("stamp")
     if isinstance(stamp, int):
-        if stamp <= Applied.stamp:
+        if Applied.stamp - LATE_MICROSECONDS < stamp <= Applied.stamp:
             return  # the same message by the other way, or older than one applied
         Applied.stamp = stamp
     kind = message.get("type")

@@ -50,3 +50,19 @@ def test_a_control_message_heard_twice_or_late_is_applied_once(monkeypatch):
     control.handle_control_text('{"type": "control.drain", "stamp": 10}')  # late: older than the undrain
     assert applied == ["drain", "undrain"]
     assert not STATE.draining
+
+
+def test_a_control_message_stamped_by_a_clock_that_went_back_is_applied(monkeypatch):
+    """A failover to a Redis whose clock is behind: its stamps are older than those applied before.
+    Left at "older, ignore", every later drain or undrain would be ignored until that clock caught up."""
+    applied = []
+    monkeypatch.setattr(control, "start_drain", lambda seconds: applied.append("drain"))
+    monkeypatch.setattr(control, "stop_drain", lambda: applied.append("undrain"))
+    monkeypatch.setattr(control.Applied, "stamp", 0)
+    before = 1_000 * 1_000_000
+    control.handle_control({"type": "control.drain", "stamp": before})
+    behind = before - 120 * 1_000_000  # the new primary's clock is two minutes behind
+    control.handle_control({"type": "control.undrain", "stamp": behind})
+    control.handle_control({"type": "control.undrain", "stamp": behind})  # its copy by the other way
+    assert applied == ["drain", "undrain"]
+
