@@ -63,3 +63,24 @@ def service_image(service):
 
 def stacks():
     return set(docker("stack", "ls", "--format", "{{.Name}}").split())
+
+
+def running_container(service):
+    """The id of the service's running container, or "" while there is none."""
+    container = docker("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={service}").split()
+    return container[0] if container else ""
+
+
+def service_container(service):
+    container = running_container(service)
+    assert container, f"no running container of {service}"
+    return container
+
+
+def redis_cli(*args, user="admin", service="wsapp_redis"):
+    """redis-cli in a container of `service`, as `user` (the password from its secret), or without
+    logging in (user None)."""
+    container = service_container(service)
+    secret = "redis_password" if user == "wsapp" else f"redis_{user}_password"
+    auth = f'REDISCLI_AUTH="$(cat /run/secrets/{secret})" redis-cli --user {user} ' if user else "redis-cli "
+    return docker("exec", container, "sh", "-c", auth + " ".join(args))

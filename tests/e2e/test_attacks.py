@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import BASE_URL, HTTP_PORT, WS_URL, docker, run
+from tests.e2e.helpers import BASE_URL, HTTP_PORT, WS_URL, docker, redis_cli, run
 from tests.e2e.load import Traffic
 from tests.helpers import ROOT
 
@@ -76,9 +76,7 @@ def rss(container):
 
 def redis_memory():
     """used_memory and maxmemory of the Redis primary, in bytes."""
-    container = docker("ps", "-q", "--filter", "label=com.docker.swarm.service.name=wsapp_redis").split()[0]
-    login = 'REDISCLI_AUTH="$(cat /run/secrets/redis_admin_password)" redis-cli --user admin'
-    info = docker("exec", container, "sh", "-c", f"{login} info memory")
+    info = redis_cli("info", "memory")
     fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
     return int(fields["used_memory"]), int(fields["maxmemory"])
 

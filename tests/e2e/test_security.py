@@ -20,7 +20,19 @@ from pathlib import Path
 import pytest
 import websockets
 
-from tests.e2e.helpers import BASE_URL, ENV, HTTP_PORT, WS_URL, docker, run, service_image, stacks
+from tests.e2e.helpers import (
+    BASE_URL,
+    ENV,
+    HTTP_PORT,
+    WS_URL,
+    docker,
+    redis_cli,
+    run,
+    running_container,
+    service_container,
+    service_image,
+    stacks,
+)
 from tests.e2e.load import ORIGIN
 from tests.helpers import ROOT, wait_until
 
@@ -86,18 +98,6 @@ def containers(*stacks_):
     for stack in stacks_:
         ids += docker("ps", "-q", "--filter", f"label=com.docker.stack.namespace={stack}").split()
     return ids
-
-
-def running_container(service):
-    """The id of the service's running container, or "" while there is none."""
-    container = docker("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={service}").split()
-    return container[0] if container else ""
-
-
-def service_container(service):
-    container = running_container(service)
-    assert container, f"no running container of {service}"
-    return container
 
 
 def host_address():
@@ -229,15 +229,6 @@ def test_replicas_believe_forwarded_headers_only_from_the_overlay(system):
     assert f"FORWARDED_ALLOW_IPS={subnet}" in json.loads(env)
     network = docker("network", "inspect", "--format", "{{range .IPAM.Config}}{{.Subnet}}{{end}}", "wsapp")
     assert network == subnet
-
-
-def redis_cli(*args, user="admin", service="wsapp_redis"):
-    """redis-cli in a container of `service`, as `user` (the password from its secret), or without
-    logging in (user None)."""
-    container = service_container(service)
-    secret = "redis_password" if user == "wsapp" else f"redis_{user}_password"
-    auth = f'REDISCLI_AUTH="$(cat /run/secrets/{secret})" redis-cli --user {user} ' if user else "redis-cli "
-    return docker("exec", container, "sh", "-c", auth + " ".join(args))
 
 
 def test_redis_requires_the_password_and_never_evicts(system):
