@@ -19,7 +19,7 @@ def swarm():
         pytest.fail("no Docker engine answers: start dockerd (bash .ci/run does)", pytrace=False)
     was_active = docker("info", "--format", "{{.Swarm.LocalNodeState}}") == "active"
     yield
-    run(["scripts/down.sh"], 300, check=False)
+    run(["scripts/down.sh"], 300, check=False, KEEP_REGISTRY="0")
     if not was_active:
         docker("swarm", "leave", "--force")
 

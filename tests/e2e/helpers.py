@@ -30,6 +30,9 @@ ENV = dict(
     PROMETHEUS_PORT=os.environ.get("E2E_PROMETHEUS_PORT", "19090"),
     GRAFANA_PORT=os.environ.get("E2E_GRAFANA_PORT", "13000"),
     VOLUMES="1",
+    # Each test's make down keeps the registry with the images it holds (the session's last removes
+    # it): a make up then pushes only what is new, not every image again.
+    KEEP_REGISTRY="1",
 )
 BASE_URL = f"http://localhost:{HTTP_PORT}"
 WS_URL = f"ws://localhost:{HTTP_PORT}"
