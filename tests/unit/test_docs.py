@@ -10,6 +10,7 @@ the code has no constant (frame types, environment reads), from its source by as
 """
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -61,6 +62,7 @@ def first_column(rows):
     return {name for row in rows for name in ticked(row[0])}
 
 
+@functools.cache
 def environment_reads():
     """{name: default or None} of every environment variable service/ reads by a constant name."""
     reads = {}
@@ -187,3 +189,18 @@ def test_the_close_code_table_has_every_code_sent_and_no_other_from_the_service(
     assert ours == sent_close_codes()
     brief = re.search(r"^- Close codes: (.*(?:\n  .*)*)", section(README, "## Protocol in brief"), re.M)
     assert {int(code) for code in re.findall(r"\b1\d{3}\b", brief.group(1))} >= sent_close_codes()
+
+
+def test_the_make_target_table_lists_every_documented_target():
+    """Every target `make help` lists (a `##` comment in the Makefile) has a row, and no other."""
+    targets = set(re.findall(r"^([a-z0-9-]+):[^#\n]*##", (ROOT / "Makefile").read_text(), re.M))
+    rows = table(section(README, "## Make targets"), "Target")
+    documented = {name.removeprefix("make ") for name in first_column(rows)} - {"make"}
+    assert documented == targets
+
+
+def test_the_packages_ci_installs_are_the_ones_the_readme_names():
+    packages = re.search(r"readonly PACKAGES=\(([^)]*)\)", (ROOT / ".ci" / "run").read_text()).group(1)
+    requirements = section(README, "## Requirements")
+    named = re.search(r"It installs `([^`]*)`", requirements).group(1)
+    assert named.split() == packages.split()
