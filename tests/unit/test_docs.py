@@ -204,3 +204,14 @@ def test_the_packages_ci_installs_are_the_ones_the_readme_names():
     requirements = section(README, "## Requirements")
     named = re.search(r"It installs `([^`]*)`", requirements).group(1)
     assert named.split() == packages.split()
+
+
+def test_the_release_gate_table_gives_promote_defaults():
+    promote = (ROOT / "promote.sh").read_text()
+    defaults = dict(re.findall(r"^readonly ([A-Z_]+)=\$\{\1:-([^}]*)\}", promote, re.M))
+    rows = table(section(OPERATIONS, "### The release gate"), "Setting")
+    assert len(rows) >= 5
+    for row in rows:
+        (name,) = ticked(row[0])
+        shown = ticked(row[1]) or [row[1].split()[0]]
+        assert shown[0] == defaults[name], row
