@@ -16,7 +16,7 @@ case "$1" in
   *) echo "switch-color: COLOR must be blue or green, got '$1'" >&2; exit 64 ;;
 esac
 # Temporary files beside the include (same file system, so each mv is an atomic rename), named so
-# that nginx.conf's `include /etc/nginx/active/*.conf` does not read them.
+# that nginx.conf's `include /tmp/nginx/active/*.conf` does not read them.
 cp "$dir/color.conf" "$dir/color.conf.previous"
 printf 'map "" $active_color { default "%s"; }\n' "$1" > "$dir/color.conf.next"
 mv "$dir/color.conf.next" "$dir/color.conf"

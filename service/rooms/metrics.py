@@ -56,7 +56,9 @@ HANDSHAKES_REJECTED = Counter(
     "ws_handshakes_rejected_total", "WebSocket handshakes refused, by reason.", ["reason"]
 )
 MESSAGES_RECEIVED = Counter("ws_messages_received_total", "Frames received from clients.")
-MESSAGES_SENT = Counter("ws_messages_sent_total", "Frames queued to clients.")
+MESSAGES_SENT = Counter(
+    "ws_messages_sent_total", "Room messages handed to local members (one per member per message)."
+)
 BROADCASTS = Counter("ws_broadcasts_total", "Room messages published by this process.")
 ERRORS = Counter("ws_errors_total", "Exceptions and rejected input, by kind.", ["kind"])
 BROADCAST_DELAY = Histogram(

@@ -90,7 +90,7 @@ def logs_in(node, user, password):
 
 
 async def test_rotating_the_app_password_on_every_node_while_clients_chat(topology, tmp_path):
-    """docs/operations.md, "Rotating a Redis password": add the new password to the app user on
+    """docs/operations.md, "Rotating the app's Redis password": add the new password to the app user on
     every Redis and Sentinel, move the app to it (a rolling update: a new replica with the new
     secret, then the old one stops), remove the old password everywhere. Clients chat throughout."""
     old = topology.password_file.read_text().strip()
