@@ -52,27 +52,47 @@ def format_origin(origin):
     return f"{scheme}://{host}" + ("" if DEFAULT_PORTS[scheme] == port else f":{port}")
 
 
-def header_origin(scope):
-    """The parsed Origin header of an ASGI scope, or None if it is missing, repeated or malformed."""
-    values = [value for name, value in scope.get("headers", ()) if name == b"origin"]
-    if len(values) != 1:
-        return None
+def origin_of(value):
+    """The parsed origin of an Origin header's value (bytes), or None if it is malformed."""
     try:
-        return parse_origin(values[0].decode("latin-1"))
+        return parse_origin(value.decode("latin-1"))
     except InvalidOrigin:
         return None
 
 
 class OriginCheck:
     """ASGI middleware for WebSockets: the application for a handshake from one of `allowed` (parsed
-    origins, or ANY_ORIGIN), else a refusal before the handshake is answered (Uvicorn answers 403)."""
+    origins, or ANY_ORIGIN), else a refusal before the handshake is answered (Uvicorn answers 403).
+
+    Handshakes repeat a few Origin values, and parsing one costs more than the rest of the check: the
+    verdict on each value is kept, for at most VERDICTS_MAX values of at most VERDICT_MAX_BYTES. Once
+    that many are kept, others are parsed every time (no eviction: whatever a client sends, the values
+    already kept stay)."""
+
+    VERDICTS_MAX = 256
+    VERDICT_MAX_BYTES = 256
 
     def __init__(self, application, allowed):
         self.application = application
         self.allowed = frozenset(allowed)
+        self.verdicts = {}  # Origin header value (bytes) -> whether it is allowed
+
+    def allows(self, scope):
+        if ANY_ORIGIN in self.allowed:
+            return True
+        values = [value for name, value in scope.get("headers", ()) if name == b"origin"]
+        if len(values) != 1:  # none, or several: which one is meant?
+            return False
+        value = values[0]
+        verdict = self.verdicts.get(value)
+        if verdict is None:
+            verdict = origin_of(value) in self.allowed
+            if len(value) <= self.VERDICT_MAX_BYTES and len(self.verdicts) < self.VERDICTS_MAX:
+                self.verdicts[value] = verdict
+        return verdict
 
     async def __call__(self, scope, receive, send):
-        if ANY_ORIGIN in self.allowed or header_origin(scope) in self.allowed:
+        if self.allows(scope):
             return await self.application(scope, receive, send)
         if (await receive())["type"] == "websocket.connect":
             await send({"type": "websocket.close"})

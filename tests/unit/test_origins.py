@@ -119,3 +119,22 @@ def test_a_wildcard_is_accepted_in_development(env):
                  DJANGO_DEBUG="1", DJANGO_SETTINGS_MODULE="config.settings", **env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "['*']"
+
+
+async def test_a_verdict_is_kept_per_value_and_their_number_bounded():
+    """Each Origin value is parsed once; past VERDICTS_MAX values (or over VERDICT_MAX_BYTES) the
+    check still decides, by parsing every time, and the kept verdicts are not evicted."""
+    async def app(scope, receive, send):
+        pass
+
+    origins = OriginCheck(app, PUBLIC)
+    origins.VERDICTS_MAX = 2
+    assert origins.allows({"headers": [(b"origin", b"https://chat.example")]})
+    assert not origins.allows({"headers": [(b"origin", b"https://evil.example")]})
+    assert origins.verdicts == {b"https://chat.example": True, b"https://evil.example": False}
+    assert not origins.allows({"headers": [(b"origin", b"https://evil2.example")]})
+    assert origins.allows({"headers": [(b"origin", b"HTTPS://CHAT.EXAMPLE")]})
+    long = b"https://" + b"a" * OriginCheck.VERDICT_MAX_BYTES + b".example"
+    assert not origins.allows({"headers": [(b"origin", long)]})
+    assert origins.verdicts == {b"https://chat.example": True, b"https://evil.example": False}
+    assert not origins.allows({"headers": [(b"origin", b"https://chat.example")] * 2})
