@@ -175,7 +175,7 @@ if [ -n "$state" ] && [ -s "$state" ]; then
     (($2 == "config-epoch" || $2 == "leader-epoch") && $3 == m))' "$state")
 fi
 # A Redis follows what more than half of the Sentinels name: after a full restart, a Sentinel that
-# lost its state (a new node, an empty volume) names REDIS_PRIMARY, which may be the stale one. It
+# lost its state (a new node, an empty volume) may name REDIS_PRIMARY, which may be the stale one. It
 # waits for that majority (the Sentinels keep their state on their volumes, and answer within
 # seconds of starting) and decides alone only when none comes. A Sentinel takes the most-named answer.
 primary=""
@@ -183,7 +183,9 @@ if [ -n "$sentinels" ] && [ -z "$known" ]; then
   count=${SENTINEL_COUNT:-3}
   wait_s=${SENTINEL_WAIT:-30}
   case "$count$wait_s" in *[!0-9]* | "") die "SENTINEL_COUNT and SENTINEL_WAIT must be numbers" ;; esac
-  if [ "$role" = sentinel ]; then need=1 deadline=$((wait_s < 3 ? wait_s : 3)); else need=$((count / 2 + 1)) deadline=$wait_s; fi
+  need=$((count / 2 + 1)) deadline=$wait_s
+  # A Sentinel without state takes any answer, within 3 s.
+  [ "$role" != sentinel ] || need=1 deadline=$((wait_s < 3 ? wait_s : 3))
   started=$(date +%s)
   while :; do
     best=$(ask_sentinels | most_named)
