@@ -241,8 +241,12 @@ fi
 
 {
   cat "$base"
-  # The default user: off, no rights (a connection that does not say who it is can do nothing).
-  printf 'user default reset\n'
+  # The default user: off and without a password, so no connection can be it or log in as it (one
+  # that does not say who it is can do nothing). Its rights are all: Redis replays the append-only
+  # file as the default user and checks them at every EXEC it replays (Redis 7.0), and every script's
+  # writes are logged in MULTI/EXEC. Without them a restart dropped all of those writes (seq,
+  # history, epochs; tests/lab/test_redis_restart.py found it).
+  printf 'user default reset off ~* &* +@all\n'
   acl_user admin "$admin_password" "~* &* +@all"
   acl_user wsapp "$app_password" "resetkeys ~wsapp* resetchannels &wsapp:* -@all $(allow "$APP_COMMANDS")"
   acl_user replication "$replication_password" "-@all +psync +replconf +ping"
