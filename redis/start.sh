@@ -158,16 +158,16 @@ is_self() {
   getent ahostsv4 "$announce" 2>/dev/null | awk '{print $1}' | grep -qxF "$1"
 }
 
-# What this Sentinel knew when it stopped (the file Sentinel rewrites as it learns): the primary,
-# and the epochs that let the Sentinels agree on the newest configuration among themselves. A task
-# slot that moved to this node finds no file of its own: the node's file with the highest
-# current-epoch (another slot's, from a Sentinel that ran here) is what this node knew last.
+# What this node's Sentinels knew when they stopped (the files Sentinel rewrites as it learns): the
+# primary, and the epochs that let the Sentinels agree on the newest configuration among themselves.
+# The file with the highest current-epoch, this slot's or another's: task slots move between nodes
+# when the service is scaled or restarted, so this slot's file may be older than the last Sentinel
+# that ran here (one file per slot only keeps Sentinels that share a node apart).
 known="" epochs="" state=""
 if [ "$role" = sentinel ]; then
-  state=$conf
-  [ -s "$state" ] || state=$(awk 'FNR == 1 {e[FILENAME] += 0} $1 == "sentinel" && $2 == "current-epoch" {
-    e[FILENAME] = $3} END {for (f in e) print e[f], f}' "$(dirname "$conf")"/sentinel-*.conf 2>/dev/null |
-    sort -n | tail -n 1 | cut -d' ' -f2-)
+  state=$(awk -v own="$conf" 'FNR == 1 {e[FILENAME] += 0} $1 == "sentinel" && $2 == "current-epoch" {
+    e[FILENAME] = $3} END {for (f in e) print e[f], (f == own), f}' "$(dirname "$conf")"/sentinel-*.conf \
+    2>/dev/null | sort -k1,1n -k2,2n | tail -n 1 | cut -d' ' -f3-)
 fi
 if [ -n "$state" ] && [ -s "$state" ]; then
   known=$(awk -v m="$master" '$1 == "sentinel" && $2 == "monitor" && $3 == m {print $4, $5}' "$state")
