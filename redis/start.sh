@@ -9,11 +9,14 @@
 #   primary   (service redis)          a Redis that is the primary unless the Sentinels name another
 #   replica   (service redis-replica)  a Redis that replicates the primary the Sentinels name, or
 #                                      REDIS_PRIMARY when no Sentinel knows one
-#   sentinel  (service sentinel)       a Sentinel that monitors the primary the other Sentinels
-#                                      name, or REDIS_PRIMARY when none answers
-# A Redis or Sentinel that restarts after a failover must not trust its configuration: the old
-# primary would come back as a second primary, a fresh Sentinel would monitor a demoted node.
-# So each one asks the Sentinels first. With SENTINELS empty, a lone primary starts as before.
+#   sentinel  (service sentinel)       a Sentinel that monitors the primary it knew when it stopped
+#                                      (its state file on the node's volume), else the primary the
+#                                      other Sentinels name, else REDIS_PRIMARY
+# A Redis or Sentinel that restarts after a failover must not trust its static role: the old primary
+# would come back as a second primary (and, after a full restart, as the primary its old replica
+# resyncs from, dropping every write since the failover). So a Sentinel keeps what it learns on a
+# volume, and a Redis starts as what a majority of the Sentinels name (docs/operations.md, "Who starts
+# as what"). With SENTINELS empty, a lone primary starts as before.
 #
 # Users (Redis 7 ACL; the default user is off, so every connection says who it is):
 #   wsapp        the app: only the commands the service runs, on keys and channels wsapp*
@@ -28,11 +31,15 @@
 #   REDIS_REPLICATION_PASSWORD_FILE  the replication user's (not Sentinels) /run/secrets/redis_replication_password
 #   REDIS_SENTINEL_PASSWORD_FILE     the sentinel user's                   /run/secrets/redis_sentinel_password
 #   REDIS_BASE_CONF       the base configuration                     /usr/local/etc/redis/{redis,sentinel}.conf
-#   REDIS_RUN_CONF        the effective configuration written here   /tmp/{redis,sentinel}.conf
+#   REDIS_RUN_CONF        the effective configuration written here   /tmp/redis.conf;
+#                         a Sentinel's is its state, kept on its volume  /data/sentinel-$SENTINEL_SLOT.conf
 #   REDIS_ANNOUNCE        this Redis' name as others reach it        (none; the stack sets the service name)
 #   REDIS_PORT            this Redis' port                           6379
 #   REDIS_PRIMARY         host:port of the first primary             wsapp_redis:6379
 #   SENTINELS             Sentinels to ask, host:port, comma-separated (every address a name has)
+#   SENTINEL_COUNT        how many Sentinels there are: a Redis follows an answer given by more
+#                         than half of them                          3
+#   SENTINEL_WAIT         seconds a Redis waits for that majority before deciding alone   30
 #   SENTINEL_MASTER       the name Sentinels monitor it by           wsapp
 #   SENTINEL_QUORUM, SENTINEL_DOWN_AFTER_MS, SENTINEL_FAILOVER_TIMEOUT_MS   2, 5000, 60000
 #   SENTINEL_SLOT         a number unique to each Sentinel (the Swarm task slot): its fixed myid, so
@@ -75,7 +82,7 @@ log() { echo "==> $(date -u +%H:%M:%S) redis start ($role): $*" >&2; }
 
 case $role in
   primary | replica) base=${REDIS_BASE_CONF:-/usr/local/etc/redis/redis.conf}; conf=${REDIS_RUN_CONF:-/tmp/redis.conf} ;;
-  sentinel) base=${REDIS_BASE_CONF:-/usr/local/etc/redis/sentinel.conf}; conf=${REDIS_RUN_CONF:-/tmp/sentinel.conf} ;;
+  sentinel) base=${REDIS_BASE_CONF:-/usr/local/etc/redis/sentinel.conf}; conf=${REDIS_RUN_CONF:-/data/sentinel-${SENTINEL_SLOT:-0}.conf} ;;
   *) die "REDIS_ROLE must be primary, replica or sentinel, not '$role'" ;;
 esac
 
@@ -110,8 +117,9 @@ sentinel_password=$(read_password "$sentinel_secret" wsapp_redis_sentinel_passwo
 # redis-cli below asks the Sentinels as the sentinel user.
 export REDISCLI_AUTH="$sentinel_password"
 
-# The primary the Sentinels name, as "host port" (empty when none answers). Every address of
-# every listed name is asked: one Sentinel down or not yet started must not hide the others.
+# What every Sentinel that answers names as primary, one "host port" line per Sentinel (none when
+# none answers). Every address of every listed name is asked: one Sentinel down or not yet started
+# must not hide the others.
 ask_sentinels() {
   old_ifs=$IFS
   IFS=,
@@ -129,12 +137,17 @@ ask_sentinels() {
       pport=${pport%% *}
       case $pport in
         "" | *[!0-9]*) ;;
-        *) [ -z "$phost" ] || { echo "$phost $pport"; return 0; } ;;
+        *) [ -z "$phost" ] || echo "$phost $pport" ;;
       esac
     done
   done
   IFS=$old_ifs
   return 0
+}
+
+# The answer most Sentinels gave, "count host port" (empty when none answered).
+most_named() {
+  sort | uniq -c | sort -rn | awk 'NR == 1 {print $1, $2, $3}'
 }
 
 # Whether "host port" is this Redis: its announced name, or an address that name has.
@@ -145,25 +158,57 @@ is_self() {
   getent ahostsv4 "$announce" 2>/dev/null | awk '{print $1}' | grep -qxF "$1"
 }
 
+# What this node's Sentinels knew when they stopped (the files Sentinel rewrites as it learns): the
+# primary, and the epochs that let the Sentinels agree on the newest configuration among themselves.
+# The file with the highest current-epoch, this slot's or another's: task slots move between nodes
+# when the service is scaled or restarted, so this slot's file may be older than the last Sentinel
+# that ran here (one file per slot only keeps Sentinels that share a node apart).
+known="" epochs="" state=""
+if [ "$role" = sentinel ]; then
+  state=$(awk -v own="$conf" 'FNR == 1 {e[FILENAME] += 0} $1 == "sentinel" && $2 == "current-epoch" {
+    e[FILENAME] = $3} END {for (f in e) print e[f], (f == own), f}' "$(dirname "$conf")"/sentinel-*.conf \
+    2>/dev/null | sort -k1,1n -k2,2n | tail -n 1 | cut -d' ' -f3-)
+fi
+if [ -n "$state" ] && [ -s "$state" ]; then
+  known=$(awk -v m="$master" '$1 == "sentinel" && $2 == "monitor" && $3 == m {print $4, $5}' "$state")
+  epochs=$(awk -v m="$master" '$1 == "sentinel" && ($2 == "current-epoch" ||
+    (($2 == "config-epoch" || $2 == "leader-epoch") && $3 == m))' "$state")
+fi
+# A Redis follows what more than half of the Sentinels name: after a full restart, a Sentinel that
+# lost its state (a new node, an empty volume) may name REDIS_PRIMARY, which may be the stale one. It
+# waits for that majority (the Sentinels keep their state on their volumes, and answer within
+# seconds of starting) and decides alone only when none comes. A Sentinel takes the most-named answer.
 primary=""
-if [ -n "$sentinels" ]; then
-  # A Sentinel that just started may not know yet: ask a few times before deciding alone.
-  tries=${SENTINEL_ASK_TRIES:-3}
-  while [ "$tries" -gt 0 ]; do
-    primary=$(ask_sentinels)
-    [ -n "$primary" ] && break
-    tries=$((tries - 1))
-    [ "$tries" -gt 0 ] && sleep 1
+if [ -n "$sentinels" ] && [ -z "$known" ]; then
+  count=${SENTINEL_COUNT:-3}
+  wait_s=${SENTINEL_WAIT:-30}
+  case "$count$wait_s" in *[!0-9]* | "") die "SENTINEL_COUNT and SENTINEL_WAIT must be numbers" ;; esac
+  need=$((count / 2 + 1)) deadline=$wait_s
+  # A Sentinel without state takes any answer, within 3 s.
+  [ "$role" != sentinel ] || need=1 deadline=$((wait_s < 3 ? wait_s : 3))
+  started=$(date +%s)
+  while :; do
+    best=$(ask_sentinels | most_named)
+    if [ -n "$best" ] && [ "${best%% *}" -ge "$need" ]; then
+      primary=${best#* }
+      break
+    fi
+    [ $(($(date +%s) - started)) -lt "$deadline" ] || break
+    sleep 1
   done
+  [ -n "$primary" ] || [ -z "$best" ] || log "no primary named by $need of $count Sentinels (best: $best)"
 fi
 
 umask 077
 if [ "$role" = sentinel ]; then
-  if [ -n "$primary" ]; then
+  if [ -n "$known" ]; then
+    primary=$known
+    log "monitoring $primary, the primary this node knew when it stopped ($state)"
+  elif [ -n "$primary" ]; then
     log "the Sentinels name $primary as primary"
   else
     primary="${first_primary%:*} ${first_primary##*:}"
-    log "no Sentinel answered; monitoring $primary"
+    log "no state and no Sentinel answered; monitoring $primary"
   fi
   slot=${SENTINEL_SLOT:-}
   {
@@ -188,14 +233,20 @@ if [ "$role" = sentinel ]; then
     printf 'sentinel down-after-milliseconds %s %s\n' "$master" "${SENTINEL_DOWN_AFTER_MS:-5000}"
     printf 'sentinel failover-timeout %s %s\n' "$master" "${SENTINEL_FAILOVER_TIMEOUT_MS:-60000}"
     printf 'sentinel parallel-syncs %s 1\n' "$master"
-  } >"$conf"
+    [ -z "$epochs" ] || printf '%s\n' "$epochs"
+  } >"$conf.new"
+  mv "$conf.new" "$conf"
   exec redis-server "$conf" --sentinel
 fi
 
 {
   cat "$base"
-  # The default user: off, no rights (a connection that does not say who it is can do nothing).
-  printf 'user default reset\n'
+  # The default user: off and without a password, so no connection can be it or log in as it (one
+  # that does not say who it is can do nothing). Its rights are all: Redis replays the append-only
+  # file as the default user and checks them at every EXEC it replays (Redis 7.0), and every script's
+  # writes are logged in MULTI/EXEC. Without them a restart dropped all of those writes (seq,
+  # history, epochs; tests/lab/test_redis_restart.py found it).
+  printf 'user default reset off ~* &* +@all\n'
   acl_user admin "$admin_password" "~* &* +@all"
   acl_user wsapp "$app_password" "resetkeys ~wsapp* resetchannels &wsapp:* -@all $(allow "$APP_COMMANDS")"
   acl_user replication "$replication_password" "-@all +psync +replconf +ping"

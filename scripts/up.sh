@@ -215,6 +215,13 @@ deploy_infra() {
   CONFIG_VERSION=$(config_version)
   ACTIVE_COLOR=$(recorded_color)
   export CONFIG_VERSION ACTIVE_COLOR
+  # One Sentinel per node (stack/infra.yml); a swarm of fewer than three nodes must share them out.
+  local nodes
+  nodes=$(docker node ls -q | wc -l)
+  SENTINELS_PER_NODE=$(((3 + nodes - 1) / nodes))
+  export SENTINELS_PER_NODE
+  ((SENTINELS_PER_NODE == 1)) ||
+    log "$nodes node(s): up to $SENTINELS_PER_NODE Sentinels per node (one per node needs three nodes)"
   replace_replicated_nginx
   docker stack deploy --detach=true --resolve-image never -c "$ROOT_DIR/stack/infra.yml" "$INFRA_STACK" >/dev/null
   local service

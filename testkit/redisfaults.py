@@ -70,10 +70,10 @@ class Sentinels:
                             REDIS_PASSWORD_FILE=str(self.password_file))
         common = dict(workdir=workdir, credentials=self.credentials, sentinels=self.listing,
                       primary=f"127.0.0.1:{ports[0]}")
-        # The first Redis finds no Sentinel yet: one question, not three, keeps the start quick.
-        self.primary = RedisNode("primary", port=ports[0], SENTINEL_ASK_TRIES="1", **common)
-        self.replica = RedisNode("replica", port=ports[1], SENTINEL_ASK_TRIES="1", **common)
-        self.sentinels = [RedisNode("sentinel", port=port, SENTINEL_SLOT=str(slot), SENTINEL_ASK_TRIES="1",
+        # The first Redis finds no Sentinel yet: one question, no wait for a majority, keeps the start quick.
+        self.primary = RedisNode("primary", port=ports[0], SENTINEL_WAIT="0", **common)
+        self.replica = RedisNode("replica", port=ports[1], SENTINEL_WAIT="0", **common)
+        self.sentinels = [RedisNode("sentinel", port=port, SENTINEL_SLOT=str(slot), SENTINEL_WAIT="0",
                                     **SENTINEL_ENV, **common) for slot, port in enumerate(ports[2:], 1)]
         self.nodes = [self.primary, self.replica, *self.sentinels]
 

@@ -58,6 +58,9 @@ class Traffic:
         self.delivery = new_totals()  # received, lost, duplicated, out_of_order, resumes, replayed, ...
         self.unconfirmed = 0  # own messages never seen back (sent as the connection was released)
         self.latencies = []  # seconds from sending an own message to seeing it back
+        # Every own message seen back (the echo is the acknowledgement, docs/protocol.md), in order:
+        # (when, room, epoch, seq, body).
+        self.acknowledged = []
         self.handovers = []  # seconds each client went without room messages across a 1012
         self.color_of = {}  # client index -> color of its current connection
         self.replica_of = {}  # client index -> replica of its current connection
@@ -205,6 +208,9 @@ class Client:
                 sent = self.pending.pop(frame["body"], None)
                 if sent is not None:
                     self.traffic.latencies.append(self.last_message_at - sent)
+                    at = self.last_message_at
+                    ack = (at, frame["room"], frame.get("epoch"), frame["seq"], frame["body"])
+                    self.traffic.acknowledged.append(ack)
             elif kind == "resync":
                 self.receipt.resync(frame)
                 if frame.get("reason") == "epoch" and self.traffic.redis_failover:

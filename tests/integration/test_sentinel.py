@@ -8,13 +8,14 @@ import os
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import websockets
 from loadtest.delivery import Receipt, new_totals
 
 from rooms.names import CHANNEL_PREFIX, HEARTBEAT_CHANNEL, HISTORY_PREFIX
-from testkit.redisfaults import MASTER
+from testkit.redisfaults import MASTER, failover
 from tests.helpers import ROOT, AppServer, wait_until
 
 pytestmark = pytest.mark.integration
@@ -253,7 +254,7 @@ async def test_a_manual_failover_and_restarts_follow_the_new_primary(topology, s
     topology.primary.start()
     info = topology.primary.command("INFO", "replication")
     assert "role:slave" in info and f"master_port:{topology.replica.port}" in info, info
-    # A Sentinel restarts with a fresh configuration: it monitors the primary the others name.
+    # A Sentinel restarts from the state it kept (its configuration file): the new primary.
     sentinel = topology.sentinels[0]
     sentinel.kill()
     sentinel.start()
@@ -262,3 +263,30 @@ async def test_a_manual_failover_and_restarts_follow_the_new_primary(topology, s
                "the restarted Sentinel to rejoin the others")
     states = [topology.master(s).get("num-other-sentinels") for s in topology.sentinels]
     assert states == ["2", "2", "2"], f"a restarted Sentinel is counted twice: {states}"
+
+
+def test_after_a_failover_a_restart_of_every_part_keeps_the_promoted_primary(topology):
+    """The primary dies, the replica is promoted, then every part stops and starts again, the stale
+    old primary first: the Sentinels start from their files (one lost its file: the other two are a
+    majority) and name the promoted one, and each Redis starts as what the majority names. Before,
+    no Sentinel remembered and the old primary came back as primary over the newer data."""
+    failover(topology)
+    for node in topology.nodes:
+        node.stop()
+    lost = topology.sentinels[2]  # as if its slot moved to a node with an empty volume
+    empty = Path(lost.env["REDIS_RUN_CONF"]).parent / "empty-node"
+    empty.mkdir()
+    lost.env["REDIS_RUN_CONF"] = str(empty / "sentinel-3.conf")
+    for sentinel in topology.sentinels:
+        sentinel.start()
+    assert [topology.primary_port(s) for s in topology.sentinels[:2]] == [topology.replica.port] * 2
+    for node in (topology.primary, topology.replica):
+        node.env["SENTINEL_WAIT"] = "10"
+        node.start()
+    info = topology.primary.command("INFO", "replication")
+    assert "role:slave" in info and f"master_port:{topology.replica.port}" in info, info
+    assert "role:master" in topology.replica.command("INFO", "replication")
+    wait_until(lambda: all(topology.primary_port(s) == topology.replica.port for s in topology.sentinels), 20,
+               "every Sentinel to name the promoted primary")
+    assert "Sentinels name 127.0.0.1 %d as primary: starting as its replica" % topology.replica.port in (
+        topology.primary.log())

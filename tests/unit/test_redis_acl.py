@@ -53,4 +53,4 @@ def test_the_app_user_is_confined_to_its_keys_and_channels():
                 if line.strip().startswith("acl_user wsapp ") and "~" in line)
     assert "~wsapp*" in line and "&wsapp:*" in line and "resetkeys" in line and "resetchannels" in line
     assert "+@all" not in line
-    assert "printf 'user default reset\\n'" in START
+    assert "printf 'user default reset off ~* &* +@all\\n'" in START
