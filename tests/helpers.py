@@ -61,12 +61,18 @@ def require_command(name, why):
 def start_interruptible(args, **kwargs):
     """Start a script that the test will interrupt as Ctrl-C does, output collected.
 
-    A process started in the background by a non-interactive shell (`cmd &`) ignores SIGINT, its
-    children inherit that, and bash cannot trap a signal that was ignored when it started. The
-    child gets the default disposition back, so the script's INT trap runs as it does for a user.
+    A process started in the background by a non-interactive shell (`cmd &`) ignores SIGINT (and
+    under `nohup`, SIGHUP), its children inherit that, and bash cannot trap a signal that was ignored
+    when it started. The child gets the default dispositions back, so the script's traps run as they
+    do for a user at a terminal.
     """
-    return subprocess.Popen(args, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+    return subprocess.Popen(args, preexec_fn=default_signals, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def default_signals():
+    for number in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(number, signal.SIG_DFL)
 
 
 def reap(process):
