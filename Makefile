@@ -29,7 +29,7 @@ status:  ## active color, image, replicas and health of both colors
 	./promote.sh status
 
 test: deps  ## run every tier: unit, integration, e2e, lab
-	$(PYTEST) tests
+	$(PYTEST) --durations=25 tests
 
 test-unit: deps  ## unit tier only
 	$(PYTEST) tests/unit
