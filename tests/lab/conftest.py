@@ -24,6 +24,10 @@ def lab():
         yield lab
         return
     lab.script("down", check=False)
-    lab.script("up", timeout=1200)
+    try:
+        lab.script("up", timeout=1200)
+    except BaseException:  # a lab that came up halfway is removed too, not left running
+        lab.script("down", check=False)
+        raise
     yield lab
     lab.script("down", check=False)
