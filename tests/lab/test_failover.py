@@ -33,12 +33,26 @@ def primary(lab):
     return host
 
 
-async def test_the_redis_primary_dies_and_everything_follows_the_new_one(lab):
+def primary_container(lab):
+    """(the primary's service, the other Redis service, the primary's node, its running container)."""
     old = primary(lab)
     new = next(name for name in SERVICE_NODE if name != old)
     node = SERVICE_NODE[old]
     container = lab.docker(node, "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={old}")
     assert container, f"{old} does not run on node {node}"
+    return old, new, node, container
+
+
+async def freeze_until_promoted(lab, node, container, new):
+    """Freeze the primary's container (a hung machine) and wait until the Sentinels promote `new`;
+    the seconds that took."""
+    await asyncio.to_thread(lab.docker, node, "pause", container)
+    return await asyncio.to_thread(
+        lab.wait, lambda: primary(lab) == new, 60, f"the Sentinels to promote {new}", 0.5)
+
+
+async def test_the_redis_primary_dies_and_everything_follows_the_new_one(lab):
+    old, new, node, container = primary_container(lab)
 
     traffic = Traffic(lab.url(1), lab.ws_url(1), clients=20, rooms=4, message_interval=0.25, keepalive=5.0,
                       redis_failover=True)
@@ -46,9 +60,7 @@ async def test_the_redis_primary_dies_and_everything_follows_the_new_one(lab):
     try:
         await asyncio.wait_for(traffic.connected.wait(), 60)
         await asyncio.sleep(2)
-        await asyncio.to_thread(lab.docker, node, "pause", container)
-        promoted = await asyncio.to_thread(
-            lab.wait, lambda: primary(lab) == new, 60, f"the Sentinels to promote {new}", 0.5)
+        promoted = await freeze_until_promoted(lab, node, container, new)
         await asyncio.to_thread(lab.docker, node, "kill", "--signal", "KILL", container)
         received = traffic.received
         flowing = await asyncio.to_thread(

@@ -21,7 +21,7 @@ import pytest
 
 from rooms.names import EPOCH_PREFIX, HISTORY_PREFIX, SEQ_PREFIX
 from tests.e2e.load import Traffic
-from tests.lab.test_failover import SERVICE_NODE, primary
+from tests.lab.test_failover import SERVICE_NODE, freeze_until_promoted, primary, primary_container
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]
 
@@ -72,12 +72,8 @@ async def chat(lab, node, seconds, **extra):
 
 async def test_a_failover_then_a_restart_of_every_redis_part_keeps_every_acknowledged_write(lab):
     started = time.monotonic()
-    old = primary(lab)
-    new = next(name for name in SERVICE_NODE if name != old)
-    node = SERVICE_NODE[old]
+    old, new, node, container = primary_container(lab)
     edge = SERVICE_NODE[new]  # both Redis nodes are edges: talk through the one that stays up
-    container = lab.docker(node, "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={old}")
-    assert container, f"{old} does not run on node {node}"
 
     traffic = Traffic(lab.url(edge), lab.ws_url(edge), clients=12, rooms=ROOMS, message_interval=0.2,
                       keepalive=5.0, redis_failover=True)
@@ -85,9 +81,7 @@ async def test_a_failover_then_a_restart_of_every_redis_part_keeps_every_acknowl
     try:
         await asyncio.wait_for(traffic.connected.wait(), 60)
         await asyncio.sleep(2)
-        await asyncio.to_thread(lab.docker, node, "pause", container)
-        promoted = await asyncio.to_thread(
-            lab.wait, lambda: primary(lab) == new, 60, f"the Sentinels to promote {new}", 0.5)
+        promoted = await freeze_until_promoted(lab, node, container, new)
         failover_at = time.monotonic()
         acked = len(traffic.acknowledged)
         await asyncio.to_thread(lab.wait, lambda: len(traffic.acknowledged) > acked + 100, 60,
