@@ -21,6 +21,7 @@ from collections import Counter
 import websockets
 
 ORIGIN = "http://localhost"
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux 4.2; Python 3.12 names it
 EMOJI_BODY = "\U0001f600" * 4096  # 16 KiB of UTF-8, 4,096 characters: the longest body allowed
 
 
@@ -42,9 +43,23 @@ def handshake(url, path, source, origin=ORIGIN):
 
 
 def connect(url, source):
-    """A TCP connection to the URL's host and port, from the given source address (or any)."""
-    return socket.create_connection((url.hostname, url.port), timeout=5,
-                                    source_address=(source, 0) if source else None)
+    """A TCP connection to the URL's host and port, from the given source address (or any).
+
+    The source port is left to connect() (IP_BIND_ADDRESS_NO_PORT): a port taken by bind() is held,
+    through TIME_WAIT, from every other connect() on the machine, so a flood of short connections from
+    a bound address used up the ephemeral ports and the ordinary clients' connects failed with
+    EADDRNOTAVAIL (the attack then measured the test machine, not the service)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(5)
+        if source:
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((source, 0))
+        sock.connect((url.hostname, url.port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def masked_frame(opcode, payload):
