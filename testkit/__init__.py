@@ -1,4 +1,5 @@
-"""Process, Redis, port and wait helpers shared by the test tiers (tests/) and the benchmark (bench/).
+"""Process, Redis, Postgres, port and wait helpers shared by the test tiers (tests/) and the benchmark
+(bench/).
 
 Standard library only, no pytest: bench runs from .venv-bench, which has neither the service's
 dependencies nor pytest. A prerequisite that is missing raises MissingCommand; the test tiers
@@ -9,6 +10,7 @@ from testkit.processes import (
     ROOT,
     AppServer,
     MissingCommand,
+    PostgresServer,
     Process,
     RedisNode,
     RedisServer,
@@ -21,6 +23,7 @@ __all__ = [
     "ROOT",
     "AppServer",
     "MissingCommand",
+    "PostgresServer",
     "Process",
     "RedisNode",
     "RedisServer",

@@ -3,12 +3,14 @@
 import asyncio
 import contextlib
 import os
+import pwd
 import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -84,9 +86,9 @@ class Process:
     def running(self):
         return self.proc.poll() is None
 
-    def stop(self, timeout=15):
+    def stop(self, timeout=15, first=signal.SIGTERM):
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(first)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -230,6 +232,133 @@ class RedisNode:
         if self.process is not None:
             self.process.stop()
             self.process = None
+
+
+POSTGRES_LIBDIR = Path("/usr/lib/postgresql")  # Debian's postgresql package: <version>/bin/...
+POSTGRES_USER = "postgres"  # the unprivileged system user the package creates; postgres refuses root
+
+
+def postgres_bindir():
+    """The bin directory of the newest PostgreSQL installed by Debian's package."""
+    found = sorted((path.parent for path in POSTGRES_LIBDIR.glob("*/bin/postgres")),
+                   key=lambda path: int(path.parent.name) if path.parent.name.isdigit() else 0)
+    if not found:
+        raise MissingCommand(f"no {POSTGRES_LIBDIR}/<version>/bin/postgres (a real PostgreSQL is started; "
+                             "Debian's postgresql package); run `make deps` or `bash .ci/run`")
+    return found[-1]
+
+
+def unprivileged():
+    """(uid, gid) to run PostgreSQL as when this process is root (it refuses to run as root), else None."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(POSTGRES_USER)
+    except KeyError:
+        entry = pwd.getpwnam("nobody")
+    return entry.pw_uid, entry.pw_gid
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster: initdb in a temporary directory, the server on a free loopback
+    port and a unix socket in that directory, run as an unprivileged user when the caller is root,
+    stopped by its pid (fast shutdown) and its directory removed.
+
+    It has one database, `wsapp`, owned by the user `wsapp` with a random password (`url`), which is
+    what the app is given. Durability is off (fsync): nothing here must survive the test.
+    `settings` are extra `-c name=value` server settings (e.g. log_statement=all).
+    """
+
+    def __init__(self, port=None, **settings):
+        self.port = port or free_port()
+        self.user = self.database = "wsapp"
+        self.password = uuid.uuid4().hex
+        self.url = f"postgres://{self.user}:{self.password}@127.0.0.1:{self.port}/{self.database}"
+        self.settings = settings
+        self.dir = self.process = None
+
+    @property
+    def log_path(self):
+        return self.dir / "postgres.log"
+
+    def start(self):
+        bindir = postgres_bindir()
+        owner = unprivileged()
+        self.dir = Path(tempfile.mkdtemp(prefix="wsapp-pg-"))
+        try:
+            password_file = self.dir / "password"
+            password_file.write_text(self.password + "\n")
+            if owner is not None:
+                for path in (self.dir, password_file):
+                    os.chown(path, *owner)
+            self.run_as_owner(
+                [bindir / "initdb", "-D", self.dir / "data", "-U", self.user, "--pwfile", password_file,
+                 "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync"],
+                owner, timeout=120,
+            )
+            settings = {"listen_addresses": "127.0.0.1", "unix_socket_directories": str(self.dir),
+                        "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
+                        "max_connections": "200", **self.settings}
+            options = [arg for name, value in settings.items() for arg in ("-c", f"{name}={value}")]
+            with open(self.log_path, "ab") as log:
+                self.process = Process(
+                    [bindir / "postgres", "-D", self.dir / "data", "-p", self.port, *options],
+                    log=log, preexec_fn=demote(owner),
+                )
+            wait_until(lambda: self.answers() or not self.process.running(), 30,
+                       f"postgres on port {self.port} to answer", interval=0.1)
+            assert self.process.running(), f"postgres on port {self.port} exited at start:\n{self.log()}"
+            assert self.sql(f"CREATE DATABASE {self.database}", database="postgres") is not None, self.log()
+        except BaseException:
+            self.stop()
+            raise
+
+    @staticmethod
+    def run_as_owner(args, owner, timeout):
+        result = subprocess.run([str(arg) for arg in args], preexec_fn=demote(owner), capture_output=True,
+                                text=True, timeout=timeout, cwd="/")
+        assert result.returncode == 0, f"{args[0]} failed:\n{result.stdout}{result.stderr}"
+
+    def sql(self, statement, database=None, timeout=10):
+        """Run one statement over the unix socket as the owner (psql); its unaligned output, or None."""
+        try:
+            result = subprocess.run(
+                [str(postgres_bindir() / "psql"), "-X", "-q", "-A", "-t", "-h", str(self.dir),
+                 "-p", str(self.port), "-U", self.user, "-d", database or self.database,
+                 "-v", "ON_ERROR_STOP=1", "-c", statement],
+                capture_output=True, text=True, timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            return None
+        return result.stdout if result.returncode == 0 else None
+
+    def answers(self):
+        return self.sql("SELECT 1", database="postgres") == "1\n"
+
+    def log(self):
+        return self.log_path.read_text(errors="replace") if self.dir and self.log_path.exists() else ""
+
+    def stop(self):
+        if self.process is not None:
+            # SIGINT is PostgreSQL's fast shutdown; SIGTERM would wait for every client to disconnect.
+            self.process.stop(first=signal.SIGINT)
+            self.process = None
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+
+def demote(owner):
+    """A preexec_fn that makes the child run as `owner` (uid, gid); None when there is no need."""
+    if owner is None:
+        return None
+
+    def switch():
+        os.setgroups([])
+        os.setgid(owner[1])
+        os.setuid(owner[0])
+
+    return switch
 
 
 class AppServer:

@@ -8,12 +8,22 @@ from pathlib import Path
 
 import pytest
 
-from testkit import ROOT, AppServer, MissingCommand, Process, RedisNode, RedisServer, free_port, wait_until
-from testkit.processes import command
+from testkit import (
+    ROOT,
+    AppServer,
+    MissingCommand,
+    PostgresServer,
+    Process,
+    RedisNode,
+    RedisServer,
+    free_port,
+    wait_until,
+)
+from testkit.processes import command, postgres_bindir
 
 __all__ = ["DASHBOARDS", "ROOT", "AppServer", "Process", "RedisNode", "RedisServer", "dashboard_queries",
-           "finish_all", "free_port", "publish_args",
-           "reap", "require_command", "start_interruptible", "wait_until"]
+           "finish_all", "free_port", "PostgresServer", "publish_args",
+           "reap", "require_command", "require_postgres", "start_interruptible", "wait_until"]
 
 # Grafana dashboards: checked statically by the unit tier, every query evaluated by the e2e tier.
 # The Origin header the unit tier's ASGI clients send (ALLOWED_HOSTS has localhost).
@@ -54,6 +64,14 @@ def require_command(name, why):
     """A missing prerequisite fails the test: CI must install it, never skip it quietly."""
     try:
         return command(name, why)
+    except MissingCommand as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def require_postgres():
+    """Debian's PostgreSQL binaries, or a failure naming how to install them."""
+    try:
+        return postgres_bindir()
     except MissingCommand as exc:
         pytest.fail(str(exc), pytrace=False)
 

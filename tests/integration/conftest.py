@@ -1,15 +1,27 @@
-"""Integration tier: a real redis-server and the app started through entrypoint.sh (testkit)."""
+"""Integration tier: a real redis-server, a real PostgreSQL and the app started through entrypoint.sh
+(testkit)."""
 
 import pytest
 
 from testkit.redisfaults import Sentinels
-from tests.helpers import AppServer, RedisServer, require_command
+from tests.helpers import AppServer, PostgresServer, RedisServer, require_command, require_postgres
 
 
 @pytest.fixture
 def redis_server():
     require_command("redis-server", "the integration tier runs a real Redis")
     server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_server():
+    """A throwaway PostgreSQL cluster (testkit.PostgresServer) with statements logged, so a test can
+    count the queries the app makes."""
+    require_postgres()
+    server = PostgresServer(log_statement="all", log_connections="on")
     server.start()
     yield server
     server.stop()
