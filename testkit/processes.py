@@ -411,6 +411,16 @@ class AppServer:
             self.stop()
             raise
 
+    def manage(self, *args, timeout=120):
+        """`python manage.py ARGS` with this server's settings (e.g. migrate); its output. Raises on
+        failure, with the output."""
+        result = subprocess.run([self.env["PYTHON"], "manage.py", *map(str, args)],
+                                cwd=os.path.join(self.root, "service"), env=self.env, capture_output=True,
+                                text=True, timeout=timeout)
+        command_line = " ".join(map(str, args))
+        assert result.returncode == 0, f"manage.py {command_line} failed:\n{result.stdout}{result.stderr}"
+        return result.stdout
+
     def wait_ready(self, timeout=STARTUP_SECONDS):
         deadline = time.monotonic() + timeout
         while self.get("/readyz")[0] != 200:

@@ -13,6 +13,7 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 import wsserver
+from config.database import DatabaseUrlError, databases
 from rooms.names import CHANNEL_LAYER_PREFIX, DEFAULT_PORT
 from rooms.origins import ANY_ORIGIN, InvalidOrigin, origins_from_hosts, parse_origin
 from rooms.redis_url import RedisUrlError, layer_host
@@ -102,6 +103,45 @@ def redis_sentinels():
         raise ImproperlyConfigured(str(exc)) from None
 
 
+def database_settings():
+    """DATABASES from DATABASE_URL (and DATABASE_PASSWORD_FILE); {} when DATABASE_URL is empty."""
+    try:
+        return databases(
+            env_str("DATABASE_URL"), env_str("DATABASE_PASSWORD_FILE"),
+            connect_timeout=env_int("DATABASE_CONNECT_TIMEOUT", 3, minimum=1),
+            statement_timeout=env_float("DATABASE_STATEMENT_TIMEOUT", 5.0, minimum=0.1),
+            conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
+        )
+    except DatabaseUrlError as exc:
+        raise ImproperlyConfigured(str(exc)) from None
+
+
+def ticket_keys():
+    """The connection tickets' signing keys (members.tickets), from TICKET_KEYS_FILE (a Swarm secret):
+    one key a line, the first signs, every one verifies, so a new key is added second, then moved
+    first, then the old one removed (docs/accounts.md). Needed only with a database."""
+    path = env_str("TICKET_KEYS_FILE")
+    if not path:
+        if DATABASES and not DEBUG:
+            raise ImproperlyConfigured(
+                "DATABASE_URL is set but TICKET_KEYS_FILE is not: name a file with the connection tickets' "
+                "signing keys, one a line, at least 32 characters each (or DJANGO_DEBUG=1 for development)"
+            )
+        return [f"development-ticket-key:{SECRET_KEY}"]
+    try:
+        keys = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    except OSError as exc:
+        raise ImproperlyConfigured(f"TICKET_KEYS_FILE={path} cannot be read: {exc}") from None
+    if not keys:
+        raise ImproperlyConfigured(f"TICKET_KEYS_FILE={path} holds no key")
+    short = [n for n, key in enumerate(keys, 1) if len(key) < 32]
+    if short:
+        raise ImproperlyConfigured(
+            f"TICKET_KEYS_FILE={path}: the key on line {short[0]} is shorter than 32 characters"
+        )
+    return keys
+
+
 def forwarded_allow_ips():
     raw = env_str("FORWARDED_ALLOW_IPS", "127.0.0.1")
     entries = [entry.strip() for entry in raw.split(",") if entry.strip()]
@@ -150,15 +190,58 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 # scheme://host[:port]; by default each ALLOWED_HOSTS name over http and https on the default ports.
 PUBLIC_ORIGINS = public_origins()
 
+# The database (PostgreSQL): users, rooms and the admin (docs/accounts.md). Without DATABASE_URL the
+# service keeps no database, has no users, and every room is public, as before. Either way the
+# WebSocket handshake never queries it (rooms.generic.DatabaseFreeConsumer, members.tickets).
+DATABASES = database_settings()
+ACCOUNTS_ENABLED = bool(DATABASES)
 INSTALLED_APPS = ["channels", "rooms"]
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.common.CommonMiddleware",
 ]
+TEMPLATES = []
+if ACCOUNTS_ENABLED:
+    INSTALLED_APPS = [
+        "django.contrib.admin", "django.contrib.auth", "django.contrib.contenttypes",
+        "django.contrib.sessions", "django.contrib.messages", "channels", "rooms", "members",
+    ]
+    MIDDLEWARE += [
+        "members.middleware.DatabaseUnavailable",
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.middleware.csrf.CsrfViewMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "django.contrib.messages.middleware.MessageMiddleware",
+        "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    ]
+    TEMPLATES = [{
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {"context_processors": [
+            "django.template.context_processors.request",
+            "django.contrib.auth.context_processors.auth",
+            "django.contrib.messages.context_processors.messages",
+        ]},
+    }]
+    DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+    LOGIN_URL = "/accounts/login/"
+    LOGIN_REDIRECT_URL = "/"
+    LOGOUT_REDIRECT_URL = "/accounts/login/"
+    STATIC_URL = "/static/"  # the admin's files: /static/admin/... (config.urls)
+    SESSION_COOKIE_HTTPONLY = True
+    SESSION_COOKIE_SAMESITE = "Lax"
+    CSRF_COOKIE_SAMESITE = "Lax"
 ROOT_URLCONF = "config.urls"
 ASGI_APPLICATION = "config.asgi.application"
-DATABASES = {}  # the service keeps no database; see rooms.generic.DatabaseFreeConsumer
-TEMPLATES = []
+# Connection tickets (members.tickets): signed, short-lived, checked at the handshake without a query.
+TICKET_KEYS = ticket_keys()
+TICKET_SECONDS = env_int("TICKET_SECONDS", 300, minimum=10)
+# A ticket renewed over the socket keeps the time it was first issued over HTTP; after this long the
+# page must fetch a new one (and so the database's word on memberships) to go on renewing.
+TICKET_RENEW_SECONDS = env_int("TICKET_RENEW_SECONDS", 3600, minimum=60)
+# How often each process reloads the restricted rooms (private, or no anonymous posting) from the
+# database, so that its handshakes need no query; a process is not ready before its first load.
+ROOM_POLICY_SECONDS = env_float("ROOM_POLICY_SECONDS", 5.0, minimum=0.5)
 USE_TZ = True
 TIME_ZONE = "UTC"
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

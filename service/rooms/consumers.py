@@ -5,13 +5,14 @@ import json
 import logging
 import re
 import secrets
+import time
 
 from channels.exceptions import StopConsumer
 from django.conf import settings
 
 from wsserver import SEND_TEXT_NOWAIT
 
-from . import draining, metrics, resume
+from . import draining, metrics, resume, tickets
 from .frames import frame_seq, server_id
 from .generic import DatabaseFreeConsumer
 from .hub import Duplicate, HubUnavailable, NotPublished, RoomRateLimited, RoomRefused, get_hub
@@ -26,6 +27,7 @@ from .names import (
     Error,
 )
 from .outbox import Outbox
+from .policies import policy
 from .ratelimit import TokenBucket
 from .readiness import refusal
 from .sessions import Session, register, unregister
@@ -83,6 +85,8 @@ class RoomConsumer(DatabaseFreeConsumer):
     last = 0  # the seq of the last room message queued for this client
 
     early = None  # while joining, the room frames that came before the welcome: (frame, epoch, seq)
+    ticket = None  # with a database: this connection's verified rooms.tickets.Ticket, if it gave one
+    expiry = None  # the timer that closes a private room's connection whose ticket expired
 
     @property
     def welcomed(self):
@@ -109,6 +113,8 @@ class RoomConsumer(DatabaseFreeConsumer):
             await self.refuse_query(str(exc))
             return
         self.sender = query.sender or secrets.token_urlsafe(16)
+        if settings.ACCOUNTS_ENABLED and not await self.admitted():
+            return
         if len(get_hub().rooms.get(self.room, ())) >= settings.ROOM_MAX_MEMBERS:
             await self.refuse_room(ROOM_FULL, f"the room has {settings.ROOM_MAX_MEMBERS} members here")
             return
@@ -160,6 +166,77 @@ class RoomConsumer(DatabaseFreeConsumer):
         self.outbox.start()
         for frame, epoch, seq in early:
             self.room_frame(frame, epoch, seq)
+        self.watch_expiry()
+
+    async def admitted(self):
+        """With a database: verify the handshake's ticket and apply the room's policy, with no query
+        (rooms.tickets, rooms.policies). False once the handshake was refused."""
+        try:
+            self.ticket = tickets.from_query(self.scope.get("query_string", b""))
+        except tickets.InvalidTicket as exc:
+            await self.refuse_handshake(Error.TICKET_INVALID, str(exc))
+            return False
+        if policy(self.room).private and (self.ticket is None or self.room not in self.ticket.rooms):
+            await self.refuse_handshake(Error.FORBIDDEN, "this room is private: connect with a ticket that "
+                                        "names it (GET /ticket/?room=...)")
+            return False
+        return True
+
+    async def refuse_handshake(self, code, detail):
+        """A handshake refused for who the client is (or is not): an error frame that says why, then
+        1008, which clients do not retry as it is."""
+        metrics.HANDSHAKES_REJECTED.labels(code).inc()
+        await self.accept()
+        await self.send(text_data=json.dumps({"type": "error", "error": code, "detail": detail}))
+        await self.close(code=CLOSE_POLICY_VIOLATION)
+
+    def watch_expiry(self):
+        """A member of a private room stays only while its ticket is valid: renewed in time (`renew`),
+        or the connection is closed when it expires."""
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
+        if self.ticket is not None and policy(self.room).private and not self.closing:
+            delay = max(0.0, self.ticket.expires - time.time())
+            self.expiry = asyncio.get_running_loop().call_later(delay, self.ticket_expired)
+
+    def ticket_expired(self):
+        self.expiry = None
+        if self.closing or self.ticket is None or self.ticket.valid():
+            return
+        self.error(Error.TICKET_INVALID, "the ticket expired without being renewed; connect with a new one")
+        self.closing = True
+        spawn(self.flush_and_close(CLOSE_POLICY_VIOLATION))
+
+    def on_renew(self, data):
+        """`renew`: the connection's ticket re-signed for another TICKET_SECONDS (no query), or a new one
+        the client fetched over HTTP put in its place. Answered with a `ticket` frame, or an error."""
+        given = data.get("ticket")
+        try:
+            if given is None:
+                if self.ticket is None:
+                    raise tickets.InvalidTicket("this connection has no ticket to renew: send one in "
+                                                "'ticket'")
+                token, ticket = tickets.renew(self.ticket)
+            else:
+                token, ticket = given, tickets.verify(given)
+                if self.ticket is not None and ticket.user != self.ticket.user:
+                    raise tickets.InvalidTicket("the ticket is another user's")
+                if policy(self.room).private and self.room not in ticket.rooms:
+                    raise tickets.InvalidTicket("the ticket does not name this room")
+        except tickets.InvalidTicket as exc:
+            self.error(Error.TICKET_INVALID, str(exc))
+            return
+        self.ticket = ticket
+        self.watch_expiry()
+        self.deliver(json.dumps({"type": "ticket", "ticket": token, "expires": ticket.expires}))
+
+    def may_post(self):
+        return (self.ticket is not None and self.ticket.valid()) or policy(self.room).anonymous
+
+    def poster(self):
+        """The name shown with this connection's messages: its ticket's, or None (anonymous)."""
+        return self.ticket.name if self.ticket is not None and self.ticket.valid() else None
 
     async def replay(self, backlog):
         """Send the backlog a page at a time, so that only one page is held for a client that does
@@ -203,6 +280,9 @@ class RoomConsumer(DatabaseFreeConsumer):
         await self.close()
 
     async def disconnect(self, code):
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
         if self.session_id is None:
             # Refused, or failed before its welcome: it may have joined the room all the same.
             if hasattr(self, "room"):
@@ -242,6 +322,8 @@ class RoomConsumer(DatabaseFreeConsumer):
             self.deliver('{"type":"pong"}')
         elif kind == "message":
             await self.on_message(data)
+        elif kind == "renew" and settings.ACCOUNTS_ENABLED:
+            self.on_renew(data)
         else:
             # Named back only if short: repr() of a deeply nested value can itself raise.
             shown = repr(kind) if isinstance(kind, str) and len(kind) <= 64 else "of that kind"
@@ -258,6 +340,9 @@ class RoomConsumer(DatabaseFreeConsumer):
         elif SURROGATE.search(body):
             self.error(Error.INVALID_BODY, "'body' must be valid Unicode: a surrogate escape (\\ud800 to "
                        "\\udfff) is allowed only as half of a pair", msg_id)
+        elif settings.ACCOUNTS_ENABLED and not self.may_post():
+            self.error(Error.FORBIDDEN, "this room takes messages only from logged-in users: connect (or "
+                       "renew) with a ticket", msg_id)
         else:
             await self.publish(body, msg_id)
 
@@ -277,7 +362,8 @@ class RoomConsumer(DatabaseFreeConsumer):
 
     async def publish_once(self, body, msg_id, given, attempt):
         try:
-            await get_hub().publish(self.room, self.session_id, body, msg_id, self.sender, attempt)
+            await get_hub().publish(self.room, self.session_id, body, msg_id, self.sender, attempt,
+                                    name=self.poster())
         except HubUnavailable:
             await self.settle(msg_id, given, attempt)
         except RoomRateLimited as exc:

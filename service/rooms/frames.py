@@ -15,11 +15,13 @@ EPOCH_FIELD = '"epoch":"'
 SERVER_ID_MARK = "~"  # a message id the server made: clients' ids cannot contain it
 
 
-def frame_parts(room, session, body, ts, msg_id):
-    """The frame before its epoch, and after its seq."""
+def frame_parts(room, session, body, ts, msg_id, name=None):
+    """The frame before its epoch, and after its seq. `name`: the sender's, from its ticket (with a
+    database), or None: no "name" field (anonymous)."""
     head = '{"type":"message","room":%s,%s' % (json.dumps(room), EPOCH_FIELD)
-    tail = ',"body":%s,"session":%s,"id":%s,"ts":%s}' % (json.dumps(body), json.dumps(session),
-                                                       json.dumps(msg_id), ts)
+    shown = "" if name is None else ',"name":%s' % json.dumps(name)
+    tail = ',"body":%s,"session":%s,"id":%s%s,"ts":%s}' % (json.dumps(body), json.dumps(session),
+                                                         json.dumps(msg_id), shown, ts)
     return head, tail
 
 

@@ -9,7 +9,7 @@ import logging
 
 from django.conf import settings
 
-from . import metrics
+from . import metrics, policies
 from .control import control_loop
 from .gctuning import tune_gc
 from .hub import get_hub
@@ -25,6 +25,8 @@ async def startup():
     metrics.MAX_CONNECTIONS.set(settings.MAX_CONNECTIONS)
     await get_hub().start()
     STATE.tasks = [asyncio.create_task(control_loop()), asyncio.create_task(state_gauges())]
+    if settings.ACCOUNTS_ENABLED:
+        STATE.tasks.append(asyncio.create_task(policies.refresh_loop()))
     STATE.started = True
     log.info("started: color=%s version=%s replica=%s",
              settings.COLOR, settings.APP_VERSION, settings.REPLICA)

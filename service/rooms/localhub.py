@@ -85,7 +85,7 @@ class LocalHub(BaseHub):
             sent.popitem(last=False)
         return sent
 
-    async def publish(self, room, session, body, msg_id, sender, attempt=None):
+    async def publish(self, room, session, body, msg_id, sender, attempt=None, name=None):
         sent, field = self._sent(room), sent_field(sender, msg_id)
         if field in sent:
             raise Duplicate(*sent[field][:2])
@@ -97,7 +97,7 @@ class LocalHub(BaseHub):
         history = self._kept(room) or self.history.setdefault(room, deque())
         epoch = self._epoch(room)
         seq = self.seq[room] = self.seq.get(room, 0) + 1
-        head, tail = frame_parts(room, session, body, time.time(), msg_id)
+        head, tail = frame_parts(room, session, body, time.time(), msg_id, name)
         frame = join_parts(head, epoch, seq, tail)
         history.append((seq, self.clock(), frame))
         while len(history) > settings.ROOM_HISTORY_MAX:

@@ -7,6 +7,7 @@ close codes and the kinds counted by ws_errors_total.
 from enum import StrEnum
 
 CHANNEL_LAYER_PREFIX = "wsapp"
+ROOM_PATTERN = r"[A-Za-z0-9_-]{1,64}"  # a room's name, in its URL and in the database (members.Room)
 DEFAULT_PORT = 8000  # settings.PORT, and what `rooms.ctl probe` asks when PORT is unset
 DRAIN = "control.drain"
 UNDRAIN = "control.undrain"
@@ -55,6 +56,10 @@ class Error(StrEnum):
     INVALID_ID = "invalid_id"
     SLOW_CONSUMER = "slow_consumer"
     ROOM_RATE_LIMITED = "room_rate_limited"  # the room is over ROOM_MESSAGES_PER_SECOND
+    # With a database (docs/accounts.md): a private room, or posting where anonymous posting is off,
+    # without a ticket that allows it; a ticket that is not valid (forged, expired, another key).
+    FORBIDDEN = "forbidden"
+    TICKET_INVALID = "ticket_invalid"
     # Server-side: the release gate and the alerts count these (observability/prometheus/rules.yml).
     INTERNAL = "internal"
     UNAVAILABLE = "unavailable"

@@ -3,6 +3,7 @@
 from django.conf import settings
 
 from .hub import get_hub
+from .policies import POLICIES
 from .sessions import SESSIONS
 
 
@@ -20,6 +21,8 @@ STATE = State()
 
 def is_ready():
     ready = STATE.started and STATE.control_ok and get_hub().connected and not STATE.draining
+    if settings.ACCOUNTS_ENABLED:  # never serve a private room as public: know them first
+        ready = ready and POLICIES.loaded
     STATE.ever_ready = STATE.ever_ready or ready
     return ready
 

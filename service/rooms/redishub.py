@@ -205,11 +205,11 @@ class RedisHub(BaseHub):
             except Exception:  # the listener notices a broken connection and resubscribes
                 metrics.ERRORS.labels(Error.REDIS).inc()
 
-    async def publish(self, room, session, body, msg_id, sender, attempt):
+    async def publish(self, room, session, body, msg_id, sender, attempt, name=None):
         """Published(epoch, seq); Duplicate if this sender's msg_id was published already; NotPublished
         if it certainly was not (no connection, or the attempt was fenced); HubUnavailable if the reply
         did not come (settle it with fence())."""
-        head, tail = frame_parts(room, session, body, time.time(), msg_id)
+        head, tail = frame_parts(room, session, body, time.time(), msg_id, name)
         keys = [SEQ_PREFIX + room, HISTORY_PREFIX + room, CHANNEL_PREFIX + room, EPOCH_PREFIX + room,
                 SENT_PREFIX + room, SENT_TIMES_PREFIX + room, ROOM_RATE_PREFIX + room, ROOMS_INDEX]
         args = [head, tail, *self.history, sent_field(sender, msg_id), attempt, self.ids_seconds,

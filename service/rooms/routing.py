@@ -3,8 +3,7 @@ from django.urls import re_path
 
 from .consumers import RoomConsumer, UnknownPathConsumer
 from .faults import FaultInjectingRoomConsumer
-
-ROOM_PATTERN = r"[A-Za-z0-9_-]{1,64}"
+from .names import ROOM_PATTERN
 
 # Fault injection is a separate consumer, so that the production one never checks for it.
 room_consumer = FaultInjectingRoomConsumer if settings.FAULT_ERROR_SHARE else RoomConsumer

@@ -40,9 +40,18 @@ def page_template():
     return Template((HERE / "templates" / "index.html").read_text())
 
 
+def account_links():
+    """With accounts: links to log in and to the admin. The page reads no session (so it needs no
+    database): the ticket request says who is logged in."""
+    if not settings.ACCOUNTS_ENABLED:
+        return ""
+    return '<p id="account"><a href="/accounts/login/">Log in</a> · <a href="/admin/">Admin</a></p>'
+
+
 def index(request):
     page = page_template().substitute(
         color=escape(settings.COLOR), version=escape(settings.APP_VERSION), replica=escape(settings.REPLICA),
+        accounts="on" if settings.ACCOUNTS_ENABLED else "off", account=account_links(),
     )
     response = HttpResponse(page, content_type="text/html; charset=utf-8")
     response["Content-Security-Policy"] = PAGE_POLICY

@@ -282,3 +282,22 @@ test("a 1008 ends the client: no reconnect, and every unsettled message fails (u
   assert.deepEqual(alice.final(waiting), [{ id: waiting, state: "failed", error: "closed", detail: "", uncertain: false }]);
   assert.equal(alice.send("after"), false);
 });
+
+test("a ticket goes on every handshake, is renewed at half its life, and the newest one is used next", async () => {
+  const room = new FakeRoom();
+  const expires = Date.now() / 1000 + 2.4; // renewed after 1.2 s
+  const alice = await joined(room, { ticket: "T1", ticketExpires: expires });
+  const renewed = [];
+  alice.addEventListener("ticket", (e) => renewed.push(e.detail.ticket));
+  assert.equal(room.sockets[0].query.get("ticket"), "T1");
+  room.sockets[0].onframe = (frame) => {
+    if (frame.type === "renew") queueMicrotask(() => room.sockets[0].send_({ type: "ticket", ticket: "T2", expires: expires + 300 }));
+  };
+  await until(() => renewed.length === 1, "the renewal", 4000);
+  assert.deepEqual(room.sockets[0].frames.filter((f) => f.type === "renew"), [{ type: "renew" }]);
+  room.sockets[0].serverClose(1012);
+  await until(() => alice.of("open").length === 2, "the second welcome");
+  assert.equal(room.sockets[1].query.get("ticket"), "T2");
+  alice.setTicket("T3", expires + 600); // fetched over HTTP: handed to the open connection
+  assert.deepEqual(room.sockets[1].frames.at(-1), { type: "renew", ticket: "T3" });
+});

@@ -163,7 +163,7 @@ def frame_types():
 
 def test_the_frame_lists_are_the_frames_the_code_sends_and_reads():
     sent, received = frame_types()
-    assert {"welcome", "message", "reconnect"} <= sent and received == {"message", "ping"}
+    assert {"welcome", "message", "reconnect", "ticket"} <= sent and received == {"message", "ping", "renew"}
     frames = section(PROTOCOL, "### Frames")
     assert first_column(table(frames, "Frame")) == received
     assert set(re.findall(r"^\*\*`([a-z_]+)`\*\*:", frames, re.M)) == sent

@@ -52,7 +52,9 @@ function render(frame) {
   if (frame.session === client.welcome?.session || name === $("name").value) item.classList.add("mine");
   const who = document.createElement("span");
   who.className = "who";
-  who.textContent = name ?? `session ${frame.session}`;
+  // A name the server took from the sender's ticket is shown as such; one in the body is only typed.
+  if (typeof frame.name === "string") who.classList.add("verified");
+  who.textContent = typeof frame.name === "string" ? frame.name : (name ?? `session ${frame.session}`);
   const when = document.createElement("time");
   const date = new Date(frame.ts * 1000);
   when.dateTime = date.toISOString();
@@ -109,7 +111,24 @@ function setComposer(enabled) {
   for (const element of $("composer").elements) element.disabled = !enabled;
 }
 
-function join(room, name) {
+/** With accounts (a database): a connection ticket for the room, or null (not logged in: anonymous). */
+async function roomTicket(room) {
+  if (document.body.dataset.accounts !== "on") return null;
+  const answer = await fetch(`/ticket/?room=${encodeURIComponent(room)}`, { credentials: "same-origin" });
+  if (answer.status === 401) return null;
+  const body = await answer.json().catch(() => ({}));
+  if (!answer.ok) throw new Error(body.detail || `the ticket request failed (${answer.status})`);
+  return body;
+}
+
+async function join(room, name) {
+  let ticket = null;
+  try {
+    ticket = await roomTicket(room);
+  } catch (err) {
+    setStatus("warning", `Cannot join ${room}: ${err.message}`);
+    return;
+  }
   if (client) client.close(); // its unsent messages turn "not sent", to retry in the same room
   $("messages").replaceChildren();
   if (room !== joinedRoom) $("outbox").replaceChildren();
@@ -118,11 +137,11 @@ function join(room, name) {
   history.replaceState(null, "", `?room=${encodeURIComponent(room)}`);
   document.title = `${room} · wsapp chat`;
   setStatus("connecting", `Joining ${room}…`);
-  const current = (client = new RoomClient({ room, sender: SENDER }));
+  const current = (client = new RoomClient({ room, sender: SENDER, ticket: ticket?.ticket, ticketExpires: ticket?.expires }));
   const on = (type, handler) => current.addEventListener(type, (e) => client === current && handler(e.detail));
   on("open", (welcome) => {
     showServer(welcome);
-    setStatus("open", `In ${room} as ${name}.`);
+    setStatus("open", `In ${room} as ${ticket?.name ?? name}.`);
     setComposer(true);
   });
   on("message", (frame) => {

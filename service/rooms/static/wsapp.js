@@ -13,7 +13,11 @@
 //   const id = client.send("hello");
 //
 // Events (CustomEvent, the frame or a small object in `detail`): open, message, status, dropped,
-// reconnecting, resync, error, close.
+// reconnecting, resync, error, close, ticket.
+//
+// With a connection ticket (a server with a database: GET /ticket/), pass `ticket` and `ticketExpires`:
+// the client sends it on every handshake, renews it over the socket at half its life (`renew`) and
+// uses the newest one on the next reconnect.
 
 export const CLOSE_NORMAL = 1000;
 export const CLOSE_ABNORMAL = 1006;
@@ -122,6 +126,8 @@ export class RoomClient extends EventTarget {
    * @param {number} [options.maxQueued]     messages sent or waiting, not yet settled, at most (1000)
    * @param {number} [options.restartLimit]  the Nth 1012 in a row without progress backs off (3)
    * @param {number} [options.rememberIds]   delivered messages remembered by id (5000)
+   * @param {string} [options.ticket]        connection ticket (docs/protocol.md "Connection tickets")
+   * @param {number} [options.ticketExpires] its expiry, Unix seconds (renewed at half its remaining life)
    */
   constructor(options) {
     super();
@@ -152,6 +158,9 @@ export class RoomClient extends EventTarget {
     this.rememberIds = options.rememberIds ?? REMEMBER_IDS;
     this.heard = false; // a frame arrived since the last heartbeat
     this.heartbeat = null;
+    this.ticket = options.ticket ?? null; // the newest connection ticket, sent on every handshake
+    this.ticketExpires = options.ticketExpires ?? null;
+    this.renewTimer = null;
     // The position in the room's stream: changed only by position() (welcome, message, resync).
     this.epoch = epoch; // the epoch of lastSeq; null until a server names one
     this.lastSeq = since; // the seq of the last message handed to the application; null until the first welcome
@@ -184,6 +193,7 @@ export class RoomClient extends EventTarget {
       if (this.epoch !== null) query.set("epoch", this.epoch);
     }
     query.set("sender", this.sender);
+    if (this.ticket) query.set("ticket", this.ticket);
     let ws;
     try {
       ws = new this.WebSocket(`${this.url}?${query}`);
@@ -241,6 +251,31 @@ export class RoomClient extends EventTarget {
     this.outbox.push({ id, body, on: null, sessions: [] }); // behind what a reconnect resends: order is kept
     this.pump();
     return id;
+  }
+
+  /** A new ticket (fetched over HTTP): used from now on, and given to the open connection (`renew`). */
+  setTicket(ticket, expires = null) {
+    this.ticket = ticket;
+    this.ticketExpires = expires;
+    if (this.ws?.readyState === OPEN) {
+      this.bucket.take(true);
+      this.ws.send(JSON.stringify({ type: "renew", ticket }));
+    }
+  }
+
+  /** Renew the ticket over the socket at half its remaining life (a minute if its expiry is unknown). */
+  scheduleRenew() {
+    clearTimeout(this.renewTimer);
+    this.renewTimer = null;
+    if (!this.ticket) return;
+    const left = this.ticketExpires === null ? 120000 : this.ticketExpires * 1000 - Date.now();
+    this.renewTimer = setTimeout(() => {
+      this.renewTimer = null;
+      if (this.ws?.readyState === OPEN) {
+        this.bucket.take(true);
+        this.ws.send('{"type":"renew"}');
+      }
+    }, Math.max(1000, left / 2));
   }
 
   /** Leave the room for good (no reconnect). Messages not settled yet fail (error "closed"). */
@@ -322,6 +357,11 @@ export class RoomClient extends EventTarget {
         return this.settle(frame.id, { state: "published", seq: frame.seq, epoch: epochOf(frame), duplicate: true });
       case "pong":
         return;
+      case "ticket":
+        this.ticket = frame.ticket;
+        this.ticketExpires = frame.expires;
+        this.scheduleRenew();
+        return this.emit("ticket", frame);
       default:
         this.emit("error", { error: "unknown_frame", detail: `unknown frame type ${frame.type}` });
     }
@@ -333,6 +373,7 @@ export class RoomClient extends EventTarget {
     const epoch = epochOf(frame);
     this.welcome = frame;
     this.state = "open";
+    this.scheduleRenew();
     this.attempt = 0;
     this.notice = null;
     if (!asked && Number.isSafeInteger(frame.seq)) this.position(epoch, frame.seq);
@@ -409,7 +450,8 @@ export class RoomClient extends EventTarget {
   closed(code, reason) {
     clearInterval(this.heartbeat);
     clearTimeout(this.pumpTimer);
-    this.heartbeat = this.pumpTimer = null;
+    clearTimeout(this.renewTimer);
+    this.heartbeat = this.pumpTimer = this.renewTimer = null;
     this.ws = null;
     const notice = this.notice;
     this.notice = null;
@@ -450,7 +492,8 @@ export class RoomClient extends EventTarget {
     clearTimeout(this.timer);
     clearTimeout(this.pumpTimer);
     clearInterval(this.heartbeat);
-    this.timer = this.pumpTimer = this.heartbeat = null;
+    clearTimeout(this.renewTimer);
+    this.timer = this.pumpTimer = this.heartbeat = this.renewTimer = null;
     this.ws = null;
     if (this.state === "closed") return;
     this.state = "closed";

@@ -1,0 +1,195 @@
+"""Users, private rooms and connection tickets against a real PostgreSQL, a real Redis and the app
+started through entrypoint.sh (two workers): login, tickets, the handshake's refusals, the names
+shown, and the database statements made by WebSocket handshakes (none)."""
+
+import asyncio
+import json
+import re
+import time
+from urllib.parse import quote
+
+import httpx
+import pytest
+import websockets
+
+from tests.helpers import AppServer, wait_until
+
+pytestmark = pytest.mark.integration
+
+ORIGIN = "http://localhost"
+PASSWORD = "a-long-test-password-1"
+SETUP = f"""
+from django.contrib.auth.models import User
+from members.models import Room
+alice = User.objects.create_user("alice", password="{PASSWORD}", first_name="Alice", last_name="Doe")
+bob = User.objects.create_user("bob", password="{PASSWORD}")
+User.objects.create_superuser("admin", password="{PASSWORD}")
+board = Room.objects.create(name="board", private=True, allow_anonymous=False)
+board.members.add(alice)
+Room.objects.create(name="news", allow_anonymous=False)
+"""
+
+
+@pytest.fixture
+def accounts_server(redis_server, postgres_server, tmp_path):
+    """Make an app server with the database, migrated and with alice (member of the private room
+    `board`), bob (not a member) and an admin; make(**env)."""
+    keys = tmp_path / "ticket.keys"
+    keys.write_text("first-key-" + "x" * 40 + "\nsecond-key-" + "y" * 40 + "\n")
+    servers = []
+
+    def make(**env):
+        server = AppServer(redis_server.url, tmp_path, DATABASE_URL=postgres_server.url,
+                           TICKET_KEYS_FILE=str(keys), **env)
+        servers.append(server)
+        if len(servers) == 1:
+            server.manage("migrate", "--no-input")
+            server.manage("shell", "-c", SETUP)
+        server.start()
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+def log_in(server, user):
+    """An HTTP client with `user`'s session, through Django's login page."""
+    client = httpx.Client(base_url=server.url, timeout=10)
+    page = client.get("/accounts/login/")
+    assert page.status_code == 200 and 'name="password"' in page.text
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+    answer = client.post("/accounts/login/", data={"username": user, "password": PASSWORD,
+                                                   "csrfmiddlewaretoken": token, "next": "/"})
+    assert answer.status_code == 302 and answer.headers["location"] == "/", answer.text[:500]
+    return client
+
+
+def ticket_for(client, room):
+    answer = client.get("/ticket/", params={"room": room})
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["cache-control"] == "no-store"
+    return answer.json()
+
+
+async def join(server, room, ticket=None):
+    query = f"?ticket={quote(ticket)}" if ticket else ""
+    ws = await websockets.connect(f"{server.ws_url}/ws/rooms/{room}/{query}", origin=ORIGIN)
+    return ws, json.loads(await asyncio.wait_for(ws.recv(), 5))
+
+
+async def test_a_member_logs_in_gets_a_ticket_and_chats_under_its_own_name(accounts_server):
+    server = accounts_server()
+    alice = log_in(server, "alice")
+    issued = ticket_for(alice, "board")
+    assert issued["rooms"] == ["board"] and issued["name"] == "Alice Doe"
+    assert 250 < issued["expires"] - time.time() <= 300
+    ws, welcome = await join(server, "board", issued["ticket"])
+    try:
+        assert welcome["type"] == "welcome"
+        await ws.send(json.dumps({"type": "message", "body": "hello", "id": "m1"}))
+        echo = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert (echo["type"], echo["name"], echo["body"]) == ("message", "Alice Doe", "hello")
+        await ws.send(json.dumps({"type": "renew"}))
+        renewed = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert renewed["type"] == "ticket" and renewed["expires"] >= issued["expires"]
+    finally:
+        await ws.close()
+
+
+async def test_the_ticket_view_refuses_strangers_and_anonymous_users(accounts_server):
+    server = accounts_server()
+    bob = log_in(server, "bob")
+    refused = bob.get("/ticket/", params={"room": "board"})
+    assert refused.status_code == 403 and refused.json()["error"] == "forbidden"
+    assert ticket_for(bob, "lobby")["rooms"] == []  # a public room: a ticket with his name only
+    anonymous = httpx.get(f"{server.url}/ticket/?room=board", timeout=10)
+    assert anonymous.status_code == 401 and anonymous.json()["error"] == "login_required"
+
+
+async def test_a_private_room_refuses_no_ticket_and_a_strangers_ticket_with_1008(accounts_server):
+    server = accounts_server()
+    bob_ticket = ticket_for(log_in(server, "bob"), "lobby")["ticket"]
+    for ticket in (None, bob_ticket):
+        ws, first = await join(server, "board", ticket)
+        assert first["type"] == "error" and first["error"] == "forbidden"
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+        assert ws.close_code == 1008
+
+
+async def test_a_room_made_private_in_the_database_is_enforced_within_the_reload_period(accounts_server):
+    server = accounts_server(ROOM_POLICY_SECONDS="0.5")
+    ws, welcome = await join(server, "later")
+    await ws.close()
+    assert welcome["type"] == "welcome"
+    server.manage("shell", "-c",
+                  "from members.models import Room; Room.objects.create(name='later', private=True)")
+
+    async def refused():
+        ws, first = await join(server, "later")
+        await ws.close()
+        return first.get("error") == "forbidden"
+
+    deadline = time.monotonic() + 5
+    while not await refused():  # both workers: every handshake has to be refused
+        assert time.monotonic() < deadline, "the new private room was still public after 5 s"
+        await asyncio.sleep(0.2)
+    assert all([await refused() for _ in range(6)])
+
+
+def statements_since(postgres, mark):
+    """Statements (and connections) Postgres logged after the line containing `mark`."""
+    log = postgres.log()
+    after = log[log.index(mark):].splitlines()[1:]
+    return [line for line in after if "statement:" in line or "connection authorized" in line]
+
+
+async def test_websocket_handshakes_make_no_database_query(accounts_server, postgres_server):
+    """The reconnect storm of a release must not reach the database: 60 handshakes with tickets,
+    to the private room and a public one, with messages and renewals, and Postgres logs nothing."""
+    server = accounts_server(ROOM_POLICY_SECONDS="3600")  # the policies' own reload stays out of it
+    tickets = [ticket_for(log_in(server, "alice"), "board")["ticket"] for _ in range(2)]
+    mark = f"handshakes-start-{time.time_ns()}"
+    assert postgres_server.sql(f"SELECT '{mark}'") is not None
+    wait_until(lambda: mark in postgres_server.log(), 5, "the mark in the Postgres log", interval=0.05)
+    opened = []
+    try:
+        for n in range(30):
+            for room in ("board", "lobby"):
+                ws, welcome = await join(server, room, tickets[n % 2])
+                opened.append(ws)
+                assert welcome["type"] == "welcome", welcome
+        await opened[0].send(json.dumps({"type": "renew"}))
+        await opened[0].send(json.dumps({"type": "message", "body": "counted"}))
+        frames = [json.loads(await asyncio.wait_for(opened[0].recv(), 5)) for _ in range(2)]
+        assert {frame["type"] for frame in frames} == {"ticket", "message"}
+    finally:
+        await asyncio.gather(*(ws.close() for ws in opened))
+    end = f"handshakes-end-{time.time_ns()}"
+    assert postgres_server.sql(f"SELECT '{end}'") is not None
+    wait_until(lambda: end in postgres_server.log(), 5, "the end mark in the Postgres log", interval=0.05)
+    made = [line for line in statements_since(postgres_server, mark) if end not in line]
+    assert made == [], "\n".join(made)
+
+
+async def test_with_postgres_down_chat_goes_on_and_tickets_answer_503_quickly(accounts_server,
+                                                                              postgres_server):
+    server = accounts_server(DATABASE_CONNECT_TIMEOUT="2")
+    alice = log_in(server, "alice")
+    issued = ticket_for(alice, "board")
+    ws, _ = await join(server, "board", issued["ticket"])
+    try:
+        postgres_server.stop()
+        await ws.send(json.dumps({"type": "message", "body": "still here"}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["body"] == "still here"
+        again, welcome = await join(server, "board", issued["ticket"])  # a reconnect: no database needed
+        await again.close()
+        assert welcome["type"] == "welcome"
+        started = time.monotonic()
+        answer = alice.get("/ticket/", params={"room": "board"})
+        assert answer.status_code == 503 and "database is unavailable" in answer.text
+        assert time.monotonic() - started < 8
+        assert server.get("/readyz")[0] == 200  # the replica stays in service
+    finally:
+        await ws.close()
