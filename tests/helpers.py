@@ -21,7 +21,8 @@ from testkit import (
 )
 from testkit.processes import command, postgres_bindir
 
-__all__ = ["DASHBOARDS", "ROOT", "AppServer", "Process", "RedisNode", "RedisServer", "dashboard_queries",
+__all__ = ["ACCOUNTS_PASSWORD", "ACCOUNTS_SETUP", "DASHBOARDS",
+           "ROOT", "AppServer", "Process", "RedisNode", "RedisServer", "dashboard_queries",
            "finish_all", "free_port", "PostgresServer", "publish_args",
            "reap", "require_command", "require_postgres", "start_interruptible", "wait_until"]
 
@@ -29,6 +30,21 @@ __all__ = ["DASHBOARDS", "ROOT", "AppServer", "Process", "RedisNode", "RedisServ
 # The Origin header the unit tier's ASGI clients send (ALLOWED_HOSTS has localhost).
 ORIGIN_HEADER = (b"origin", b"http://localhost")
 DASHBOARDS = sorted(Path(ROOT, "observability", "grafana", "dashboards").glob("*.json"))
+
+
+ACCOUNTS_PASSWORD = "a-long-test-password-1"
+# Users and rooms of the integration tier's accounts_server: alice is a member of the private room
+# `board`, bob is not.
+ACCOUNTS_SETUP = f"""
+from django.contrib.auth.models import User
+from members.models import Room
+alice = User.objects.create_user("alice", password="{ACCOUNTS_PASSWORD}", first_name="Alice", last_name="Doe")
+bob = User.objects.create_user("bob", password="{ACCOUNTS_PASSWORD}")
+User.objects.create_superuser("admin", password="{ACCOUNTS_PASSWORD}")
+board = Room.objects.create(name="board", private=True, allow_anonymous=False)
+board.members.add(alice)
+Room.objects.create(name="news", allow_anonymous=False)
+"""
 
 
 _published = itertools.count(1)

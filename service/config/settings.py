@@ -242,6 +242,9 @@ TICKET_RENEW_SECONDS = env_int("TICKET_RENEW_SECONDS", 3600, minimum=60)
 # How often each process reloads the restricted rooms (private, or no anonymous posting) from the
 # database, so that its handshakes need no query; a process is not ready before its first load.
 ROOM_POLICY_SECONDS = env_float("ROOM_POLICY_SECONDS", 5.0, minimum=0.5)
+# The publish API (members.api): messages per second per API key, in each process, and its burst.
+API_RATE_PER_SECOND = env_float("API_RATE_PER_SECOND", 5.0, minimum=0.1)
+API_RATE_BURST = env_int("API_RATE_BURST", 20, minimum=1)
 USE_TZ = True
 TIME_ZONE = "UTC"
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

@@ -16,6 +16,7 @@ if settings.ACCOUNTS_ENABLED:  # with a database: users, tickets and the admin (
     from django.contrib.auth import views as auth_views
     from django.views.static import serve
 
+    from members.api import publish_message
     from members.views import ticket
 
     ADMIN_STATIC = Path(django.contrib.admin.__file__).resolve().parent / "static" / "admin"
@@ -23,6 +24,7 @@ if settings.ACCOUNTS_ENABLED:  # with a database: users, tickets and the admin (
         path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
         path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
         path("ticket/", ticket, name="ticket"),
+        path("api/rooms/<str:room>/messages/", publish_message, name="publish"),
         path("admin/", admin.site.urls),
         # The admin's own CSS and JavaScript, from the installed Django (no collectstatic in the image).
         path("static/admin/<path:path>", serve, {"document_root": ADMIN_STATIC}),

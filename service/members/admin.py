@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import Room
+from .models import ApiKey, Room
 
 
 @admin.register(Room)
@@ -9,3 +9,16 @@ class RoomAdmin(admin.ModelAdmin):
     list_filter = ["private", "allow_anonymous"]
     search_fields = ["name"]
     filter_horizontal = ["members"]
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """Keys are made with `manage.py create_api_key` (the only time the key is shown); here they are
+    scoped, deactivated or deleted."""
+
+    list_display = ["name", "prefix", "active", "created"]
+    list_filter = ["active"]
+    readonly_fields = ["prefix", "created"]
+
+    def has_add_permission(self, request):
+        return False

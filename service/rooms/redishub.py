@@ -118,6 +118,20 @@ class RedisHub(BaseHub):
         return self.pubsub is not None and time.monotonic() - self.last_beat < HEARTBEAT_STALE_SECONDS
 
     async def start(self):
+        await self.connect()
+        self.tasks = [
+            asyncio.create_task(self._listen()),
+            asyncio.create_task(self._beat()),
+            asyncio.create_task(self._keep_alive()),
+        ]
+
+    @property
+    def can_publish(self):
+        return self.redis is not None
+
+    async def connect(self):
+        """The publishing side only (pool and scripts), without a subscriber: what start() needs first,
+        and all a process that only publishes needs (rooms.publishing, e.g. a management command)."""
         options = dict(
             max_connections=settings.REDIS_MAX_CONNECTIONS,
             timeout=settings.REDIS_CONNECT_TIMEOUT,
@@ -156,11 +170,6 @@ class RedisHub(BaseHub):
         self.control_channel = CONTROL_CHANNEL_PREFIX + settings.COLOR
         self.history = [settings.ROOM_HISTORY_MAX, settings.ROOM_HISTORY_SECONDS, settings.ROOM_HISTORY_BYTES]
         self.ids_seconds, self.ids_max = settings.ROOM_IDS_SECONDS, settings.ROOM_IDS_MAX
-        self.tasks = [
-            asyncio.create_task(self._listen()),
-            asyncio.create_task(self._beat()),
-            asyncio.create_task(self._keep_alive()),
-        ]
 
     async def stop(self):
         for task in self.tasks:

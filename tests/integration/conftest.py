@@ -4,7 +4,14 @@
 import pytest
 
 from testkit.redisfaults import Sentinels
-from tests.helpers import AppServer, PostgresServer, RedisServer, require_command, require_postgres
+from tests.helpers import (
+    ACCOUNTS_SETUP,
+    AppServer,
+    PostgresServer,
+    RedisServer,
+    require_command,
+    require_postgres,
+)
 
 
 @pytest.fixture
@@ -63,3 +70,26 @@ def sentinels(tmp_path):
         yield topology
     finally:
         topology.stop()
+
+
+@pytest.fixture
+def accounts_server(redis_server, postgres_server, tmp_path):
+    """Make an app server with the database, migrated and with alice (member of the private room
+    `board`), bob (not a member) and an admin; make(workers=2, **env)."""
+    keys = tmp_path / "ticket.keys"
+    keys.write_text("first-key-" + "x" * 40 + "\nsecond-key-" + "y" * 40 + "\n")
+    servers = []
+
+    def make(workers=2, **env):
+        server = AppServer(redis_server.url, tmp_path, workers=workers, DATABASE_URL=postgres_server.url,
+                           TICKET_KEYS_FILE=str(keys), **env)
+        servers.append(server)
+        if len(servers) == 1:
+            server.manage("migrate", "--no-input")
+            server.manage("shell", "-c", ACCOUNTS_SETUP)
+        server.start()
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()

@@ -12,47 +12,12 @@ import httpx
 import pytest
 import websockets
 
-from tests.helpers import AppServer, wait_until
+from tests.helpers import ACCOUNTS_PASSWORD as PASSWORD
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration
 
 ORIGIN = "http://localhost"
-PASSWORD = "a-long-test-password-1"
-SETUP = f"""
-from django.contrib.auth.models import User
-from members.models import Room
-alice = User.objects.create_user("alice", password="{PASSWORD}", first_name="Alice", last_name="Doe")
-bob = User.objects.create_user("bob", password="{PASSWORD}")
-User.objects.create_superuser("admin", password="{PASSWORD}")
-board = Room.objects.create(name="board", private=True, allow_anonymous=False)
-board.members.add(alice)
-Room.objects.create(name="news", allow_anonymous=False)
-"""
-
-
-@pytest.fixture
-def accounts_server(redis_server, postgres_server, tmp_path):
-    """Make an app server with the database, migrated and with alice (member of the private room
-    `board`), bob (not a member) and an admin; make(**env)."""
-    keys = tmp_path / "ticket.keys"
-    keys.write_text("first-key-" + "x" * 40 + "\nsecond-key-" + "y" * 40 + "\n")
-    servers = []
-
-    def make(**env):
-        server = AppServer(redis_server.url, tmp_path, DATABASE_URL=postgres_server.url,
-                           TICKET_KEYS_FILE=str(keys), **env)
-        servers.append(server)
-        if len(servers) == 1:
-            server.manage("migrate", "--no-input")
-            server.manage("shell", "-c", SETUP)
-        server.start()
-        return server
-
-    yield make
-    for server in servers:
-        server.stop()
-
-
 def log_in(server, user):
     """An HTTP client with `user`'s session, through Django's login page."""
     client = httpx.Client(base_url=server.url, timeout=10)
