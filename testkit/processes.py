@@ -414,9 +414,13 @@ class AppServer:
     def manage(self, *args, timeout=120):
         """`python manage.py ARGS` with this server's settings (e.g. migrate); its output. Raises on
         failure, with the output."""
+        # Its own metrics directory, as a one-off container has: not the server's.
+        metrics_dir = Path(self.env["PROMETHEUS_MULTIPROC_DIR"] + "-manage")
+        metrics_dir.mkdir(exist_ok=True)
         result = subprocess.run([self.env["PYTHON"], "manage.py", *map(str, args)],
-                                cwd=os.path.join(self.root, "service"), env=self.env, capture_output=True,
-                                text=True, timeout=timeout)
+                                cwd=os.path.join(self.root, "service"), capture_output=True, text=True,
+                                env=dict(self.env, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir)),
+                                timeout=timeout)
         command_line = " ".join(map(str, args))
         assert result.returncode == 0, f"manage.py {command_line} failed:\n{result.stdout}{result.stderr}"
         return result.stdout

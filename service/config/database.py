@@ -6,8 +6,9 @@ Every connection is bounded: libpq's connect_timeout, and a statement_timeout on
 Postgres that stalls makes a view fail within seconds instead of holding its worker (nothing hangs).
 """
 
-from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
+
+from config.secretfiles import read_secret
 
 SCHEMES = ("postgres", "postgresql")
 QUERY_OPTIONS = ("sslmode", "sslrootcert", "application_name")  # passed to libpq as they are
@@ -15,16 +16,6 @@ QUERY_OPTIONS = ("sslmode", "sslrootcert", "application_name")  # passed to libp
 
 class DatabaseUrlError(ValueError):
     pass
-
-
-def read_password(path):
-    try:
-        password = Path(path).read_text().strip()
-    except OSError as exc:
-        raise DatabaseUrlError(f"DATABASE_PASSWORD_FILE={path} cannot be read: {exc}") from None
-    if not password:
-        raise DatabaseUrlError(f"DATABASE_PASSWORD_FILE={path} is empty")
-    return password
 
 
 def databases(url, password_file="", connect_timeout=3, statement_timeout=5.0, conn_max_age=60):
@@ -49,7 +40,7 @@ def databases(url, password_file="", connect_timeout=3, statement_timeout=5.0, c
     if password_file:
         if password is not None:
             raise DatabaseUrlError("DATABASE_URL has a password and DATABASE_PASSWORD_FILE is set: use one")
-        password = read_password(password_file)
+        password = read_secret("DATABASE_PASSWORD_FILE", password_file, DatabaseUrlError)
     options = {}
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key not in QUERY_OPTIONS:

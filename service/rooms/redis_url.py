@@ -14,9 +14,10 @@ primary gets READONLY on its next write, which redis-py turns into a ConnectionE
 
 import os
 import re
-from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import quote, urlsplit, urlunsplit
+
+from config.secretfiles import read_secret
 
 SCHEMES = ("redis://", "rediss://", "unix://")
 DEFAULT_SENTINEL_MASTER = "wsapp"
@@ -54,13 +55,7 @@ def read_password(environ):
     path = environ.get("REDIS_PASSWORD_FILE", "").strip()
     if not path:
         return None
-    try:
-        password = Path(path).read_text().strip()
-    except OSError as exc:
-        raise RedisUrlError(f"REDIS_PASSWORD_FILE={path} cannot be read: {exc}") from None
-    if not password:
-        raise RedisUrlError(f"REDIS_PASSWORD_FILE={path} is empty")
-    return password
+    return read_secret("REDIS_PASSWORD_FILE", path, RedisUrlError)
 
 
 def sentinel_address(entry):
