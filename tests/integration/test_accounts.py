@@ -18,9 +18,23 @@ from tests.helpers import wait_until
 pytestmark = pytest.mark.integration
 
 ORIGIN = "http://localhost"
-def log_in(server, user):
-    """An HTTP client with `user`'s session, through Django's login page."""
-    client = httpx.Client(base_url=server.url, timeout=10)
+@pytest.fixture
+def log_in():
+    """log_in(server, user): an HTTP client with `user`'s session, through Django's login page; every
+    one is closed afterwards."""
+    clients = []
+
+    def open_one(server, user):
+        client = httpx.Client(base_url=server.url, timeout=10)
+        clients.append(client)
+        return logged_in(client, user)
+
+    yield open_one
+    for client in clients:
+        client.close()
+
+
+def logged_in(client, user):
     page = client.get("/accounts/login/")
     assert page.status_code == 200 and 'name="password"' in page.text
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
@@ -43,7 +57,7 @@ async def join(server, room, ticket=None):
     return ws, json.loads(await asyncio.wait_for(ws.recv(), 5))
 
 
-async def test_a_member_logs_in_gets_a_ticket_and_chats_under_its_own_name(accounts_server):
+async def test_a_member_logs_in_gets_a_ticket_and_chats_under_its_own_name(accounts_server, log_in):
     server = accounts_server()
     alice = log_in(server, "alice")
     issued = ticket_for(alice, "board")
@@ -62,7 +76,7 @@ async def test_a_member_logs_in_gets_a_ticket_and_chats_under_its_own_name(accou
         await ws.close()
 
 
-async def test_the_ticket_view_refuses_strangers_and_anonymous_users(accounts_server):
+async def test_the_ticket_view_refuses_strangers_and_anonymous_users(accounts_server, log_in):
     server = accounts_server()
     bob = log_in(server, "bob")
     refused = bob.get("/ticket/", params={"room": "board"})
@@ -72,7 +86,7 @@ async def test_the_ticket_view_refuses_strangers_and_anonymous_users(accounts_se
     assert anonymous.status_code == 401 and anonymous.json()["error"] == "login_required"
 
 
-async def test_a_private_room_refuses_no_ticket_and_a_strangers_ticket_with_1008(accounts_server):
+async def test_a_private_room_refuses_no_ticket_and_a_strangers_ticket_with_1008(accounts_server, log_in):
     server = accounts_server()
     bob_ticket = ticket_for(log_in(server, "bob"), "lobby")["ticket"]
     for ticket in (None, bob_ticket):
@@ -111,7 +125,7 @@ def statements_since(postgres, mark):
             and "application_name=psql" not in line]  # the test's own marks
 
 
-async def test_websocket_handshakes_make_no_database_query(accounts_server, postgres_server):
+async def test_websocket_handshakes_make_no_database_query(accounts_server, log_in, postgres_server):
     """The reconnect storm of a release must not reach the database: 60 handshakes with tickets,
     to the private room and a public one, with messages and renewals, and Postgres logs nothing."""
     server = accounts_server(ROOM_POLICY_SECONDS="3600")  # the policies' own reload stays out of it
@@ -139,7 +153,7 @@ async def test_websocket_handshakes_make_no_database_query(accounts_server, post
     assert made == [], "\n".join(made)
 
 
-async def test_with_postgres_down_chat_goes_on_and_tickets_answer_503_quickly(accounts_server,
+async def test_with_postgres_down_chat_goes_on_and_tickets_answer_503_quickly(accounts_server, log_in,
                                                                               postgres_server):
     server = accounts_server(DATABASE_CONNECT_TIMEOUT="2")
     alice = log_in(server, "alice")
