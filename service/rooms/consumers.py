@@ -363,7 +363,7 @@ class RoomConsumer(DatabaseFreeConsumer):
     async def publish_once(self, body, msg_id, given, attempt):
         try:
             await get_hub().publish(self.room, self.session_id, body, msg_id, self.sender, attempt,
-                                    name=self.poster())
+                                    self.poster())
         except HubUnavailable:
             await self.settle(msg_id, given, attempt)
         except RoomRateLimited as exc:
