@@ -35,8 +35,8 @@ def test_one_app_job_finds_both_colors_and_labels_each_with_its_color():
     """As Prometheus applies the relabel (an anchored regex, replacement $1) to each DNS name."""
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"] if "dns_sd_configs" in job}
-    # app: every replica of both colors; nginx: every edge's Nginx (tasks.wsapp_nginx).
-    assert sorted(jobs) == ["app", "nginx"]
+    # app: every replica of both colors; nginx: every edge's Nginx (tasks.wsapp_nginx); Alertmanager.
+    assert sorted(jobs) == ["alertmanager", "app", "nginx"]
     assert [name for sd in jobs["nginx"]["dns_sd_configs"] for name in sd["names"]] == ["tasks.wsapp_nginx"]
     names = [name for sd in jobs["app"]["dns_sd_configs"] for name in sd["names"]]
     assert names == ["tasks.wsapp-blue_app", "tasks.wsapp-green_app"]
