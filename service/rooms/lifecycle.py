@@ -5,6 +5,7 @@ rooms.draining.
 """
 
 import asyncio
+import collections
 import logging
 import os
 import resource
@@ -50,9 +51,11 @@ async def state_gauges():
         await asyncio.sleep(1)
 
 
-# How often the event loop's lag is sampled, and over how many samples the worst is reported.
+# How often the event loop's lag is sampled; the gauge is the worst of the last LAG_WINDOW seconds,
+# updated every second, so a scrape every 5 s sees every spike.
 LAG_SAMPLE_SECONDS = 0.1
 LAG_SAMPLES = 10
+LAG_WINDOW = 5
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -63,13 +66,15 @@ async def process_gauges():
     spent on other work (or the process stopped) before it could run a task that was due.
     """
     loop = asyncio.get_running_loop()
+    recent = collections.deque(maxlen=LAG_WINDOW)
     while True:
         worst = 0.0
         for _ in range(LAG_SAMPLES):
             start = loop.time()
             await asyncio.sleep(LAG_SAMPLE_SECONDS)
             worst = max(worst, loop.time() - start - LAG_SAMPLE_SECONDS)
-        metrics.EVENT_LOOP_LAG.set(worst)
+        recent.append(worst)
+        metrics.EVENT_LOOP_LAG.set(max(recent))
         metrics.PROCESS_RSS.set(resident_bytes())
         metrics.PROCESS_OPEN_FDS.set(open_fds())
         metrics.PROCESS_MAX_FDS.set(resource.getrlimit(resource.RLIMIT_NOFILE)[0])

@@ -61,7 +61,7 @@ PROCESS_MAX_FDS = Gauge(
 )
 EVENT_LOOP_LAG = Gauge(
     "ws_event_loop_lag_seconds",
-    "How late the event loop ran a task scheduled for now, worst of the last second, worst worker.",
+    "How late the event loop ran a task that was due, worst of the last 5 s, worst worker.",
     multiprocess_mode="livemax",
 )
 HISTORIES_TRIMMED = Counter(
