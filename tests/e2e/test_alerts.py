@@ -68,7 +68,7 @@ def alerting(swarm, tmp_path):
     rules = f"wsapp_prometheus_rules_e2e_{int(time.time())}"
     run(["scripts/down.sh"], 300)
     try:
-        run(["scripts/up.sh"], 600, **env)
+        run(["scripts/up.sh"], 900, **env)
         # On the app's image, which has Python.
         image = docker("service", "inspect", "--format", "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
                        active_service())
