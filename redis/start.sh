@@ -23,6 +23,7 @@
 #   replication  a replica's link to its primary (masteruser): PSYNC, REPLCONF, PING
 #   sentinel     the Sentinels, on Redis (monitoring, failover) and on each other
 #   admin        operators: everything
+#   metrics      the Redis exporter (redis_exporter): INFO and the few reads it scrapes, no keys
 #
 # Settings (defaults are the stack's; tests/integration/test_sentinel.py runs this script against
 # local processes with its own):
@@ -30,6 +31,7 @@
 #   REDIS_ADMIN_PASSWORD_FILE        the admin user's                      /run/secrets/redis_admin_password
 #   REDIS_REPLICATION_PASSWORD_FILE  the replication user's (not Sentinels) /run/secrets/redis_replication_password
 #   REDIS_SENTINEL_PASSWORD_FILE     the sentinel user's                   /run/secrets/redis_sentinel_password
+#   REDIS_METRICS_PASSWORD_FILE      the metrics user's (not Sentinels)    /run/secrets/redis_metrics_password
 #   REDIS_BASE_CONF       the base configuration                     /usr/local/etc/redis/{redis,sentinel}.conf
 #   REDIS_RUN_CONF        the effective configuration written here   /tmp/redis.conf;
 #                         a Sentinel's is its state, kept on its volume  /data/sentinel-$SENTINEL_SLOT.conf
@@ -52,6 +54,7 @@ app_secret=${REDIS_PASSWORD_FILE:-/run/secrets/redis_password}
 admin_secret=${REDIS_ADMIN_PASSWORD_FILE:-/run/secrets/redis_admin_password}
 replication_secret=${REDIS_REPLICATION_PASSWORD_FILE:-/run/secrets/redis_replication_password}
 sentinel_secret=${REDIS_SENTINEL_PASSWORD_FILE:-/run/secrets/redis_sentinel_password}
+metrics_secret=${REDIS_METRICS_PASSWORD_FILE:-/run/secrets/redis_metrics_password}
 announce=${REDIS_ANNOUNCE:-}
 port=${REDIS_PORT:-6379}
 first_primary=${REDIS_PRIMARY:-wsapp_redis:6379}
@@ -74,6 +77,9 @@ readonly SENTINEL_ON_REDIS="ping info role multi exec slaveof replicaof config|r
 # What a Sentinel runs on another Sentinel, and what the app and redis/start.sh ask a Sentinel.
 readonly SENTINEL_ON_SENTINEL="ping info role client|setname publish subscribe sentinel|is-master-down-by-addr
   sentinel|get-master-addr-by-name"
+# What redis_exporter runs (tried against Debian's 1.45 with the ACL log watched): no key, no channel.
+readonly METRICS_COMMANDS="ping info config|get client|setname client|list slowlog|get slowlog|len
+  latency|latest latency|histogram select"
 readonly ASK_SENTINEL="ping client|setname sentinel|get-master-addr-by-name sentinel|masters
   sentinel|master sentinel|sentinels sentinel|slaves sentinel|replicas"
 
@@ -113,6 +119,7 @@ app_password=$(read_password "$app_secret" wsapp_redis_password)
 admin_password=$(read_password "$admin_secret" wsapp_redis_admin_password)
 sentinel_password=$(read_password "$sentinel_secret" wsapp_redis_sentinel_password)
 [ "$role" = sentinel ] || replication_password=$(read_password "$replication_secret" wsapp_redis_replication_password)
+[ "$role" = sentinel ] || metrics_password=$(read_password "$metrics_secret" wsapp_redis_metrics_password)
 [ -r "$base" ] || die "$base is not readable"
 # redis-cli below asks the Sentinels as the sentinel user.
 export REDISCLI_AUTH="$sentinel_password"
@@ -251,6 +258,7 @@ fi
   acl_user wsapp "$app_password" "resetkeys ~wsapp* resetchannels &wsapp:* -@all $(allow "$APP_COMMANDS")"
   acl_user replication "$replication_password" "-@all +psync +replconf +ping"
   acl_user sentinel "$sentinel_password" "resetchannels &__sentinel__:hello -@all $(allow "$SENTINEL_ON_REDIS")"
+  acl_user metrics "$metrics_password" "resetkeys resetchannels -@all $(allow "$METRICS_COMMANDS")"
   # Any Redis may become a replica after a failover, and must then log in to the primary.
   printf 'masteruser replication\n'
   printf 'masterauth %s\n' "$replication_password"

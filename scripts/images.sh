@@ -14,6 +14,8 @@ readonly NGINX_IMAGE=${NGINX_IMAGE:-nginx:1.27}
 readonly REDIS_IMAGE=${REDIS_IMAGE:-redis:7.2}
 readonly PROMETHEUS_IMAGE=${PROMETHEUS_IMAGE:-prom/prometheus:v2.53.0}
 readonly GRAFANA_IMAGE=${GRAFANA_IMAGE:-grafana/grafana:11.2.0}
+readonly ALERTMANAGER_IMAGE=${ALERTMANAGER_IMAGE:-prom/alertmanager:v0.27.0}
+readonly REDIS_EXPORTER_IMAGE=${REDIS_EXPORTER_IMAGE:-oliver006/redis_exporter:v1.45.0-alpine}
 readonly REGISTRY_IMAGE=${REGISTRY_IMAGE:-registry:2}
 readonly PULL_TIMEOUT=${PULL_TIMEOUT:-20}
 readonly LOCAL_IMAGES=${LOCAL_IMAGES:-0}
@@ -34,6 +36,8 @@ Settings (environment):
   REDIS_IMAGE=$REDIS_IMAGE
   PROMETHEUS_IMAGE=$PROMETHEUS_IMAGE
   GRAFANA_IMAGE=$GRAFANA_IMAGE
+  ALERTMANAGER_IMAGE=$ALERTMANAGER_IMAGE
+  REDIS_EXPORTER_IMAGE=$REDIS_EXPORTER_IMAGE
   REGISTRY_IMAGE=$REGISTRY_IMAGE    the image registry (stack/registry.yml), when REGISTRY is empty
   PULL_TIMEOUT=$PULL_TIMEOUT       seconds per docker pull
   LOCAL_IMAGES=$LOCAL_IMAGES        1: never pull; use local images or build stand-ins
@@ -86,8 +90,8 @@ build_local() {
     -t "$image" "$ROOT_DIR/docker/$name" >&2
 }
 
-# resolve_one NAME IMAGE: print the image to use for NAME (python, nginx, redis, prometheus,
-# registry).
+# resolve_one NAME IMAGE: print the image to use for NAME (python, or a directory of docker/:
+# nginx, redis, prometheus, alertmanager, redis-exporter, registry).
 # It runs in a command substitution, where set -e does not apply: failures return explicitly.
 resolve_one() {
   local name=$1 image=$2
@@ -105,11 +109,13 @@ resolve_one() {
 }
 
 resolve() {
-  local python nginx redis prometheus registry replicas
+  local python nginx redis prometheus alertmanager redis_exporter registry replicas
   python=$(resolve_one python "$PYTHON_BASE_IMAGE")
   nginx=$(resolve_one nginx "$NGINX_IMAGE")
   redis=$(resolve_one redis "$REDIS_IMAGE")
   prometheus=$(resolve_one prometheus "$PROMETHEUS_IMAGE")
+  alertmanager=$(resolve_one alertmanager "$ALERTMANAGER_IMAGE")
+  redis_exporter=$(resolve_one redis-exporter "$REDIS_EXPORTER_IMAGE")
   registry=$(resolve_one registry "$REGISTRY_IMAGE")
   if available "$GRAFANA_IMAGE"; then
     replicas=${GRAFANA_REPLICAS:-1}
@@ -123,6 +129,8 @@ resolve() {
     NGINX_IMAGE "$nginx" \
     REDIS_IMAGE "$redis" \
     PROMETHEUS_IMAGE "$prometheus" \
+    ALERTMANAGER_IMAGE "$alertmanager" \
+    REDIS_EXPORTER_IMAGE "$redis_exporter" \
     GRAFANA_IMAGE "$GRAFANA_IMAGE" \
     REGISTRY_IMAGE "$registry" \
     GRAFANA_REPLICAS "$replicas"

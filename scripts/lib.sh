@@ -251,8 +251,9 @@ deploy_ref() {
 
 # Resolve images once (official where they can be pulled, Debian-built stand-ins otherwise).
 load_images() {
-  # A file written before the registry existed lacks REGISTRY_IMAGE: resolve again.
-  if [[ ! -s $IMAGES_ENV ]] || ! grep -q '^export REGISTRY_IMAGE=' "$IMAGES_ENV"; then
+  # A file written before the registry or the exporters existed lacks them: resolve again.
+  if [[ ! -s $IMAGES_ENV ]] || ! grep -q '^export REGISTRY_IMAGE=' "$IMAGES_ENV" ||
+    ! grep -q '^export REDIS_EXPORTER_IMAGE=' "$IMAGES_ENV"; then
     "$ROOT_DIR/scripts/images.sh" resolve >"$IMAGES_ENV.tmp" || return
     mv "$IMAGES_ENV.tmp" "$IMAGES_ENV"
   fi
@@ -262,7 +263,7 @@ load_images() {
 
 # A hash of the configuration files: Swarm configs are immutable, so a change gets a new name.
 config_version() {
-  cat "$ROOT_DIR"/nginx/* "$ROOT_DIR"/redis/* "$ROOT_DIR"/observability/prometheus/* \
+  cat "$ROOT_DIR"/nginx/* "$ROOT_DIR"/redis/* "$ROOT_DIR"/observability/prometheus/* "$ROOT_DIR"/observability/alertmanager/* \
     "$ROOT_DIR"/observability/grafana/provisioning/*/* "$ROOT_DIR"/observability/grafana/dashboards/* |
     sha256sum | cut -c1-12
 }
@@ -475,7 +476,7 @@ require_decimal() {
 # The release file (stack/release.env, or RELEASE_ENV): the only source of a release's settings.
 readonly RELEASE_KEYS=(ALLOWED_HOSTS PUBLIC_ORIGINS PUBLIC_ORIGIN REPLICAS WEB_CONCURRENCY MAX_CONNECTIONS LOG_LEVEL
   NETWORK_SUBNET NGINX_CPUS NGINX_WORKER_CONNECTIONS NGINX_WS_PER_ADDRESS NGINX_WS_RATE NGINX_WS_BURST
-  NGINX_HTTP_RATE NGINX_HTTP_BURST REDIS_PASSWORD_SECRET ROOM_CREATIONS_PER_ADDRESS)
+  NGINX_HTTP_RATE NGINX_HTTP_BURST REDIS_PASSWORD_SECRET ROOM_CREATIONS_PER_ADDRESS ALERT_WEBHOOK_URL)
 
 # load_release_env: read NAME=value lines (no shell evaluation), refuse unknown or missing names
 # and bad values, and export them, over whatever the shell had.
@@ -518,6 +519,8 @@ load_release_env() {
   [[ $LOG_LEVEL =~ ^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$ ]] || die "LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL"
   [[ $REDIS_PASSWORD_SECRET =~ ^wsapp_redis_password[A-Za-z0-9_.-]*$ ]] ||
     die "REDIS_PASSWORD_SECRET must be a Swarm secret named wsapp_redis_password..., got '$REDIS_PASSWORD_SECRET'"
+  [[ -z $ALERT_WEBHOOK_URL || $ALERT_WEBHOOK_URL =~ ^https?://[^\'\"]+$ ]] ||
+    die "ALERT_WEBHOOK_URL must be an http:// or https:// URL (or empty), got '$ALERT_WEBHOOK_URL'"
 }
 
 # Run the release tool (scripts/release_tools.py) with the runtime of IMAGE (which has Python and

@@ -191,10 +191,12 @@ push_infra_images() {
   NGINX_IMAGE=$(deploy_ref "$NGINX_IMAGE") || die "cannot push $NGINX_IMAGE"
   REDIS_IMAGE=$(deploy_ref "$REDIS_IMAGE") || die "cannot push $REDIS_IMAGE"
   PROMETHEUS_IMAGE=$(deploy_ref "$PROMETHEUS_IMAGE") || die "cannot push $PROMETHEUS_IMAGE"
+  ALERTMANAGER_IMAGE=$(deploy_ref "$ALERTMANAGER_IMAGE") || die "cannot push $ALERTMANAGER_IMAGE"
+  REDIS_EXPORTER_IMAGE=$(deploy_ref "$REDIS_EXPORTER_IMAGE") || die "cannot push $REDIS_EXPORTER_IMAGE"
   if [[ $GRAFANA_REPLICAS != 0 ]]; then
     GRAFANA_IMAGE=$(deploy_ref "$GRAFANA_IMAGE") || die "cannot push $GRAFANA_IMAGE"
   fi
-  log "infra images: $NGINX_IMAGE $REDIS_IMAGE $PROMETHEUS_IMAGE"
+  log "infra images: $NGINX_IMAGE $REDIS_IMAGE $PROMETHEUS_IMAGE $ALERTMANAGER_IMAGE $REDIS_EXPORTER_IMAGE"
 }
 
 # Prometheus and Grafana publish no port. This proxy, a plain container on the overlay network,
@@ -225,9 +227,11 @@ deploy_infra() {
   replace_replicated_nginx
   docker stack deploy --detach=true --resolve-image never -c "$ROOT_DIR/stack/infra.yml" "$INFRA_STACK" >/dev/null
   local service
-  for service in wsapp_redis wsapp_redis-replica wsapp_sentinel "$NGINX_SERVICE"; do
+  for service in wsapp_redis wsapp_redis-replica wsapp_sentinel "$NGINX_SERVICE" wsapp_alertmanager wsapp_redis-exporter; do
     wait_for "$UP_TIMEOUT" "$service to run" service_running "$service"
   done
+  [[ -n $ALERT_WEBHOOK_URL ]] ||
+    warn "ALERT_WEBHOOK_URL is empty in the release file: alerts are kept in Alertmanager and reach nobody"
   [[ $GRAFANA_REPLICAS == 0 ]] &&
     warn "no Grafana image could be pulled and Debian has no package: Grafana runs with 0 replicas"
   return 0
@@ -287,13 +291,14 @@ main() {
   ensure_secret wsapp_redis_admin_password
   ensure_secret wsapp_redis_replication_password
   ensure_secret wsapp_redis_sentinel_password
+  ensure_secret wsapp_redis_metrics_password
   step "registry"
   CONFIG_VERSION=$(config_version)
   export CONFIG_VERSION NGINX_IMAGE REGISTRY_IMAGE REGISTRY_PORT
   deploy_registry
   step "push images to $REGISTRY"
   push_infra_images
-  export NGINX_IMAGE REDIS_IMAGE PROMETHEUS_IMAGE GRAFANA_IMAGE GRAFANA_REPLICAS
+  export NGINX_IMAGE REDIS_IMAGE PROMETHEUS_IMAGE ALERTMANAGER_IMAGE REDIS_EXPORTER_IMAGE GRAFANA_IMAGE GRAFANA_REPLICAS
   step "infra stack"
   deploy_infra
   start_ops_proxy

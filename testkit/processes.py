@@ -154,10 +154,10 @@ def redis_command(port, *args, password=None, timeout=2):
     return result.stdout if result.returncode == 0 else None
 
 
-REDIS_USERS = ("wsapp", "admin", "replication", "sentinel")  # redis/start.sh's ACL users
+REDIS_USERS = ("wsapp", "admin", "replication", "sentinel", "metrics")  # redis/start.sh's ACL users
 REDIS_SECRET_SETTINGS = {"wsapp": "REDIS_PASSWORD_FILE", "admin": "REDIS_ADMIN_PASSWORD_FILE",
                          "replication": "REDIS_REPLICATION_PASSWORD_FILE",
-                         "sentinel": "REDIS_SENTINEL_PASSWORD_FILE"}
+                         "sentinel": "REDIS_SENTINEL_PASSWORD_FILE", "metrics": "REDIS_METRICS_PASSWORD_FILE"}
 
 
 def redis_credentials(workdir, prefix="redis"):

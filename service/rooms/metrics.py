@@ -45,6 +45,25 @@ REDIS_MAXMEMORY = Gauge(
     "ws_redis_maxmemory_bytes", "Redis maxmemory (0: no limit), as this process read it last.",
     multiprocess_mode="livemax",
 )
+# The process itself, per worker (prometheus_client's process collector does not work in
+# multiprocess mode): rooms.lifecycle.process_gauges keeps them current.
+PROCESS_RSS = Gauge(
+    "ws_process_resident_memory_bytes", "Resident memory of the replica's live processes, summed.",
+    multiprocess_mode="livesum",
+)
+PROCESS_OPEN_FDS = Gauge(
+    "ws_process_open_fds", "Open file descriptors of the replica's busiest process.",
+    multiprocess_mode="livemax",
+)
+PROCESS_MAX_FDS = Gauge(
+    "ws_process_max_fds", "The open-file limit (soft RLIMIT_NOFILE) of the replica's processes.",
+    multiprocess_mode="livemin",
+)
+EVENT_LOOP_LAG = Gauge(
+    "ws_event_loop_lag_seconds",
+    "How late the event loop ran a task that was due, worst of the last 5 s, worst worker.",
+    multiprocess_mode="livemax",
+)
 HISTORIES_TRIMMED = Counter(
     "ws_room_histories_trimmed_total", "Room histories deleted because Redis was over REDIS_MEMORY_TRIM."
 )

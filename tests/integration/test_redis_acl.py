@@ -83,6 +83,15 @@ def test_no_password_no_rights_and_each_other_user_keeps_to_its_job(topology):
                     ("ACL", "LIST")]:
         assert refused(topology.primary, "sentinel", sentinel, *command), command
     assert refused(topology.sentinels[0], "sentinel", sentinel, "SENTINEL", "REMOVE", MASTER)
+    # The Redis exporter's user: INFO (what it scrapes), no key, no channel, nothing administrative.
+    metrics = topology.credentials["metrics"].read_text().strip()
+    for node in (topology.primary, topology.replica):
+        with client(node, "metrics", metrics) as connection:
+            assert "redis_version" in connection.info()
+        for command in [("GET", "wsapp:seq:x"), ("SET", "wsapp:x", "1"), ("KEYS", "*"), ("SCAN", "0"),
+                        ("FLUSHALL",), ("CONFIG", "SET", "maxmemory", "1"), ("PUBLISH", "wsapp:room:x", "1"),
+                        ("ACL", "LIST"), ("CLIENT", "KILL", "TYPE", "normal"), ("REPLICAOF", "NO", "ONE")]:
+            assert refused(node, "metrics", metrics, *command), (node.role, command)
 
 
 def logs_in(node, user, password):

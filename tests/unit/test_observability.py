@@ -35,8 +35,8 @@ def test_one_app_job_finds_both_colors_and_labels_each_with_its_color():
     """As Prometheus applies the relabel (an anchored regex, replacement $1) to each DNS name."""
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"] if "dns_sd_configs" in job}
-    # app: every replica of both colors; nginx: every edge's Nginx (tasks.wsapp_nginx).
-    assert sorted(jobs) == ["app", "nginx"]
+    # app: every replica of both colors; nginx: every edge's Nginx (tasks.wsapp_nginx); Alertmanager.
+    assert sorted(jobs) == ["alertmanager", "app", "nginx"]
     assert [name for sd in jobs["nginx"]["dns_sd_configs"] for name in sd["names"]] == ["tasks.wsapp_nginx"]
     names = [name for sd in jobs["app"]["dns_sd_configs"] for name in sd["names"]]
     assert names == ["tasks.wsapp-blue_app", "tasks.wsapp-green_app"]
@@ -91,3 +91,44 @@ def test_every_dashboard_is_mounted_by_the_infra_stack():
     for path in DASHBOARDS:
         assert f"../observability/grafana/dashboards/{path.name}" in files
         assert f"/var/lib/grafana/dashboards/{path.name}" in targets
+
+
+def alerts_section_tables():
+    """The tables of docs/operations.md's "### Alerts" section, each a list of rows (lists of cells)."""
+    text = Path(ROOT, "docs", "operations.md").read_text()
+    section = text.split("\n### Alerts\n", 1)[1].split("\n### ", 1)[0]
+    tables, rows = [], []
+    for line in section.splitlines() + [""]:
+        if line.startswith("|"):
+            rows.append([cell.strip() for cell in line.strip("|").split("|")])
+        elif rows:
+            tables.append(rows[2:])  # without the header and the |---| line
+            rows = []
+    return tables
+
+
+def test_the_docs_alert_tables_list_every_alert_with_its_for_and_severity():
+    """docs/operations.md: the conditions table (alert, condition, for, severity) and the what-to-do
+    table (alert, meaning, action) name exactly the alerts of rules.yml, with their `for` and severity."""
+    groups = yaml.safe_load((PROMETHEUS / "rules.yml").read_text())["groups"]
+    rules = {rule["alert"]: rule for group in groups for rule in group["rules"] if "alert" in rule}
+    conditions, actions = alerts_section_tables()[:2]
+    documented = {row[0].strip("`"): row for row in conditions}
+    assert sorted(documented) == sorted(rules)
+    for name, row in documented.items():
+        assert row[2].replace(" ", "") == rules[name]["for"], name
+        assert row[3] == rules[name]["labels"]["severity"], name
+    assert sorted(row[0].strip("`") for row in actions) == sorted(rules)
+    assert all(row[1] and row[2] for row in actions)
+
+
+def test_every_alert_points_to_the_docs():
+    groups = yaml.safe_load((PROMETHEUS / "rules.yml").read_text())["groups"]
+    text = Path(ROOT, "docs", "operations.md").read_text()
+    for rule in (rule for group in groups for rule in group["rules"] if "alert" in rule):
+        url = rule["annotations"].get("runbook_url", "")
+        assert url.startswith("docs/operations.md#"), rule["alert"]
+        anchor = url.split("#", 1)[1]
+        headings = [re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-")
+                    for h in re.findall(r"(?m)^#+ (.+)$", text)]
+        assert anchor in headings, (rule["alert"], anchor)
