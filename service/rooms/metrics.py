@@ -60,6 +60,8 @@ MESSAGES_SENT = Counter(
     "ws_messages_sent_total", "Room messages handed to local members (one per member per message)."
 )
 BROADCASTS = Counter("ws_broadcasts_total", "Room messages published by this process.")
+RESUMES = Counter("ws_resumes_total", "WebSocket handshakes accepted with ?since= (a client resuming).")
+REPLAYED = Counter("ws_replayed_messages_total", "Room messages sent from the history to resuming clients.")
 ERRORS = Counter("ws_errors_total", "Exceptions and rejected input, by kind.", ["kind"])
 BROADCAST_DELAY = Histogram(
     "ws_broadcast_delay_seconds",
