@@ -3,8 +3,9 @@
 #   ./promote.sh                    build the working tree and release it
 #   ./promote.sh --image NAME:TAG   release a given image
 # Either is pushed to the registry (REGISTRY, or the project's own) and deployed by digest.
-#   ./promote.sh status             active color, image, replicas and health of both colors, and
-#                                   the color each Nginx (one per edge node) serves
+#   ./promote.sh status             active color, image, replicas and health of both colors, the
+#                                   last release report, and the color each Nginx (one per edge
+#                                   node) serves
 #   ./promote.sh rollback           switch back to the previous color while it still runs
 #   ./promote.sh unlock             remove the swarm-wide lock of a command that was killed outright
 # Any failure or interrupt before the old color is removed leaves the old color serving.
@@ -52,7 +53,8 @@ Releases a new version by blue/green promotion: deploys the idle color, waits un
 replica is healthy, smoke-tests it through Nginx's preview route, switches every Nginx (the
 recorded color, then each edge's Nginx: checked, graceful reload; then each is asked), drains the old color (each client gets {"type":"reconnect"} and close 1012,
 spread over the drain window) and removes it. Any failure or Ctrl-C before the old color is
-removed puts everything back as it was and exits non-zero.
+removed puts everything back as it was and exits non-zero. Either way, it ends with a release
+report: one HTML page in REPORT_DIR (the release file) with the steps and plots from Prometheus.
 
 The release's own settings (ALLOWED_HOSTS, PUBLIC_ORIGIN, REPLICAS, limits) come from the
 release file stack/release.env (RELEASE_ENV=path for another one), never from the environment.
