@@ -22,18 +22,18 @@ import urllib.parse
 import urllib.request
 
 # (title, unit, PromQL). Every query is summed by color, so each color is one line in its own color.
-# Rates over 20 s (four scrape intervals): a release lasts a minute or two, which rate1m would smear.
+# Rates over 15 s (three scrape intervals): a release lasts a minute or two, which rate1m would smear.
 PANELS = [
     ("Connections per color", "connections",
      "sum by (color) (ws_active_connections and on(job, instance, color) (up == 1))"),
-    ("Messages received per second", "messages/s", "sum by (color) (rate(ws_messages_received_total[20s]))"),
-    ("Errors per second (all kinds)", "errors/s", "sum by (color) (rate(ws_errors_total[20s]))"),
+    ("Messages received per second", "messages/s", "sum by (color) (rate(ws_messages_received_total[15s]))"),
+    ("Errors per second (all kinds)", "errors/s", "sum by (color) (rate(ws_errors_total[15s]))"),
     ("Reconnects: sessions closed with 1012 per second", "closes/s",
-     'sum by (color) (rate(ws_connections_closed_total{code="1012"}[20s]))'),
+     'sum by (color) (rate(ws_connections_closed_total{code="1012"}[15s]))'),
     ("Resumes: handshakes with ?since= per second", "resumes/s",
-     "sum by (color) (rate(ws_resumes_total[20s]))"),
+     "sum by (color) (rate(ws_resumes_total[15s]))"),
     ("Resume replays: messages sent from the history per second", "messages/s",
-     "sum by (color) (rate(ws_replayed_messages_total[20s]))"),
+     "sum by (color) (rate(ws_replayed_messages_total[15s]))"),
 ]
 COLORS = {"blue": "#1f6feb", "green": "#1a7f37"}
 OTHER_COLORS = ["#8250df", "#bf3989", "#9a6700", "#57606a"]
