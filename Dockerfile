@@ -28,6 +28,8 @@ ENV APP_VERSION=${APP_VERSION}
 USER app
 EXPOSE 8000
 # Healthy = ready, or deliberately draining (a draining replica must not be killed by Swarm).
-HEALTHCHECK --interval=3s --timeout=3s --start-period=30s --retries=3 \
-    CMD ["python", "-m", "rooms.ctl", "probe"]
+# Generous for a slow machine: a replica is replaced only after about a minute without an answer
+# (the same as stack/app.yml, which is what Swarm runs; see the comment there).
+HEALTHCHECK --interval=3s --timeout=10s --start-period=30s --retries=5 \
+    CMD ["python", "-m", "rooms.ctl", "probe", "--timeout", "8"]
 ENTRYPOINT ["/app/entrypoint.sh"]

@@ -3,8 +3,9 @@
 #   ./promote.sh                    build the working tree and release it
 #   ./promote.sh --image NAME:TAG   release a given image
 # Either is pushed to the registry (REGISTRY, or the project's own) and deployed by digest.
-#   ./promote.sh status             active color, image, replicas and health of both colors, and
-#                                   the color each Nginx (one per edge node) serves
+#   ./promote.sh status             active color, image, replicas and health of both colors, the
+#                                   last release report, and the color each Nginx (one per edge
+#                                   node) serves
 #   ./promote.sh rollback           switch back to the previous color while it still runs
 #   ./promote.sh unlock             remove the swarm-wide lock of a command that was killed outright
 # Any failure or interrupt before the old color is removed leaves the old color serving.
@@ -25,6 +26,7 @@ readonly WATCH_MIN_RATE=${WATCH_MIN_RATE:-0.5}
 readonly WATCH_GRACE=${WATCH_GRACE:-10}
 readonly PROMETHEUS_URL=${PROMETHEUS_URL:-http://wsapp_prometheus:9090}
 readonly UNDRAIN_ATTEMPTS=3
+readonly REPORT_TIMEOUT=${REPORT_TIMEOUT:-60}
 readonly ENGINE_WAIT=${ENGINE_WAIT:-120}
 # Seconds for the switch job to run switch-color in the Nginx of every edge node.
 readonly SWITCH_TIMEOUT=60
@@ -51,7 +53,8 @@ Releases a new version by blue/green promotion: deploys the idle color, waits un
 replica is healthy, smoke-tests it through Nginx's preview route, switches every Nginx (the
 recorded color, then each edge's Nginx: checked, graceful reload; then each is asked), drains the old color (each client gets {"type":"reconnect"} and close 1012,
 spread over the drain window) and removes it. Any failure or Ctrl-C before the old color is
-removed puts everything back as it was and exits non-zero.
+removed puts everything back as it was and exits non-zero. Either way, it ends with a release
+report: one HTML page in REPORT_DIR (the release file) with the steps and plots from Prometheus.
 
 The release's own settings (ALLOWED_HOSTS, PUBLIC_ORIGIN, REPLICAS, limits) come from the
 release file stack/release.env (RELEASE_ENV=path for another one), never from the environment.
@@ -72,7 +75,10 @@ Settings of the procedure (environment, with defaults):
                               (server errors / messages received, 1 min rate) exceeds this
   WATCH_MIN_RATE=$WATCH_MIN_RATE       ...judged only while it receives at least this many messages/s
   WATCH_GRACE=$WATCH_GRACE          switch back if fewer than REPLICAS replicas are ready this long
-  PROMETHEUS_URL=$PROMETHEUS_URL  queried by the watch (on the overlay network)
+  PROMETHEUS_URL=$PROMETHEUS_URL  queried by the watch and the release report (on the overlay network)
+  REPORT_TIMEOUT=$REPORT_TIMEOUT          seconds for the release report (REPORT_DIR in the release file),
+                              written at the end of every release that deployed; it never
+                              changes the release's outcome
   RELEASE_ENV=\${RELEASE_ENV:-stack/release.env}  the release file
   LOCK_FILE=$LOCK_FILE  shared with make up and make down: one change at a time
                               on this machine, in LOCK_DIR=$LOCK_DIR (made mode 0700;
@@ -97,6 +103,7 @@ validate_settings() {
   require_int WATCH_SECONDS 0
   require_int PUSH_TIMEOUT 1
   require_int REGISTRY_WAIT 0
+  require_int REPORT_TIMEOUT 10
   require_decimal WATCH_ERROR_RATIO
   require_decimal WATCH_MIN_RATE
   require_decimal WATCH_GRACE
@@ -273,7 +280,38 @@ on_exit() {
   restore "$status"
   code=$?
   release_lock
+  write_report "$code"
   exit "$code"
+}
+
+# write_report STATUS: the release report, REPORT_DIR/release-<UTC time>-<color>.html
+# (docs/operations.md, "The release report"): the steps and their timings, and plots from
+# Prometheus across the release. Made by scripts/release_report.py, in a container on the overlay
+# network (where Prometheus answers) from the active color's image, within REPORT_TIMEOUT. It
+# never changes the release's outcome: a report that cannot be written is a warning.
+write_report() {
+  local status=$1 dir file end outcome
+  local -a ok=()
+  dir=$(report_dir)
+  [[ -n $dir && -n $ACTIVE_IMAGE ]] || return 0
+  printf -v end '%(%s)T' -1
+  if ((status == 0)); then
+    outcome="released: $IDLE serves $VERSION"
+    ok=(--ok)
+  else
+    outcome="failed (exit $status) at state '$STATE'; the log says what was restored"
+  fi
+  file=$dir/release-$(date -u +%Y%m%dT%H%M%SZ)-$IDLE.html
+  if mkdir -p "$dir" && run_on_network "$REPORT_TIMEOUT" -i --entrypoint python "$ACTIVE_IMAGE" - \
+    --prometheus "$PROMETHEUS_URL" --title "Release of $VERSION to $IDLE (from $ACTIVE)" \
+    --outcome "$outcome" "${ok[@]}" --steps "$STEP_LOG" --end "$end" --timeout "$((REPORT_TIMEOUT * 2 / 3))" \
+    <"$ROOT_DIR/scripts/release_report.py" >"$file.tmp" && mv "$file.tmp" "$file"; then
+    log "release report: $file"
+  else
+    rm -f "$file.tmp"
+    warn "the release report could not be written to $dir (the release's outcome stands)"
+  fi
+  return 0
 }
 
 # restore STATUS: put the old color back as it was; returns the script's exit status.
@@ -282,6 +320,7 @@ restore() {
   [[ $STATE == none || $STATE == released ]] && return "$status"
   status=$((status == 0 ? 1 : status))
   report "ERROR: promotion failed at state '$STATE'; restoring $ACTIVE"
+  step "restore $ACTIVE"
   # The engine may be what failed (restarted under us): wait for it and for the swarm's managers to
   # answer through it (bounded), then restore.
   if ! docker node ls -q >/dev/null 2>&1; then
@@ -422,6 +461,7 @@ status() {
     echo "$color: image $(service_image "$color"), replicas $(service_replicas "$service")," \
       "healthy $(running_tasks "$service")"
   done
+  last_report
   [[ -n $active ]] || return 0
   echo "edges (nodes labelled $EDGE_LABEL=true) and their Nginx:"
   docker service ps "$NGINX_SERVICE" --filter desired-state=running --format '{{.Node}}: {{.CurrentState}}' | sed 's/^/  /'
@@ -431,6 +471,15 @@ status() {
   fi
   ACTIVE_IMAGE=$(service_image "$active")
   edges_report "$active" 2>&1 | sed 's/^/  /' || true
+}
+
+# last_report: the newest release report, if the release file asks for reports.
+last_report() {
+  local dir last
+  dir=$( (load_release_env && report_dir) 2>/dev/null) || dir=""
+  [[ -n $dir ]] || return 0
+  last=$(find "$dir" -maxdepth 1 -name 'release-*.html' 2>/dev/null | sort | tail -n 1)
+  echo "last release report: ${last:-none yet (in $dir)}"
 }
 
 main() {

@@ -153,11 +153,13 @@ nodes_ready() {
   [[ $(nd 1 node ls --format '{{.Status}}' | grep -c '^Ready$') == "$LAB_NODES" ]]
 }
 
-# The lab's release file: stack/release.env with the edges' names and one replica per node.
+# The lab's release file: stack/release.env with the edges' names, one replica per node, and the
+# release reports in the lab's own directory (gone with the lab).
 write_release_env() {
   sed -e "s|^ALLOWED_HOSTS=.*|ALLOWED_HOSTS=$(node_addr 1),$(node_addr 2),localhost|" \
     -e "s|^PUBLIC_ORIGINS=.*|PUBLIC_ORIGINS=http://$(node_addr 1),http://$(node_addr 2),http://localhost|" \
     -e "s|^PUBLIC_ORIGIN=.*|PUBLIC_ORIGIN=http://$(node_addr 1)|" -e "s|^REPLICAS=.*|REPLICAS=$LAB_NODES|" \
+    -e "s|^REPORT_DIR=.*|REPORT_DIR=$RUN_DIR/reports|" \
     "$ROOT_DIR/stack/release.env" >"$RUN_DIR/release.env"
 }
 

@@ -37,6 +37,8 @@ fi
 readonly LOCK_FILE=${LOCK_FILE:-${LOCK_DIR:+$LOCK_DIR/wsapp.lock}}
 
 STEP_STARTED=$SECONDS
+# Every step so far, "EPOCH NAME" per line (promote.sh's release report shows them).
+STEP_LOG=""
 
 log() { echo "==> $(date -u +%H:%M:%S) $*" >&2; }
 warn() { echo "WARNING: $*" >&2; }
@@ -45,10 +47,13 @@ die() { error "$@"; exit 1; }
 
 image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
 
-# step NAME: log the start of a step and the duration of the previous one.
+# step NAME: log the start of a step and the duration of the previous one; STEP_LOG records it.
 step() {
+  local now
   log "$* (previous step took $((SECONDS - STEP_STARTED))s)"
   STEP_STARTED=$SECONDS
+  printf -v now '%(%s)T' -1
+  STEP_LOG+="$now $*"$'\n'
 }
 
 # wait_for SECONDS DESCRIPTION COMMAND...: run COMMAND every second until it succeeds.
@@ -476,7 +481,7 @@ require_decimal() {
 # The release file (stack/release.env, or RELEASE_ENV): the only source of a release's settings.
 readonly RELEASE_KEYS=(ALLOWED_HOSTS PUBLIC_ORIGINS PUBLIC_ORIGIN REPLICAS WEB_CONCURRENCY MAX_CONNECTIONS LOG_LEVEL
   NETWORK_SUBNET NGINX_CPUS NGINX_WORKER_CONNECTIONS NGINX_WS_PER_ADDRESS NGINX_WS_RATE NGINX_WS_BURST
-  NGINX_HTTP_RATE NGINX_HTTP_BURST REDIS_PASSWORD_SECRET ROOM_CREATIONS_PER_ADDRESS ALERT_WEBHOOK_URL)
+  NGINX_HTTP_RATE NGINX_HTTP_BURST REDIS_PASSWORD_SECRET ROOM_CREATIONS_PER_ADDRESS ALERT_WEBHOOK_URL REPORT_DIR)
 
 # load_release_env: read NAME=value lines (no shell evaluation), refuse unknown or missing names
 # and bad values, and export them, over whatever the shell had.
@@ -517,10 +522,19 @@ load_release_env() {
   [[ $NETWORK_SUBNET =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$ ]] ||
     die "NETWORK_SUBNET must be an IPv4 network such as 10.231.0.0/24, got '$NETWORK_SUBNET'"
   [[ $LOG_LEVEL =~ ^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$ ]] || die "LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL"
+  [[ -z $REPORT_DIR || $REPORT_DIR =~ ^[A-Za-z0-9_./-]+$ ]] ||
+    die "REPORT_DIR must be a directory (letters, digits and _ . / -) or empty, got '$REPORT_DIR'"
   [[ $REDIS_PASSWORD_SECRET =~ ^wsapp_redis_password[A-Za-z0-9_.-]*$ ]] ||
     die "REDIS_PASSWORD_SECRET must be a Swarm secret named wsapp_redis_password..., got '$REDIS_PASSWORD_SECRET'"
   [[ -z $ALERT_WEBHOOK_URL || $ALERT_WEBHOOK_URL =~ ^https?://[^\'\"]+$ ]] ||
     die "ALERT_WEBHOOK_URL must be an http:// or https:// URL (or empty), got '$ALERT_WEBHOOK_URL'"
+}
+
+# report_dir: where promote.sh writes its release reports: REPORT_DIR, relative to the repository
+# unless absolute; empty when REPORT_DIR is empty (no reports).
+report_dir() {
+  [[ -n ${REPORT_DIR:-} ]] || return 0
+  if [[ $REPORT_DIR == /* ]]; then echo "$REPORT_DIR"; else echo "$ROOT_DIR/$REPORT_DIR"; fi
 }
 
 # Run the release tool (scripts/release_tools.py) with the runtime of IMAGE (which has Python and

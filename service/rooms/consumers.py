@@ -136,6 +136,8 @@ class RoomConsumer(DatabaseFreeConsumer):
         self.session_id = secrets.token_urlsafe(9)
         register(Session(self.session_id, self.room, f"{client[0]}:{client[1]}", self))
         metrics.CONNECTIONS_OPENED.inc()
+        if query.since is not None:
+            metrics.RESUMES.inc()
         welcome = {
             "type": "welcome",
             "room": self.room,
@@ -245,6 +247,7 @@ class RoomConsumer(DatabaseFreeConsumer):
         while frames:
             for frame in frames:
                 await self.send(text_data=frame)
+            metrics.REPLAYED.inc(len(frames))
             sent = frame_seq(frames[-1])
             if sent >= backlog.seq:
                 return None

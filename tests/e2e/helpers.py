@@ -12,13 +12,19 @@ from tests.helpers import ROOT
 HTTP_PORT = int(os.environ.get("E2E_HTTP_PORT", "18080"))
 
 
+# promote.sh's release reports, kept with the tier's other artifacts.
+REPORTS = Path(ROOT, "tests", "e2e", "artifacts", "releases")
+
+
 def release_env():
     """stack/release.env, but accepting WebSockets from the page as a browser opens it here: its Origin
-    has the port (http://localhost:HTTP_PORT), and PUBLIC_ORIGINS compares ports. Written at import."""
+    has the port (http://localhost:HTTP_PORT), and PUBLIC_ORIGINS compares ports; the release reports go
+    to REPORTS. Written at import."""
     path = Path(tempfile.mkdtemp(prefix="wsapp-e2e-")) / "release.env"
     lines = Path(ROOT, "stack", "release.env").read_text().splitlines()
     origin = f"http://localhost:{HTTP_PORT}"
-    lines = [f"{line},{origin}" if line.startswith("PUBLIC_ORIGINS=") else line for line in lines]
+    lines = [f"{line},{origin}" if line.startswith("PUBLIC_ORIGINS=") else
+             f"REPORT_DIR={REPORTS}" if line.startswith("REPORT_DIR=") else line for line in lines]
     path.write_text("\n".join(lines) + "\n")
     return path
 

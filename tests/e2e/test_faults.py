@@ -87,6 +87,44 @@ async def test_sigkill_of_an_app_replica_loses_nothing_and_fails_no_request(syst
           "or sooner")
 
 
+STARVED_CPUS = "0.02"  # of a CPU per replica: the probe's Python then needs about 5 s to run
+STARVED_SECONDS = 30  # longer than the old healthcheck's budget (3 timeouts of 3 s, 3 s apart)
+
+
+async def test_a_cpu_starved_color_keeps_its_replicas_and_its_clients(system):
+    """Every replica of the active color gets a sliver of CPU for half a minute, as on a machine
+    busy with other work while a release starts two new replicas (the pre-check's 134 HTTP 502s):
+    slow, not hung. Swarm must not replace them: that would close every client (1012) and leave
+    Nginx no replica (502) until the replacements start, themselves starved."""
+    service = active_service()
+    before = sorted(containers(service))
+
+    def starve():
+        for container in before:
+            docker("update", "--cpus", STARVED_CPUS, container)
+        try:
+            time.sleep(STARVED_SECONDS)
+        finally:
+            for container in before:
+                docker("update", "--cpus", "1", container)
+
+    traffic = Traffic(BASE_URL, WS_URL, clients=10, rooms=2, message_interval=2.0)
+    runner = asyncio.create_task(traffic.run())
+    try:
+        await asyncio.wait_for(traffic.connected.wait(), 60)
+        await asyncio.to_thread(starve)
+        await asyncio.sleep(5)
+    finally:
+        traffic.stop.set()
+        await runner
+    health = {c: docker("inspect", "--format", "{{.State.Health.Status}}", c) for c in before}
+    print(f"starved {service} at {STARVED_CPUS} CPU for {STARVED_SECONDS}s: health after {health}; "
+          f"HTTP {traffic.http_ok} ok / {len(traffic.http_failures)} failed; {traffic.summary()}")
+    assert sorted(containers(service)) == before, "Swarm replaced replicas that were only slow"
+    assert dict(traffic.closes) == {} and traffic.connect_failures == []
+    traffic.assert_every_message_reached_every_client_once_in_order()
+
+
 async def test_killed_nginx_comes_back_on_the_same_color_and_clients_resume(system):
     before = version()["color"]
     victim = containers("wsapp_nginx")[0]

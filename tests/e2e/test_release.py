@@ -2,6 +2,8 @@
 
 import asyncio
 import json
+import os
+import re
 import signal
 import time
 import urllib.request
@@ -12,6 +14,7 @@ import websockets
 from tests.e2e.helpers import (
     BASE_URL,
     ENV,
+    REPORTS,
     WS_URL,
     active_service,
     docker,
@@ -20,6 +23,7 @@ from tests.e2e.helpers import (
     version,
 )
 from tests.e2e.load import Traffic
+from tests.e2e.test_browser import ARTIFACTS, CHROMIUM_ARGS, chromium
 from tests.helpers import ROOT, reap, start_interruptible, wait_until
 
 # The first test builds every image on a fresh machine (about 3 minutes here).
@@ -63,6 +67,7 @@ async def test_two_promotions_under_load_hand_every_connection_over_losing_nothi
     reaches each of them exactly once and in order, and each release moves them within its drain."""
     before = version()["color"]
     after = "green" if before == "blue" else "blue"
+    reports = set(REPORTS.glob("release-*.html"))
     result, traffic, _ = await promote_under_load(promotions=2)
     assert result.returncode == 0, result.stderr
     assert version()["color"] == before
@@ -84,6 +89,48 @@ async def test_two_promotions_under_load_hand_every_connection_over_losing_nothi
     assert traffic.delivery["resumes"] == 200
     assert f"wsapp-{after}" not in stacks()
     print(f"drain: clients reconnected over {', '.join(f'{w:.1f}s' for w in traffic.windows)}")
+    new = sorted(set(REPORTS.glob("release-*.html")) - reports)
+    assert len(new) == 2 and new[-1].name.endswith(f"-{before}.html"), new
+    assert f"last release report: {new[-1]}\n" in run(["./promote.sh", "status"], 60).stdout
+    assert_release_report_shows_the_release(new[-1], before, after)
+    # Playwright's sync API refuses to run inside this test's event loop: Chromium gets a thread.
+    await asyncio.to_thread(look_at_release_report, new[-1])
+
+
+def assert_release_report_shows_the_release(report, to, old):
+    """The report of a release from `old` to `to` under 100 clients: both colors' connections plotted
+    in their own colors, the switch and the drain marked."""
+    page = report.read_text()
+    assert f"released: {to} serves" in page
+    connections = page.split("</figure>")[0]
+    path = r'<path d="([^"]+)" fill="none" stroke="(#\w+)" [^>]*data-series="(\w+)"'
+    plotted = re.findall(path, connections)
+    lines = {name: d for d, _, name in plotted}
+    assert {name: stroke for _, stroke, name in plotted} == {"blue": "#1f6feb", "green": "#1a7f37"}, plotted
+    assert all(d.count("L") >= 5 for d in lines.values()), lines
+    assert f"switch to {to}" in connections and f"drain {old}" in connections and "drain ended" in connections
+    maxima = dict(re.findall(r"</span>(\w+): max (\d+)", connections))
+    assert maxima == {"blue": "100", "green": "100"}, maxima
+
+
+def look_at_release_report(report):
+    """Chromium shows the report, loading nothing but the file itself; its screenshot is kept as
+    tests/e2e/artifacts/release-report.png. Playwright's sync API: call it outside the event loop."""
+    binary, sync_playwright = chromium()
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=binary, args=CHROMIUM_ARGS)
+        try:
+            tab = browser.new_page(viewport={"width": 1100, "height": 900})
+            requests = []
+            tab.on("request", lambda request: requests.append(request.url))
+            tab.goto(report.as_uri())
+            assert tab.locator("svg.plot").count() == 6
+            assert tab.locator("table tbody tr").count() >= 10
+            tab.screenshot(path=os.path.join(ARTIFACTS, "release-report.png"), full_page=True)
+        finally:
+            browser.close()
+    assert requests == [report.as_uri()], "the report loaded something besides itself"
 
 
 async def assert_failed_release_left_old_color_serving(result, traffic, before):

@@ -8,7 +8,7 @@ import sys
 import pytest
 from django.test import override_settings
 
-from rooms import draining, resume
+from rooms import draining, metrics, resume
 from rooms.hub import get_hub
 from rooms.sessions import SESSIONS
 from tests.helpers import ROOT
@@ -44,6 +44,17 @@ async def test_since_replays_what_was_missed_then_continues_live(connect):
     await say(alice, "6")
     assert (await bob.receive_json_from())["seq"] == 6
     assert await bob.receive_nothing(timeout=0.1)
+
+
+async def test_a_resume_and_its_replayed_messages_are_counted(connect):
+    """ws_resumes_total and ws_replayed_messages_total: the release report plots them."""
+    _, alice = await connect("/ws/rooms/h-count/")
+    await say(alice, "1", "2", "3")
+    resumes, replayed = metrics.RESUMES._value.get(), metrics.REPLAYED._value.get()
+    _, bob = await connect("/ws/rooms/h-count/?since=1")
+    await frames(bob, 2)
+    assert metrics.RESUMES._value.get() == resumes + 1
+    assert metrics.REPLAYED._value.get() == replayed + 2
 
 
 async def test_since_equal_to_the_rooms_seq_replays_nothing(connect):

@@ -91,10 +91,25 @@ case "$1 ${2:-}" in
   "service create") [[ $* == *" undrain "* && -e $state/fail-undrain ]] && exit 1; echo job ;;
   "service logs") [[ -e $state/hang-logs ]] && exec sleep 600; true ;;
   "service rm") ;;
-  "run --rm") [[ $* == *wait-drained* && -e $state/fail-wait-drained ]] && exit 1; true ;;
+  "run --rm")
+    [[ $* == *wait-drained* && -e $state/fail-wait-drained ]] && exit 1
+    # The release report (its script comes on stdin): its arguments kept, a page printed.
+    if [[ $* == *--outcome* ]]; then
+      [[ -e $state/fail-report ]] && { echo "<html>half" && exit 1; }
+      printf '%s\n' "$@" >"$state/report-args"
+      echo "<html>report</html>"
+    fi ;;
   *) echo "fake docker: unexpected: $*" >&2; exit 2 ;;
 esac
 """
+
+
+def release_file(directory):
+    """stack/release.env with the release reports written to directory/reports (not the checkout)."""
+    lines = [line for line in ROOT_RELEASE_ENV.read_text().splitlines() if not line.startswith("REPORT_DIR=")]
+    path = directory / "release.env"
+    path.write_text("\n".join([*lines, f"REPORT_DIR={directory}/reports"]) + "\n")
+    return str(path)
 
 
 @pytest.fixture
@@ -105,7 +120,8 @@ def fake(tmp_path):
     docker.chmod(0o755)
     (tmp_path / "active").write_text("blue\n")
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "LOCK_FILE": str(tmp_path / "lock"),
-           "HEALTH_TIMEOUT": "60", "WATCH_SECONDS": "0", "DRAIN_SECONDS": "1"}
+           "HEALTH_TIMEOUT": "60", "WATCH_SECONDS": "0", "DRAIN_SECONDS": "1",
+           "RELEASE_ENV": release_file(tmp_path)}
     return tmp_path, env
 
 
@@ -137,7 +153,7 @@ def test_interrupt_during_a_health_check_restores_and_says_so(tmp_path):
     docker.chmod(0o755)
     (tmp_path / "active").write_text("blue\n")
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "LOCK_FILE": str(tmp_path / "lock"),
-           "HEALTH_TIMEOUT": "60"}
+           "HEALTH_TIMEOUT": "60", "RELEASE_ENV": release_file(tmp_path)}
     promote = start_interruptible([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env)
     try:
         checking = tmp_path / "checking"
@@ -217,6 +233,45 @@ def test_bad_numeric_settings_stop_before_anything_changes(fake, name, value):
     assert result.returncode != 0
     assert name in result.stderr
     assert calls(state) == "", "promote.sh called docker before checking its settings"
+
+
+def test_a_release_writes_its_report_with_every_step(fake):
+    state, env = fake
+    (state / "healthy").touch()
+    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    [report] = (state / "reports").iterdir()
+    assert report.name.startswith("release-") and report.name.endswith("-green.html")
+    assert report.read_text() == "<html>report</html>\n"
+    assert f"release report: {report}" in result.stderr
+    args = (state / "report-args").read_text().split("\n")
+    assert args[args.index("--outcome") + 1] == "released: green serves new" and "--ok" in args
+    steps = args[args.index("--steps") + 1:args.index("--end")]
+    names = [line.split(" ", 1)[1] for line in steps if line]
+    assert names[-5:] == ["switch Nginx to green", "watch green for 0s", "drain blue over 1s", "remove blue",
+                          "released wsapp:new on green"], names
+
+
+def test_a_report_that_fails_does_not_change_the_outcome(fake):
+    """A failed release stays failed and says so in its report; a report that cannot be written is a
+    warning, leaves no half-written file, and a good release stays good."""
+    state, env = fake
+    (state / "fail-wait-drained").touch()
+    (state / "healthy").touch()
+    failed = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert failed.returncode == 1 and "blue serves, as before the promotion." in failed.stderr
+    args = (state / "report-args").read_text().split("\n")
+    assert args[args.index("--outcome") + 1].startswith("failed (exit 1) at state 'draining'")
+    assert "--ok" not in args and any(line.endswith(" restore blue") for line in args)
+    (state / "fail-wait-drained").unlink()
+    (state / "fail-report").touch()
+    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "the release report could not be written" in result.stderr
+    assert len(list((state / "reports").iterdir())) == 1, "only the failed release's report"
 
 
 def test_the_release_file_wins_over_the_shell(fake):
