@@ -478,7 +478,10 @@ last_report() {
   local dir last
   dir=$( (load_release_env && report_dir) 2>/dev/null) || dir=""
   [[ -n $dir ]] || return 0
-  last=$(find "$dir" -maxdepth 1 -name 'release-*.html' 2>/dev/null | sort | tail -n 1)
+  last=""
+  if [[ -d $dir ]]; then  # not there before the first report: find would fail, and pipefail end status
+    last=$(find "$dir" -maxdepth 1 -name 'release-*.html' | sort | tail -n 1) || last=""
+  fi
   echo "last release report: ${last:-none yet (in $dir)}"
 }
 

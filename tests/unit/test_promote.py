@@ -478,3 +478,13 @@ def test_a_lock_directory_others_can_write_is_refused(fake, mode):
     assert f"{state / 'locks'} (for the lock file) must be a directory of yours that only you can write" in (
         result.stderr)
     assert not (state / "locks" / "wsapp.lock").exists() and "stack" not in calls(state)
+
+
+def test_status_before_any_report_names_none_and_succeeds(fake):
+    """REPORT_DIR not made yet (no release since the lab, or a host, came up): status still answers,
+    exit 0 (find's failure on the missing directory once ended promote.sh status with 1 under pipefail)."""
+    state, env = fake
+    result = subprocess.run([f"{ROOT}/promote.sh", "status"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"last release report: none yet (in {state}/reports)" in result.stdout
