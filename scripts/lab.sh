@@ -145,8 +145,10 @@ form_swarm() {
     nd "$node" swarm join --advertise-addr "$(node_addr "$node")" --token "$token" "$(node_addr 1):2377" >/dev/null
   done
   nd 1 node update --label-add wsapp.edge=true --label-add wsapp.registry=true \
-    --label-add wsapp.redis-primary=true "$NAME-n1" >/dev/null
-  nd 1 node update --label-add wsapp.edge=true --label-add wsapp.redis-replica=true "$NAME-n2" >/dev/null
+    --label-add wsapp.redis-primary=true --label-add wsapp.sentinel=true "$NAME-n1" >/dev/null
+  nd 1 node update --label-add wsapp.edge=true --label-add wsapp.redis-replica=true \
+    --label-add wsapp.sentinel=true "$NAME-n2" >/dev/null
+  nd 1 node update --label-add wsapp.sentinel=true "$NAME-n3" >/dev/null
 }
 
 nodes_ready() {

@@ -217,13 +217,20 @@ deploy_infra() {
   CONFIG_VERSION=$(config_version)
   ACTIVE_COLOR=$(recorded_color)
   export CONFIG_VERSION ACTIVE_COLOR
-  # One Sentinel per node (stack/infra.yml); a swarm of fewer than three nodes must share them out.
-  local nodes
+  # One Sentinel per node labelled wsapp.sentinel (stack/infra.yml); fewer than three such nodes
+  # must share them out.
+  local nodes sentinel_nodes
   nodes=$(docker node ls -q | wc -l)
-  SENTINELS_PER_NODE=$(((3 + nodes - 1) / nodes))
+  sentinel_nodes=$(docker node ls -q --filter node.label=wsapp.sentinel=true | wc -l)
+  SENTINELS_PER_NODE=$(((3 + sentinel_nodes - 1) / sentinel_nodes))
   export SENTINELS_PER_NODE
-  ((SENTINELS_PER_NODE == 1)) ||
+  if ((SENTINELS_PER_NODE > 1 && nodes >= 3)); then
+    warn "only $sentinel_nodes node(s) labelled wsapp.sentinel=true: up to $SENTINELS_PER_NODE Sentinels" \
+      "per node, and losing one node can take the Sentinels' majority. Label three nodes:" \
+      "docker node update --label-add wsapp.sentinel=true NODE"
+  elif ((SENTINELS_PER_NODE > 1)); then
     log "$nodes node(s): up to $SENTINELS_PER_NODE Sentinels per node (one per node needs three nodes)"
+  fi
   replace_replicated_nginx
   docker stack deploy --detach=true --resolve-image never -c "$ROOT_DIR/stack/infra.yml" "$INFRA_STACK" >/dev/null
   local service
@@ -281,6 +288,7 @@ main() {
   ensure_node_label "$EDGE_LABEL"
   ensure_node_label wsapp.redis-primary
   ensure_node_label wsapp.redis-replica
+  ensure_node_label wsapp.sentinel
   step "network and secrets"
   ensure_network
   ensure_secret wsapp_django_secret_key
