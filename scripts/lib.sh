@@ -389,12 +389,13 @@ manage_job() {
     "$image" python manage.py "$@"
 }
 
-# lint_migrations_job IMAGE: refuse IMAGE's migrations that the database has not applied yet (this
-# release's) when one would break the color still running: django-migration-linter
-# (docs/operations.md, "Migrations: expand, then contract"). A contract step is marked in its file
-# and passes. It needs the database: the linter reads which migrations are applied.
+# lint_migrations_job IMAGE: `manage.py checkmigrations --unapplied-migrations` (members): refuses
+# the migrations of IMAGE the database lacks (this release's) when one would break the color still
+# running (django-migration-linter), or is a contract step shipped with its expand (docs/operations.md,
+# "Migrations: expand, then contract"). It needs the database: the linter reads which migrations
+# are applied, and sqlmigrate renders them for it. The linter never changes the database.
 lint_migrations_job() {
-  manage_job "$MIGRATE_TIMEOUT" lintmigrations "$1" lintmigrations --unapplied-migrations
+  manage_job "$MIGRATE_TIMEOUT" lintmigrations "$1" checkmigrations --unapplied-migrations
 }
 
 # migrate_job IMAGE: `manage.py migrate` with IMAGE's migrations, before a color of IMAGE starts.

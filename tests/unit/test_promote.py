@@ -528,7 +528,7 @@ def test_migrations_are_linted_then_applied_by_jobs_of_the_new_image_before_it_i
     deploy = next(line for line in lines if line.startswith("stack deploy"))
     assert lines.index(lint) < lines.index(migrate) < lines.index(deploy)
     image = f"127.0.0.1:5000/wsapp@sha256:{'ab' * 32}"
-    assert lint.endswith(f"{image} python manage.py lintmigrations --unapplied-migrations")
+    assert lint.endswith(f"{image} python manage.py checkmigrations --unapplied-migrations")
     assert migrate.endswith(f"{image} python manage.py migrate --noinput")
     for expected in ("--mode replicated-job", "--restart-condition none", "--network wsapp",
                      "source=wsapp_postgres_password,target=postgres_password",
