@@ -573,8 +573,8 @@ load_release_env() {
     die "REPORT_DIR must be a directory (letters, digits and _ . / -) or empty, got '$REPORT_DIR'"
   [[ $REDIS_PASSWORD_SECRET =~ ^wsapp_redis_password[A-Za-z0-9_.-]*$ ]] ||
     die "REDIS_PASSWORD_SECRET must be a Swarm secret named wsapp_redis_password..., got '$REDIS_PASSWORD_SECRET'"
-  [[ -z $DATABASE_URL || $DATABASE_URL =~ ^postgres(ql)?://[A-Za-z0-9_]+@[A-Za-z0-9_.-]+(:[0-9]+)?/[A-Za-z0-9_]+$ ]] ||
-    die "DATABASE_URL must be postgres://USER@HOST:PORT/NAME (the password is a Swarm secret) or empty," \
+  [[ -z $DATABASE_URL || $DATABASE_URL =~ ^postgres(ql)?://[A-Za-z0-9_]+@[A-Za-z0-9_.-]+(:[0-9]+)?/[A-Za-z0-9_]+(\?[A-Za-z0-9_.=\&/-]+)?$ ]] ||
+    die "DATABASE_URL must be postgres://USER@HOST:PORT/NAME[?OPTIONS] (the password is a Swarm secret) or empty," \
       "got '$DATABASE_URL'"
   [[ -z $ALERT_WEBHOOK_URL || $ALERT_WEBHOOK_URL =~ ^https?://[^\'\"]+$ ]] ||
     die "ALERT_WEBHOOK_URL must be an http:// or https:// URL (or empty), got '$ALERT_WEBHOOK_URL'"
