@@ -395,11 +395,15 @@ manage_job() {
 # "Migrations: expand, then contract"). It needs the database: the linter reads which migrations
 # are applied, and sqlmigrate renders them for it. The linter never changes the database.
 lint_migrations_job() {
+  [[ -n ${DATABASE_URL:-} ]] || { log "DATABASE_URL is empty: no database, no migrations to check"; return 0; }
   manage_job "$MIGRATE_TIMEOUT" lintmigrations "$1" checkmigrations --unapplied-migrations
 }
 
-# migrate_job IMAGE: `manage.py migrate` with IMAGE's migrations, before a color of IMAGE starts.
+# migrate_job IMAGE: `manage.py migrate` with IMAGE's migrations, before a color of IMAGE starts
+# (promote.sh, after lint_migrations_job; scripts/up.sh, before the first color). With DATABASE_URL
+# empty there is no database: it does nothing.
 migrate_job() {
+  [[ -n ${DATABASE_URL:-} ]] || { log "DATABASE_URL is empty: no database, no migration"; return 0; }
   manage_job "$MIGRATE_TIMEOUT" migrate "$1" migrate --noinput
 }
 
