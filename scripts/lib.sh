@@ -258,7 +258,8 @@ deploy_ref() {
 load_images() {
   # A file written before the registry or the exporters existed lacks them: resolve again.
   if [[ ! -s $IMAGES_ENV ]] || ! grep -q '^export REGISTRY_IMAGE=' "$IMAGES_ENV" ||
-    ! grep -q '^export REDIS_EXPORTER_IMAGE=' "$IMAGES_ENV"; then
+    ! grep -q '^export REDIS_EXPORTER_IMAGE=' "$IMAGES_ENV" ||
+    ! grep -q '^export POSTGRES_EXPORTER_IMAGE=' "$IMAGES_ENV"; then
     "$ROOT_DIR/scripts/images.sh" resolve >"$IMAGES_ENV.tmp" || return
     mv "$IMAGES_ENV.tmp" "$IMAGES_ENV"
   fi
@@ -355,6 +356,33 @@ ctl_job() {
     --env REDIS_SENTINELS=wsapp_sentinel:26379 --env REDIS_SENTINEL_MASTER=wsapp \
     --env REDIS_USERNAME=wsapp --env REDIS_PASSWORD_FILE=/run/secrets/redis_password \
     "$image" python -m rooms.ctl "$@"
+}
+
+# The secrets the app and the migration job mount (stack/app.yml); scripts/up.sh creates them.
+readonly POSTGRES_PASSWORD_SECRET=wsapp_postgres_password
+readonly TICKET_KEYS_SECRET=wsapp_ticket_keys
+
+# migrate_job IMAGE: `manage.py migrate` from IMAGE as a one-off Swarm job on the overlay network,
+# with the app's database settings (DATABASE_URL of the release file, the password and ticket-key
+# secrets), bounded by MIGRATE_TIMEOUT (300 s). Prints its output; fails when the migration fails or
+# does not finish in time. With DATABASE_URL empty there is no database: it does nothing.
+migrate_job() {
+  local image=$1
+  if [[ -z ${DATABASE_URL:-} ]]; then
+    log "DATABASE_URL is empty: no database, no migration"
+    return 0
+  fi
+  log "migrating the database with $image"
+  swarm_job "${MIGRATE_TIMEOUT:-300}" migrate "manage.py migrate" --mode replicated-job --network "$NETWORK" \
+    --read-only --cap-drop ALL \
+    --secret source=wsapp_django_secret_key,target=django_secret_key \
+    --secret "source=$POSTGRES_PASSWORD_SECRET,target=postgres_password" \
+    --secret "source=$TICKET_KEYS_SECRET,target=ticket_keys" \
+    --env DJANGO_SECRET_KEY_FILE=/run/secrets/django_secret_key \
+    --env "DATABASE_URL=$DATABASE_URL" --env DATABASE_PASSWORD_FILE=/run/secrets/postgres_password \
+    --env TICKET_KEYS_FILE=/run/secrets/ticket_keys \
+    --env "ALLOWED_HOSTS=${ALLOWED_HOSTS:-localhost}" --env "PUBLIC_ORIGINS=${PUBLIC_ORIGINS:-http://localhost}" \
+    "$image" python manage.py migrate --noinput
 }
 
 # tools_config: the Swarm config holding scripts/release_tools.py, named by its content (configs are
@@ -481,7 +509,8 @@ require_decimal() {
 # The release file (stack/release.env, or RELEASE_ENV): the only source of a release's settings.
 readonly RELEASE_KEYS=(ALLOWED_HOSTS PUBLIC_ORIGINS PUBLIC_ORIGIN REPLICAS WEB_CONCURRENCY MAX_CONNECTIONS LOG_LEVEL
   NETWORK_SUBNET NGINX_CPUS NGINX_WORKER_CONNECTIONS NGINX_WS_PER_ADDRESS NGINX_WS_RATE NGINX_WS_BURST
-  NGINX_HTTP_RATE NGINX_HTTP_BURST REDIS_PASSWORD_SECRET ROOM_CREATIONS_PER_ADDRESS ALERT_WEBHOOK_URL REPORT_DIR)
+  NGINX_HTTP_RATE NGINX_HTTP_BURST REDIS_PASSWORD_SECRET ROOM_CREATIONS_PER_ADDRESS ALERT_WEBHOOK_URL REPORT_DIR
+  DATABASE_URL)
 
 # load_release_env: read NAME=value lines (no shell evaluation), refuse unknown or missing names
 # and bad values, and export them, over whatever the shell had.
@@ -526,6 +555,9 @@ load_release_env() {
     die "REPORT_DIR must be a directory (letters, digits and _ . / -) or empty, got '$REPORT_DIR'"
   [[ $REDIS_PASSWORD_SECRET =~ ^wsapp_redis_password[A-Za-z0-9_.-]*$ ]] ||
     die "REDIS_PASSWORD_SECRET must be a Swarm secret named wsapp_redis_password..., got '$REDIS_PASSWORD_SECRET'"
+  # No password in it: the password is the secret wsapp_postgres_password (DATABASE_PASSWORD_FILE).
+  [[ -z $DATABASE_URL || $DATABASE_URL =~ ^postgres(ql)?://[A-Za-z0-9_.-]+@[A-Za-z0-9_.-]+(:[0-9]+)?/[A-Za-z0-9_.-]+(\?[A-Za-z0-9_=\&.-]*)?$ ]] ||
+    die "DATABASE_URL must be postgres://user@host[:port]/database without a password (or empty), got '$DATABASE_URL'"
   [[ -z $ALERT_WEBHOOK_URL || $ALERT_WEBHOOK_URL =~ ^https?://[^\'\"]+$ ]] ||
     die "ALERT_WEBHOOK_URL must be an http:// or https:// URL (or empty), got '$ALERT_WEBHOOK_URL'"
 }
