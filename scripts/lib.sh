@@ -258,7 +258,8 @@ deploy_ref() {
 load_images() {
   # A file written before the registry or the exporters existed lacks them: resolve again.
   if [[ ! -s $IMAGES_ENV ]] || ! grep -q '^export REGISTRY_IMAGE=' "$IMAGES_ENV" ||
-    ! grep -q '^export REDIS_EXPORTER_IMAGE=' "$IMAGES_ENV"; then
+    ! grep -q '^export REDIS_EXPORTER_IMAGE=' "$IMAGES_ENV" ||
+    ! grep -q '^export POSTGRES_EXPORTER_IMAGE=' "$IMAGES_ENV"; then
     "$ROOT_DIR/scripts/images.sh" resolve >"$IMAGES_ENV.tmp" || return
     mv "$IMAGES_ENV.tmp" "$IMAGES_ENV"
   fi
@@ -363,7 +364,7 @@ ctl_job() {
 }
 
 # The database of a release (DATABASE_URL in the release file; stack/infra.yml's postgres service):
-# the password and the connection tickets' signing keys are Swarm secrets.
+# the secrets the app and the database jobs mount (stack/app.yml); scripts/up.sh creates them.
 readonly POSTGRES_PASSWORD_SECRET=wsapp_postgres_password
 readonly TICKET_KEYS_SECRET=wsapp_ticket_keys
 readonly DJANGO_SECRET_KEY_SECRET=wsapp_django_secret_key
@@ -577,9 +578,9 @@ load_release_env() {
     die "REPORT_DIR must be a directory (letters, digits and _ . / -) or empty, got '$REPORT_DIR'"
   [[ $REDIS_PASSWORD_SECRET =~ ^wsapp_redis_password[A-Za-z0-9_.-]*$ ]] ||
     die "REDIS_PASSWORD_SECRET must be a Swarm secret named wsapp_redis_password..., got '$REDIS_PASSWORD_SECRET'"
-  [[ -z $DATABASE_URL || $DATABASE_URL =~ ^postgres(ql)?://[A-Za-z0-9_]+@[A-Za-z0-9_.-]+(:[0-9]+)?/[A-Za-z0-9_]+(\?[A-Za-z0-9_.=\&/-]+)?$ ]] ||
-    die "DATABASE_URL must be postgres://USER@HOST:PORT/NAME[?OPTIONS] (the password is a Swarm secret) or empty," \
-      "got '$DATABASE_URL'"
+  # No password in it: the password is the secret wsapp_postgres_password (DATABASE_PASSWORD_FILE).
+  [[ -z $DATABASE_URL || $DATABASE_URL =~ ^postgres(ql)?://[A-Za-z0-9_.-]+@[A-Za-z0-9_.-]+(:[0-9]+)?/[A-Za-z0-9_.-]+(\?[A-Za-z0-9_=\&.-]*)?$ ]] ||
+    die "DATABASE_URL must be postgres://user@host[:port]/database without a password (or empty), got '$DATABASE_URL'"
   [[ -z $ALERT_WEBHOOK_URL || $ALERT_WEBHOOK_URL =~ ^https?://[^\'\"]+$ ]] ||
     die "ALERT_WEBHOOK_URL must be an http:// or https:// URL (or empty), got '$ALERT_WEBHOOK_URL'"
 }
