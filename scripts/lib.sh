@@ -365,7 +365,9 @@ readonly TICKET_KEYS_SECRET=wsapp_ticket_keys
 # migrate_job IMAGE: `manage.py migrate` from IMAGE as a one-off Swarm job on the overlay network,
 # with the app's database settings (DATABASE_URL of the release file, the password and ticket-key
 # secrets), bounded by MIGRATE_TIMEOUT (300 s). Prints its output; fails when the migration fails or
-# does not finish in time. With DATABASE_URL empty there is no database: it does nothing.
+# does not finish in time. With DATABASE_URL empty there is no database: it does nothing. The app's
+# metrics directory (PROMETHEUS_MULTIPROC_DIR, under /tmp) is made first, as the entrypoint does for
+# the server: importing the app's code creates its metrics.
 migrate_job() {
   local image=$1
   if [[ -z ${DATABASE_URL:-} ]]; then
@@ -373,6 +375,7 @@ migrate_job() {
     return 0
   fi
   log "migrating the database with $image"
+  # shellcheck disable=SC2016  # $PROMETHEUS_MULTIPROC_DIR is the container's
   swarm_job "${MIGRATE_TIMEOUT:-300}" migrate "manage.py migrate" --mode replicated-job --network "$NETWORK" \
     --read-only --cap-drop ALL \
     --secret source=wsapp_django_secret_key,target=django_secret_key \
@@ -380,9 +383,8 @@ migrate_job() {
     --secret "source=$TICKET_KEYS_SECRET,target=ticket_keys" \
     --env DJANGO_SECRET_KEY_FILE=/run/secrets/django_secret_key \
     --env "DATABASE_URL=$DATABASE_URL" --env DATABASE_PASSWORD_FILE=/run/secrets/postgres_password \
-    --env TICKET_KEYS_FILE=/run/secrets/ticket_keys \
-    --env "ALLOWED_HOSTS=${ALLOWED_HOSTS:-localhost}" --env "PUBLIC_ORIGINS=${PUBLIC_ORIGINS:-http://localhost}" \
-    "$image" python manage.py migrate --noinput
+    --env TICKET_KEYS_FILE=/run/secrets/ticket_keys --mount type=tmpfs,destination=/tmp \
+    "$image" sh -c 'mkdir -p "$PROMETHEUS_MULTIPROC_DIR" && exec python manage.py migrate --noinput'
 }
 
 # tools_config: the Swarm config holding scripts/release_tools.py, named by its content (configs are
