@@ -52,9 +52,19 @@ def accounts_system(swarm):
     run(["scripts/down.sh"], 300)
 
 
-def log_in(user, timeout=10.0):
+@pytest.fixture
+def clients():
+    """Every HTTP client a test opens, closed at its end."""
+    opened = []
+    yield opened
+    for client in opened:
+        client.close()
+
+
+def log_in(user, clients, timeout=10.0):
     """An HTTP client through Nginx with `user`'s session (Django's login page); the login's answer."""
     client = httpx.Client(base_url=BASE_URL, timeout=timeout)
+    clients.append(client)
     page = client.get("/accounts/login/")
     assert page.status_code == 200 and 'name="password"' in page.text, page.text[:300]
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
@@ -63,8 +73,8 @@ def log_in(user, timeout=10.0):
     return client, answer
 
 
-def logged_in(user):
-    client, answer = log_in(user)
+def logged_in(user, clients):
+    client, answer = log_in(user, clients)
     assert answer.status_code == 302 and answer.headers["location"] == "/", answer.text[:300]
     return client
 
@@ -98,14 +108,14 @@ async def chat(ws, body):
 
 
 async def test_a_member_logs_in_through_nginx_and_joins_the_private_room_a_stranger_is_refused(
-        accounts_system):
+        accounts_system, clients):
     # The replicas load the private rooms every ROOM_POLICY_SECONDS (5 s): until then ROOM is public.
     deadline = time.monotonic() + 30
     while not await refused(ROOM):
         assert time.monotonic() < deadline, f"{ROOM} still public 30 s after it was made private"
         await asyncio.sleep(1)
 
-    alice = logged_in("alice")
+    alice = logged_in("alice", clients)
     issued = alice.get("/ticket/", params={"room": ROOM}).json()
     assert issued["rooms"] == [ROOM] and issued["name"] == "Alice Doe", issued
     ws, welcome = await join(ROOM, issued["ticket"])
@@ -116,7 +126,7 @@ async def test_a_member_logs_in_through_nginx_and_joins_the_private_room_a_stran
     finally:
         await ws.close()
 
-    bob = logged_in("bob")
+    bob = logged_in("bob", clients)
     answer = bob.get("/ticket/", params={"room": ROOM})
     assert answer.status_code == 403 and answer.json()["error"] == "forbidden"
     public_ticket = bob.get("/ticket/", params={"room": "e2e-lobby"}).json()["ticket"]
@@ -132,8 +142,8 @@ def postgres_container():
     return docker("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={POSTGRES}").split()
 
 
-async def test_postgres_killed_chat_goes_on_login_answers_503_then_recovers(accounts_system):
-    alice = logged_in("alice")
+async def test_postgres_killed_chat_goes_on_login_answers_503_then_recovers(accounts_system, clients):
+    alice = logged_in("alice", clients)
     ticket = alice.get("/ticket/", params={"room": ROOM}).json()["ticket"]
     member, _ = await join(ROOM, ticket)
     traffic = Traffic(BASE_URL, WS_URL, clients=8, rooms=2, message_interval=0.5)
@@ -156,7 +166,7 @@ async def test_postgres_killed_chat_goes_on_login_answers_503_then_recovers(acco
         # Login needs it: 503 with a page that says so, within a bounded time. Postgres is down now,
         # so it was all along the chat above (it does not come back and go again).
         started = time.monotonic()
-        _, answer = await asyncio.to_thread(log_in, "alice", 20.0)
+        _, answer = await asyncio.to_thread(log_in, "alice", clients, 20.0)
         unavailable_after = time.monotonic() - started
         assert answer.status_code == 503 and "database is unavailable" in answer.text, \
             (answer.status_code, answer.text[:300])
@@ -165,7 +175,7 @@ async def test_postgres_killed_chat_goes_on_login_answers_503_then_recovers(acco
 
         # Swarm restarts the task; login works again once it answers.
         async def login_works():
-            _, answer = await asyncio.to_thread(log_in, "alice", 20.0)
+            _, answer = await asyncio.to_thread(log_in, "alice", clients, 20.0)
             return answer.status_code == 302
 
         recovered = None
