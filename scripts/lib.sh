@@ -373,14 +373,16 @@ readonly MIGRATE_TIMEOUT=${MIGRATE_TIMEOUT:-300}
 # manage_job SECONDS KIND IMAGE ARGS...: `python manage.py ARGS` from IMAGE (through its entrypoint,
 # which runs a given command in service/) as a one-off Swarm job on the overlay network, with the
 # settings the app has for the database (DATABASE_URL from the release file, the password and the
-# ticket keys as secrets: a plain `docker run` cannot mount a Swarm secret). Prints its output; fails
+# ticket keys as secrets: a plain `docker run` cannot mount a Swarm secret), and the app's metrics
+# directory on the job's tmpfs /tmp (importing the app's code creates its metrics; the entrypoint makes
+# PROMETHEUS_MULTIPROC_DIR for the server only). Prints its output; fails
 # when the command fails or does not finish within SECONDS (then the job is removed, which stops it;
 # Postgres rolls the interrupted migration's transaction back).
 manage_job() {
   local seconds=$1 kind=$2 image=$3
   shift 3
   swarm_job "$seconds" "$kind" "manage.py $*" --mode replicated-job --network "$NETWORK" --read-only \
-    --cap-drop ALL --mount type=tmpfs,destination=/tmp \
+    --cap-drop ALL --mount type=tmpfs,destination=/tmp --env PROMETHEUS_MULTIPROC_DIR=/tmp \
     --secret "source=$POSTGRES_PASSWORD_SECRET,target=postgres_password" \
     --secret "source=$TICKET_KEYS_SECRET,target=ticket_keys" \
     --secret "source=$DJANGO_SECRET_KEY_SECRET,target=django_secret_key" \
