@@ -31,6 +31,10 @@ readonly ENGINE_WAIT=${ENGINE_WAIT:-120}
 # MIGRATE_TIMEOUT (scripts/lib.sh): seconds for the migration linter, then for the migrations.
 # Seconds for the switch job to run switch-color in the Nginx of every edge node.
 readonly SWITCH_TIMEOUT=60
+# Seconds for every Nginx to answer (through Swarm's DNS) and agree after a switch. restore() raises
+# it: after an engine restart, this node's DNS names the other nodes' Nginx only once the overlay's
+# gossip has caught up (tens of seconds on a busy lab), and a restore is no time to give up early.
+EXPECT_TIMEOUT=15
 # Nginx's public port inside the overlay network (published as HTTP_PORT) and its internal one.
 readonly NGINX_PUBLIC=http://$NGINX_SERVICE:8080
 readonly NGINX_INTERNAL=http://$NGINX_SERVICE:8081
@@ -191,7 +195,7 @@ switch_edges() {
 
 expect_edges() {
   release_tool "$ACTIVE_IMAGE" expect-color --color "$1" --nginx-service "$NGINX_SERVICE" \
-    --count "$(running_tasks "$NGINX_SERVICE")"
+    --count "$(running_tasks "$NGINX_SERVICE")" --timeout "$EXPECT_TIMEOUT"
 }
 
 # edges_report RECORD: one line per Nginx (its node, the color it serves); fails when one
@@ -356,6 +360,7 @@ restore() {
       { report "ERROR: no engine; nothing restored. When it is back: ./promote.sh status"; return "$status"; }
   fi
   remove_jobs
+  EXPECT_TIMEOUT=$ENGINE_WAIT
   if [[ $STATE == draining ]] && ! undrain "$ACTIVE"; then
     # The old color may be refusing clients: the new one (switched to, past the gate) keeps serving.
     report "ERROR: $ACTIVE could not be undrained; $IDLE keeps serving and $ACTIVE is left as it is." \

@@ -31,3 +31,12 @@ def lab():
         raise
     yield lab
     lab.script("down", check=False)
+
+
+@pytest.fixture(autouse=True)
+def settled_lab(lab):
+    """Every lab test starts on a whole lab (Lab.settle): the tests share one lab, and a fault one of
+    them left healing must not be taken for the next one's failure."""
+    waited = lab.settle()
+    if waited > 5:
+        print(f"the lab took {waited:.0f}s to be whole again")

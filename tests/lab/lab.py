@@ -93,3 +93,27 @@ class Lab:
             assert time.monotonic() - started < timeout, f"timed out after {timeout}s waiting for {what}"
             time.sleep(interval)
         return time.monotonic() - started
+
+    def unsettled(self):
+        """What keeps the lab from being whole: nodes not Ready, services below their count (jobs aside)."""
+        manager = self.manager()
+        wrong = [f"node {line}" for line in self.docker(
+            manager, "node", "ls", "--format", "{{.Hostname}} {{.Status}}").splitlines()
+            if not line.endswith(" Ready")]
+        services = self.docker(manager, "service", "ls", "--format", "{{.Name}} {{.Mode}} {{.Replicas}}")
+        for line in services.splitlines():
+            name, mode, replicas = line.split(maxsplit=2)
+            running, _, desired = replicas.split()[0].partition("/")
+            if not mode.endswith("-job") and running != desired:
+                wrong.append(f"{name} {replicas}")
+        return wrong
+
+    def settle(self, timeout=240):
+        """Wait (bounded) until every node is Ready and every service runs all its tasks: a fault a test
+        caused (an engine restarted, a node killed and revived) must be over before the next test starts,
+        and a lab that does not heal fails here, naming what is missing, instead of in the next test."""
+        started = time.monotonic()
+        while wrong := self.unsettled():
+            assert time.monotonic() - started < timeout, f"the lab is not whole after {timeout}s: {wrong}"
+            time.sleep(2)
+        return time.monotonic() - started

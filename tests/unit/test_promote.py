@@ -229,6 +229,12 @@ def test_a_drain_failure_with_a_working_undrain_restores_the_old_color(fake):
     assert "blue serves, as before the promotion." in result.stderr
     assert (state / "active").read_text() == "blue\n"
     assert not (state / "green").exists()
+    # The switch forward asked the edges for the usual 15 s; the switch back waits as long as the engine
+    # may take (after an engine restart this node's Swarm DNS names the other nodes' Nginx only once the
+    # overlay's gossip has caught up: the CI lab's restore gave up at 15 s with "0 Nginx answer in DNS").
+    checks = [line for line in calls(state).splitlines() if "expect-color --color" in line]
+    assert "--color green" in checks[0] and checks[0].endswith("--timeout 15")
+    assert "--color blue" in checks[-1] and checks[-1].endswith("--timeout 120")
 
 
 @pytest.mark.parametrize("name, value", [
