@@ -28,6 +28,7 @@ readonly PROMETHEUS_URL=${PROMETHEUS_URL:-http://wsapp_prometheus:9090}
 readonly UNDRAIN_ATTEMPTS=3
 readonly REPORT_TIMEOUT=${REPORT_TIMEOUT:-60}
 readonly ENGINE_WAIT=${ENGINE_WAIT:-120}
+# MIGRATE_TIMEOUT (scripts/lib.sh): seconds for the migration linter, then for the migrations.
 # Seconds for the switch job to run switch-color in the Nginx of every edge node.
 readonly SWITCH_TIMEOUT=60
 # Seconds for every Nginx to answer (through Swarm's DNS) and agree after a switch. restore() raises
@@ -53,7 +54,8 @@ usage() {
   cat <<USAGE
 Usage: ./promote.sh [--image NAME:TAG] | status | rollback | unlock | --help
 
-Releases a new version by blue/green promotion: deploys the idle color, waits until every
+Releases a new version by blue/green promotion: with a database (DATABASE_URL), lints and applies
+the new image's migrations (a Swarm job each) while the active color serves; deploys the idle color, waits until every
 replica is healthy, smoke-tests it through Nginx's preview route, switches every Nginx (the
 recorded color, then each edge's Nginx: checked, graceful reload; then each is asked), drains the old color (each client gets {"type":"reconnect"} and close 1012,
 spread over the drain window) and removes it. Any failure or Ctrl-C before the old color is
@@ -80,6 +82,9 @@ Settings of the procedure (environment, with defaults):
   WATCH_MIN_RATE=$WATCH_MIN_RATE       ...judged only while it receives at least this many messages/s
   WATCH_GRACE=$WATCH_GRACE          switch back if fewer than REPLICAS replicas are ready this long
   PROMETHEUS_URL=$PROMETHEUS_URL  queried by the watch and the release report (on the overlay network)
+  MIGRATE_TIMEOUT=$MIGRATE_TIMEOUT        seconds for each of the two database jobs, with DATABASE_URL set in the
+                              release file: the migration linter (refuses migrations that would
+                              break the color still running), then manage.py migrate
   REPORT_TIMEOUT=$REPORT_TIMEOUT          seconds for the release report (REPORT_DIR in the release file),
                               written at the end of every release that deployed; it never
                               changes the release's outcome
@@ -108,6 +113,7 @@ validate_settings() {
   require_int PUSH_TIMEOUT 1
   require_int REGISTRY_WAIT 0
   require_int REPORT_TIMEOUT 10
+  require_int MIGRATE_TIMEOUT 1
   require_decimal WATCH_ERROR_RATIO
   require_decimal WATCH_MIN_RATE
   require_decimal WATCH_GRACE
@@ -208,6 +214,27 @@ repair_edges() {
   echo "$report" >&2
   switch_edges "$ACTIVE"
   expect_edges "$ACTIVE" >&2
+}
+
+# Migrations (docs/operations.md, "Migrations: expand, then contract"): with a database, the migrations
+# of the new image that the database lacks are linted, then applied, while the active color serves and
+# before the new one starts. Either failing ends the release at STATE=none: nothing is deployed and the
+# active color serves on. Postgres rolls back the migration that failed (each runs in a transaction);
+# the ones before it stay applied, which the active color survives because the linter let them through.
+migrate() {
+  if [[ -z $DATABASE_URL ]]; then
+    log "no database (DATABASE_URL is empty in the release file): no migrations to run"
+    return 0
+  fi
+  step "lint the migrations of $VERSION that the database lacks (at most ${MIGRATE_TIMEOUT}s)"
+  lint_migrations_job "$IMAGE_REF" >&2 ||
+    die "the migration linter refused $VERSION (above) or did not finish; nothing changed and $ACTIVE" \
+      "serves. A migration that would break the running color is released as expand, then contract:" \
+      "docs/operations.md, \"Migrations: expand, then contract\""
+  step "migrate the database to $VERSION (at most ${MIGRATE_TIMEOUT}s)"
+  migrate_job "$IMAGE_REF" >&2 ||
+    die "manage.py migrate failed or did not finish (above); nothing was deployed and $ACTIVE serves." \
+      "The failed migration was rolled back; fix it and release again"
 }
 
 # Post-switch watch: the release gate (docs/operations.md, "The release gate"). A failure
@@ -369,6 +396,7 @@ promote() {
   exec 7>&1 8>&2
   trap on_exit EXIT
   trap_signals
+  migrate
   step "deploy $IDLE with $IMAGE ($REPLICAS replicas)"
   STATE=deployed
   deploy_color "$IDLE" "$IMAGE_REF" "$VERSION" "$REPLICAS"

@@ -16,6 +16,8 @@ readonly PROMETHEUS_IMAGE=${PROMETHEUS_IMAGE:-prom/prometheus:v2.53.0}
 readonly GRAFANA_IMAGE=${GRAFANA_IMAGE:-grafana/grafana:11.2.0}
 readonly ALERTMANAGER_IMAGE=${ALERTMANAGER_IMAGE:-prom/alertmanager:v0.27.0}
 readonly REDIS_EXPORTER_IMAGE=${REDIS_EXPORTER_IMAGE:-oliver006/redis_exporter:v1.45.0-alpine}
+readonly POSTGRES_IMAGE=${POSTGRES_IMAGE:-postgres:15-bookworm}
+readonly POSTGRES_EXPORTER_IMAGE=${POSTGRES_EXPORTER_IMAGE:-prometheuscommunity/postgres-exporter:v0.15.0}
 readonly REGISTRY_IMAGE=${REGISTRY_IMAGE:-registry:2}
 readonly PULL_TIMEOUT=${PULL_TIMEOUT:-20}
 readonly LOCAL_IMAGES=${LOCAL_IMAGES:-0}
@@ -38,6 +40,8 @@ Settings (environment):
   GRAFANA_IMAGE=$GRAFANA_IMAGE
   ALERTMANAGER_IMAGE=$ALERTMANAGER_IMAGE
   REDIS_EXPORTER_IMAGE=$REDIS_EXPORTER_IMAGE
+  POSTGRES_IMAGE=$POSTGRES_IMAGE
+  POSTGRES_EXPORTER_IMAGE=$POSTGRES_EXPORTER_IMAGE
   REGISTRY_IMAGE=$REGISTRY_IMAGE    the image registry (stack/registry.yml), when REGISTRY is empty
   PULL_TIMEOUT=$PULL_TIMEOUT       seconds per docker pull
   LOCAL_IMAGES=$LOCAL_IMAGES        1: never pull; use local images or build stand-ins
@@ -73,12 +77,15 @@ build_base() {
 }
 
 # build_local NAME: build wsapp-local/NAME:bookworm from docker/NAME unless present and built from
-# the same Dockerfile (a label records its hash, so a changed Dockerfile rebuilds the stand-in).
+# the same files (a label records their hash, so a changed Dockerfile or entrypoint rebuilds the
+# stand-in). The Dockerfile first, then the other files by name: a directory that holds only a
+# Dockerfile keeps the hash of that file alone.
 build_local() {
   local name=$1
   local image=$LOCAL_PREFIX/$name:bookworm
   local hash
-  hash=$(sha256sum "$ROOT_DIR/docker/$name/Dockerfile" | cut -c1-16) || return
+  hash=$(find "$ROOT_DIR/docker/$name" -maxdepth 1 -type f ! -name Dockerfile -print0 | sort -z |
+    xargs -0 cat "$ROOT_DIR/docker/$name/Dockerfile" | sha256sum | cut -c1-16) || return
   if image_exists "$image" && [[ $(docker image inspect --format \
     '{{index .Config.Labels "com.wsapp.dockerfile"}}' "$image") == "$hash" ]]; then
     log "$image: present (cached)"
@@ -91,7 +98,7 @@ build_local() {
 }
 
 # resolve_one NAME IMAGE: print the image to use for NAME (python, or a directory of docker/:
-# nginx, redis, prometheus, alertmanager, redis-exporter, registry).
+# nginx, redis, prometheus, alertmanager, redis-exporter, postgres, postgres-exporter, registry).
 # It runs in a command substitution, where set -e does not apply: failures return explicitly.
 resolve_one() {
   local name=$1 image=$2
@@ -109,13 +116,15 @@ resolve_one() {
 }
 
 resolve() {
-  local python nginx redis prometheus alertmanager redis_exporter registry replicas
+  local python nginx redis prometheus alertmanager redis_exporter postgres postgres_exporter registry replicas
   python=$(resolve_one python "$PYTHON_BASE_IMAGE")
   nginx=$(resolve_one nginx "$NGINX_IMAGE")
   redis=$(resolve_one redis "$REDIS_IMAGE")
   prometheus=$(resolve_one prometheus "$PROMETHEUS_IMAGE")
   alertmanager=$(resolve_one alertmanager "$ALERTMANAGER_IMAGE")
   redis_exporter=$(resolve_one redis-exporter "$REDIS_EXPORTER_IMAGE")
+  postgres=$(resolve_one postgres "$POSTGRES_IMAGE")
+  postgres_exporter=$(resolve_one postgres-exporter "$POSTGRES_EXPORTER_IMAGE")
   registry=$(resolve_one registry "$REGISTRY_IMAGE")
   if available "$GRAFANA_IMAGE"; then
     replicas=${GRAFANA_REPLICAS:-1}
@@ -131,6 +140,8 @@ resolve() {
     PROMETHEUS_IMAGE "$prometheus" \
     ALERTMANAGER_IMAGE "$alertmanager" \
     REDIS_EXPORTER_IMAGE "$redis_exporter" \
+    POSTGRES_IMAGE "$postgres" \
+    POSTGRES_EXPORTER_IMAGE "$postgres_exporter" \
     GRAFANA_IMAGE "$GRAFANA_IMAGE" \
     REGISTRY_IMAGE "$registry" \
     GRAFANA_REPLICAS "$replicas"

@@ -145,7 +145,8 @@ form_swarm() {
     nd "$node" swarm join --advertise-addr "$(node_addr "$node")" --token "$token" "$(node_addr 1):2377" >/dev/null
   done
   nd 1 node update --label-add wsapp.edge=true --label-add wsapp.registry=true \
-    --label-add wsapp.redis-primary=true --label-add wsapp.sentinel=true "$NAME-n1" >/dev/null
+    --label-add wsapp.redis-primary=true --label-add wsapp.sentinel=true --label-add wsapp.postgres=true \
+    "$NAME-n1" >/dev/null
   nd 1 node update --label-add wsapp.edge=true --label-add wsapp.redis-replica=true \
     --label-add wsapp.sentinel=true "$NAME-n2" >/dev/null
   nd 1 node update --label-add wsapp.sentinel=true "$NAME-n3" >/dev/null
@@ -207,7 +208,7 @@ up() {
   # The registry stack's two images on every node (each node would pull them from Docker Hub);
   # the rest only on node 1, which pushes them to the lab's registry for the others.
   local -a everywhere=("$NGINX_IMAGE" "$REGISTRY_IMAGE") images=("$image" "$REDIS_IMAGE" "$PROMETHEUS_IMAGE"
-    "$ALERTMANAGER_IMAGE" "$REDIS_EXPORTER_IMAGE")
+    "$ALERTMANAGER_IMAGE" "$REDIS_EXPORTER_IMAGE" "$POSTGRES_IMAGE" "$POSTGRES_EXPORTER_IMAGE")
   local node
   seed 1 "${everywhere[@]}" "${images[@]}"
   for ((node = 2; node <= LAB_NODES; node++)); do

@@ -258,7 +258,8 @@ deploy_ref() {
 load_images() {
   # A file written before the registry or the exporters existed lacks them: resolve again.
   if [[ ! -s $IMAGES_ENV ]] || ! grep -q '^export REGISTRY_IMAGE=' "$IMAGES_ENV" ||
-    ! grep -q '^export REDIS_EXPORTER_IMAGE=' "$IMAGES_ENV"; then
+    ! grep -q '^export REDIS_EXPORTER_IMAGE=' "$IMAGES_ENV" ||
+    ! grep -q '^export POSTGRES_EXPORTER_IMAGE=' "$IMAGES_ENV"; then
     "$ROOT_DIR/scripts/images.sh" resolve >"$IMAGES_ENV.tmp" || return
     mv "$IMAGES_ENV.tmp" "$IMAGES_ENV"
   fi
@@ -325,9 +326,10 @@ swarm_job() {
   name=wsapp-$kind-$(date -u +%H%M%S)-$RANDOM
   docker service create --quiet --detach --no-resolve-image --name "$name" --label "com.wsapp.job=$kind" \
     --container-label "com.wsapp.job=$kind" --restart-condition none "$@" >/dev/null || return 1
+  local ended=0
   while ((SECONDS < deadline)); do
     states=$(docker service ps "$name" --format '{{.CurrentState}}' 2>/dev/null) || true
-    [[ -n $states ]] && ! grep -qvE '^(Complete|Failed|Rejected|Shutdown|Orphaned)' <<<"$states" && break
+    [[ -n $states ]] && ! grep -qvE '^(Complete|Failed|Rejected|Shutdown|Orphaned)' <<<"$states" && { ended=1; break; }
     sleep 0.5
   done
   # Bounded: `docker service logs` is known to hang now and then (docker/cli#4678, moby#33183), and
@@ -338,7 +340,11 @@ swarm_job() {
   # A finished job's container outlives its service: remove it where it ran on this node (an edge
   # job's containers on other nodes are removed by the next edge job there, release_tools.py).
   docker ps -aq --filter "label=com.docker.swarm.service.name=$name" | xargs -r docker rm -f >/dev/null 2>&1 || true
-  if [[ -z $states ]] || grep -qv '^Complete' <<<"$states"; then
+  if ((!ended)); then
+    echo "ERROR: $what did not finish within ${seconds}s (stopped): $(tr '\n' ',' <<<"${states:-not started}" | sed 's/,$//')" >&2
+    return 1
+  fi
+  if grep -qv '^Complete' <<<"$states"; then
     echo "ERROR: $what ended: $(tr '\n' ',' <<<"${states:-not started}" | sed 's/,$//')" >&2
     return 1
   fi
@@ -355,6 +361,53 @@ ctl_job() {
     --env REDIS_SENTINELS=wsapp_sentinel:26379 --env REDIS_SENTINEL_MASTER=wsapp \
     --env REDIS_USERNAME=wsapp --env REDIS_PASSWORD_FILE=/run/secrets/redis_password \
     "$image" python -m rooms.ctl "$@"
+}
+
+# The database of a release (DATABASE_URL in the release file; stack/infra.yml's postgres service):
+# the secrets the app and the database jobs mount (stack/app.yml); scripts/up.sh creates them.
+readonly POSTGRES_PASSWORD_SECRET=wsapp_postgres_password
+readonly TICKET_KEYS_SECRET=wsapp_ticket_keys
+readonly DJANGO_SECRET_KEY_SECRET=wsapp_django_secret_key
+readonly MIGRATE_TIMEOUT=${MIGRATE_TIMEOUT:-300}
+
+# manage_job SECONDS KIND IMAGE ARGS...: `python manage.py ARGS` from IMAGE (through its entrypoint,
+# which runs a given command in service/) as a one-off Swarm job on the overlay network, with the
+# settings the app has for the database (DATABASE_URL from the release file, the password and the
+# ticket keys as secrets: a plain `docker run` cannot mount a Swarm secret), and the app's metrics
+# directory on the job's tmpfs /tmp (importing the app's code creates its metrics; the entrypoint makes
+# PROMETHEUS_MULTIPROC_DIR for the server only). Prints its output; fails
+# when the command fails or does not finish within SECONDS (then the job is removed, which stops it;
+# Postgres rolls the interrupted migration's transaction back).
+manage_job() {
+  local seconds=$1 kind=$2 image=$3
+  shift 3
+  swarm_job "$seconds" "$kind" "manage.py $*" --mode replicated-job --network "$NETWORK" --read-only \
+    --cap-drop ALL --mount type=tmpfs,destination=/tmp --env PROMETHEUS_MULTIPROC_DIR=/tmp \
+    --secret "source=$POSTGRES_PASSWORD_SECRET,target=postgres_password" \
+    --secret "source=$TICKET_KEYS_SECRET,target=ticket_keys" \
+    --secret "source=$DJANGO_SECRET_KEY_SECRET,target=django_secret_key" \
+    --env "DATABASE_URL=$DATABASE_URL" --env DATABASE_PASSWORD_FILE=/run/secrets/postgres_password \
+    --env TICKET_KEYS_FILE=/run/secrets/ticket_keys --env DJANGO_SECRET_KEY_FILE=/run/secrets/django_secret_key \
+    --env "ALLOWED_HOSTS=$ALLOWED_HOSTS" --env "PUBLIC_ORIGINS=$PUBLIC_ORIGINS" --env "LOG_LEVEL=$LOG_LEVEL" \
+    "$image" python manage.py "$@"
+}
+
+# lint_migrations_job IMAGE: `manage.py checkmigrations --unapplied-migrations` (members): refuses
+# the migrations of IMAGE the database lacks (this release's) when one would break the color still
+# running (django-migration-linter), or is a contract step shipped with its expand (docs/operations.md,
+# "Migrations: expand, then contract"). It needs the database: the linter reads which migrations
+# are applied, and sqlmigrate renders them for it. The linter never changes the database.
+lint_migrations_job() {
+  [[ -n ${DATABASE_URL:-} ]] || { log "DATABASE_URL is empty: no database, no migrations to check"; return 0; }
+  manage_job "$MIGRATE_TIMEOUT" lintmigrations "$1" checkmigrations --unapplied-migrations
+}
+
+# migrate_job IMAGE: `manage.py migrate` with IMAGE's migrations, before a color of IMAGE starts
+# (promote.sh, after lint_migrations_job; scripts/up.sh, before the first color). With DATABASE_URL
+# empty there is no database: it does nothing.
+migrate_job() {
+  [[ -n ${DATABASE_URL:-} ]] || { log "DATABASE_URL is empty: no database, no migration"; return 0; }
+  manage_job "$MIGRATE_TIMEOUT" migrate "$1" migrate --noinput
 }
 
 # tools_config: the Swarm config holding scripts/release_tools.py, named by its content (configs are
@@ -481,7 +534,8 @@ require_decimal() {
 # The release file (stack/release.env, or RELEASE_ENV): the only source of a release's settings.
 readonly RELEASE_KEYS=(ALLOWED_HOSTS PUBLIC_ORIGINS PUBLIC_ORIGIN REPLICAS WEB_CONCURRENCY MAX_CONNECTIONS LOG_LEVEL
   NETWORK_SUBNET NGINX_CPUS NGINX_WORKER_CONNECTIONS NGINX_WS_PER_ADDRESS NGINX_WS_RATE NGINX_WS_BURST
-  NGINX_HTTP_RATE NGINX_HTTP_BURST REDIS_PASSWORD_SECRET ROOM_CREATIONS_PER_ADDRESS ALERT_WEBHOOK_URL REPORT_DIR)
+  NGINX_HTTP_RATE NGINX_HTTP_BURST REDIS_PASSWORD_SECRET ROOM_CREATIONS_PER_ADDRESS ALERT_WEBHOOK_URL REPORT_DIR
+  DATABASE_URL)
 
 # load_release_env: read NAME=value lines (no shell evaluation), refuse unknown or missing names
 # and bad values, and export them, over whatever the shell had.
@@ -526,6 +580,9 @@ load_release_env() {
     die "REPORT_DIR must be a directory (letters, digits and _ . / -) or empty, got '$REPORT_DIR'"
   [[ $REDIS_PASSWORD_SECRET =~ ^wsapp_redis_password[A-Za-z0-9_.-]*$ ]] ||
     die "REDIS_PASSWORD_SECRET must be a Swarm secret named wsapp_redis_password..., got '$REDIS_PASSWORD_SECRET'"
+  # No password in it: the password is the secret wsapp_postgres_password (DATABASE_PASSWORD_FILE).
+  [[ -z $DATABASE_URL || $DATABASE_URL =~ ^postgres(ql)?://[A-Za-z0-9_.-]+@[A-Za-z0-9_.-]+(:[0-9]+)?/[A-Za-z0-9_.-]+(\?[A-Za-z0-9_=\&.-]*)?$ ]] ||
+    die "DATABASE_URL must be postgres://user@host[:port]/database without a password (or empty), got '$DATABASE_URL'"
   [[ -z $ALERT_WEBHOOK_URL || $ALERT_WEBHOOK_URL =~ ^https?://[^\'\"]+$ ]] ||
     die "ALERT_WEBHOOK_URL must be an http:// or https:// URL (or empty), got '$ALERT_WEBHOOK_URL'"
 }

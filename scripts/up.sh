@@ -104,6 +104,17 @@ ensure_secret() {
   fi
 }
 
+# The connection tickets' signing keys (docs/accounts.md): two random keys, one a line, the first
+# signs and both verify, so one can be rotated without cutting anyone off.
+ensure_ticket_keys() {
+  docker secret inspect "$TICKET_KEYS_SECRET" >/dev/null 2>&1 && return 0
+  log "creating secret $TICKET_KEYS_SECRET (two random keys)"
+  local key1 key2
+  key1=$(head -c 48 /dev/urandom | base64 | tr -d '\n/+=')
+  key2=$(head -c 48 /dev/urandom | base64 | tr -d '\n/+=')
+  printf '%s\n%s\n' "$key1" "$key2" | docker secret create "$TICKET_KEYS_SECRET" - >/dev/null
+}
+
 # The active color to deploy Nginx with: its service's label, so a redeploy never flips it. Before
 # the label existed (Nginx with a volume), the one color deployed is the active one; else blue.
 recorded_color() {
@@ -193,10 +204,13 @@ push_infra_images() {
   PROMETHEUS_IMAGE=$(deploy_ref "$PROMETHEUS_IMAGE") || die "cannot push $PROMETHEUS_IMAGE"
   ALERTMANAGER_IMAGE=$(deploy_ref "$ALERTMANAGER_IMAGE") || die "cannot push $ALERTMANAGER_IMAGE"
   REDIS_EXPORTER_IMAGE=$(deploy_ref "$REDIS_EXPORTER_IMAGE") || die "cannot push $REDIS_EXPORTER_IMAGE"
+  POSTGRES_IMAGE=$(deploy_ref "$POSTGRES_IMAGE") || die "cannot push $POSTGRES_IMAGE"
+  POSTGRES_EXPORTER_IMAGE=$(deploy_ref "$POSTGRES_EXPORTER_IMAGE") || die "cannot push $POSTGRES_EXPORTER_IMAGE"
   if [[ $GRAFANA_REPLICAS != 0 ]]; then
     GRAFANA_IMAGE=$(deploy_ref "$GRAFANA_IMAGE") || die "cannot push $GRAFANA_IMAGE"
   fi
-  log "infra images: $NGINX_IMAGE $REDIS_IMAGE $PROMETHEUS_IMAGE $ALERTMANAGER_IMAGE $REDIS_EXPORTER_IMAGE"
+  log "infra images: $NGINX_IMAGE $REDIS_IMAGE $PROMETHEUS_IMAGE $ALERTMANAGER_IMAGE $REDIS_EXPORTER_IMAGE" \
+    "$POSTGRES_IMAGE $POSTGRES_EXPORTER_IMAGE"
 }
 
 # Prometheus and Grafana publish no port. This proxy, a plain container on the overlay network,
@@ -234,7 +248,10 @@ deploy_infra() {
   replace_replicated_nginx
   docker stack deploy --detach=true --resolve-image never -c "$ROOT_DIR/stack/infra.yml" "$INFRA_STACK" >/dev/null
   local service
-  for service in wsapp_redis wsapp_redis-replica wsapp_sentinel "$NGINX_SERVICE" wsapp_alertmanager wsapp_redis-exporter; do
+  # Postgres is Running once its healthcheck (pg_isready over TCP) passes: after a first start's
+  # initialisation, so the migration below finds it ready.
+  for service in wsapp_redis wsapp_redis-replica wsapp_sentinel "$NGINX_SERVICE" wsapp_alertmanager wsapp_redis-exporter \
+    wsapp_postgres wsapp_postgres-exporter; do
     wait_for "$UP_TIMEOUT" "$service to run" service_running "$service"
   done
   [[ -n $ALERT_WEBHOOK_URL ]] ||
@@ -260,6 +277,8 @@ deploy_first_color() {
   fi
   local ref
   ref=$(deploy_ref "$image") || die "cannot push $image"
+  # The tables before the first replica starts (promote.sh migrates before each release).
+  migrate_job "$ref" || die "the migration failed (see above): the app is not deployed"
   log "deploying $color with $ref"
   deploy_color "$color" "$ref" "$(image_version "$image")"
   wait_for "$UP_TIMEOUT" "$color to be healthy" service_running "$(color_service "$color")"
@@ -289,6 +308,7 @@ main() {
   ensure_node_label wsapp.redis-primary
   ensure_node_label wsapp.redis-replica
   ensure_node_label wsapp.sentinel
+  ensure_node_label wsapp.postgres
   step "network and secrets"
   ensure_network
   ensure_secret wsapp_django_secret_key
@@ -300,13 +320,18 @@ main() {
   ensure_secret wsapp_redis_replication_password
   ensure_secret wsapp_redis_sentinel_password
   ensure_secret wsapp_redis_metrics_password
+  # The database's (stack/infra.yml: the password of the user wsapp, set when Postgres first starts
+  # on an empty volume) and the connection tickets' signing keys.
+  ensure_secret "$POSTGRES_PASSWORD_SECRET"
+  ensure_ticket_keys
   step "registry"
   CONFIG_VERSION=$(config_version)
   export CONFIG_VERSION NGINX_IMAGE REGISTRY_IMAGE REGISTRY_PORT
   deploy_registry
   step "push images to $REGISTRY"
   push_infra_images
-  export NGINX_IMAGE REDIS_IMAGE PROMETHEUS_IMAGE ALERTMANAGER_IMAGE REDIS_EXPORTER_IMAGE GRAFANA_IMAGE GRAFANA_REPLICAS
+  export NGINX_IMAGE REDIS_IMAGE PROMETHEUS_IMAGE ALERTMANAGER_IMAGE REDIS_EXPORTER_IMAGE GRAFANA_IMAGE GRAFANA_REPLICAS \
+    POSTGRES_IMAGE POSTGRES_EXPORTER_IMAGE
   step "infra stack"
   deploy_infra
   start_ops_proxy

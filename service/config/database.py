@@ -19,10 +19,10 @@ class DatabaseUrlError(ValueError):
 
 
 def databases(url, password_file="", connect_timeout=3, statement_timeout=5.0, conn_max_age=60):
-    """Django's DATABASES for `url`; {} (no database) when it is empty."""
+    """Django's DATABASES for `url`; {} (no database) when it is empty, whatever `password_file` says:
+    the stack always mounts the password's secret, and an empty DATABASE_URL in the release file is how
+    the database is turned off (docs/accounts.md)."""
     if not url:
-        if password_file:
-            raise DatabaseUrlError("DATABASE_PASSWORD_FILE is set but DATABASE_URL is empty")
         return {}
     parts = urlsplit(url)
     if parts.scheme not in SCHEMES:

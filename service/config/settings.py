@@ -205,7 +205,12 @@ if ACCOUNTS_ENABLED:
     INSTALLED_APPS = [
         "django.contrib.admin", "django.contrib.auth", "django.contrib.contenttypes",
         "django.contrib.sessions", "django.contrib.messages", "channels", "rooms", "members",
+        # `manage.py lintmigrations`: promote.sh and CI refuse migrations that would break the color
+        # still running (docs/operations.md, "Migrations: expand, then contract").
+        "django_migration_linter",
     ]
+    # The linter's cache lives in the user's cache directory: none on the image's read-only root.
+    MIGRATION_LINTER_OPTIONS = {"no_cache": True}
     MIDDLEWARE += [
         "members.middleware.DatabaseUnavailable",
         "django.contrib.sessions.middleware.SessionMiddleware",

@@ -42,7 +42,6 @@ def test_the_password_comes_from_a_file_like_the_other_secrets(tmp_path):
         ("postgres://u@h/d?foo=1", "", "unknown option 'foo'"),
         ("postgres://u:p@h/d", "/etc/hostname", "has a password and DATABASE_PASSWORD_FILE is set"),
         ("postgres://u@h/d", "/nonexistent/file", "DATABASE_PASSWORD_FILE=/nonexistent/file cannot be read"),
-        ("", "/etc/hostname", "DATABASE_PASSWORD_FILE is set but DATABASE_URL is empty"),
     ],
 )
 def test_a_bad_database_setting_says_what_to_fix(url, password_file, message):
@@ -63,6 +62,17 @@ def settings_of(**env):
 
 def test_without_a_database_url_the_settings_are_todays():
     result = settings_of()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["{}", "['channels', 'rooms']", "[]", "2", "False"]
+
+
+def test_an_empty_database_url_turns_the_database_off_even_with_the_stacks_secrets(tmp_path):
+    """stack/app.yml always names the password and ticket-key secrets; DATABASE_URL= in the release
+    file must still deploy the app as it was, without a database."""
+    keys = tmp_path / "ticket.keys"
+    keys.write_text("k" * 32 + "\n" + "o" * 32 + "\n")
+    assert databases("", "/etc/hostname") == {}
+    result = settings_of(DATABASE_URL="", DATABASE_PASSWORD_FILE="/etc/hostname", TICKET_KEYS_FILE=str(keys))
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["{}", "['channels', 'rooms']", "[]", "2", "False"]
 

@@ -85,6 +85,13 @@ case "$1 ${2:-}" in
     fi ;;
   "service ps")
     if [[ $* == *wsapp-ctl-* || $* == *wsapp-edge-* ]]; then echo "Complete 1 second ago"
+    # The database jobs: fail-KIND and hang-KIND (KIND: lintmigrations, migrate) play a job that
+    # fails or never ends.
+    elif [[ $* =~ wsapp-(lintmigrations|migrate)- ]]; then
+      kind=${BASH_REMATCH[1]}
+      if [[ -e $state/fail-$kind ]]; then echo "Failed 1 second ago"
+      elif [[ -e $state/hang-$kind ]]; then echo "Running 1 second ago"
+      else echo "Complete 1 second ago"; fi
     elif [[ $* == *wsapp_nginx* ]]; then echo "Running 1 second ago"
     elif [[ -e $state/healthy ]]; then printf 'Running 1 second ago\nRunning 1 second ago\n'
     else touch "$state/checking"; sleep 1; echo "Starting 1 second ago"; fi ;;
@@ -104,11 +111,13 @@ esac
 """
 
 
-def release_file(directory):
-    """stack/release.env with the release reports written to directory/reports (not the checkout)."""
-    lines = [line for line in ROOT_RELEASE_ENV.read_text().splitlines() if not line.startswith("REPORT_DIR=")]
+def release_file(directory, **settings):
+    """stack/release.env with the release reports written to directory/reports (not the checkout), and
+    other settings replaced."""
+    settings = {"REPORT_DIR": f"{directory}/reports", **settings}
+    lines = [line for line in ROOT_RELEASE_ENV.read_text().splitlines() if line.split("=")[0] not in settings]
     path = directory / "release.env"
-    path.write_text("\n".join([*lines, f"REPORT_DIR={directory}/reports"]) + "\n")
+    path.write_text("\n".join([*lines, *(f"{name}={value}" for name, value in settings.items())]) + "\n")
     return str(path)
 
 
@@ -324,6 +333,7 @@ def test_an_image_given_by_digest_is_deployed_as_it_is(fake):
     ("PUBLIC_ORIGINS=http://localhost/,http://127.0.0.1", "PUBLIC_ORIGINS must be"),
     ("PUBLIC_ORIGIN=http://localhost:8080", "is not one of PUBLIC_ORIGINS"),
     ("REDIS_PASSWORD_SECRET=other;rm", "REDIS_PASSWORD_SECRET must be"),
+    ("DATABASE_URL=postgres://wsapp:secret@postgres:5432/wsapp", "without a password"),
 ])
 def test_a_bad_release_file_is_refused_before_anything_changes(fake, line, message):
     state, env = fake
@@ -494,3 +504,75 @@ def test_status_before_any_report_names_none_and_succeeds(fake):
                             timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"last release report: none yet (in {state}/reports)" in result.stdout
+
+
+DATABASE_URL = "postgres://wsapp@postgres:5432/wsapp"
+
+
+@pytest.fixture
+def with_database(fake):
+    """The fake swarm with a database in the release file and a new color that gets healthy."""
+    state, env = fake
+    (state / "healthy").touch()
+    release = release_file(state, DATABASE_URL=DATABASE_URL)
+    return state, {**env, "RELEASE_ENV": release, "MIGRATE_TIMEOUT": "3"}
+
+
+def job_creates(state, kind):
+    return [line for line in calls(state).splitlines()
+            if line.startswith("service create") and f"com.wsapp.job={kind}" in line]
+
+
+def test_migrations_are_linted_then_applied_by_jobs_of_the_new_image_before_it_is_deployed(with_database):
+    state, env = with_database
+    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = calls(state).splitlines()
+    [lint] = job_creates(state, "lintmigrations")
+    [migrate] = job_creates(state, "migrate")
+    deploy = next(line for line in lines if line.startswith("stack deploy"))
+    assert lines.index(lint) < lines.index(migrate) < lines.index(deploy)
+    image = f"127.0.0.1:5000/wsapp@sha256:{'ab' * 32}"
+    assert lint.endswith(f"{image} python manage.py checkmigrations --unapplied-migrations")
+    assert migrate.endswith(f"{image} python manage.py migrate --noinput")
+    for expected in ("--mode replicated-job", "--restart-condition none", "--network wsapp",
+                     "source=wsapp_postgres_password,target=postgres_password",
+                     "source=wsapp_ticket_keys,target=ticket_keys", f"DATABASE_URL={DATABASE_URL}",
+                     "DATABASE_PASSWORD_FILE=/run/secrets/postgres_password",
+                     "TICKET_KEYS_FILE=/run/secrets/ticket_keys"):
+        assert expected in migrate and expected in lint, expected
+    assert sum(line.startswith("service rm wsapp-migrate-") for line in lines) == 1, "the job is removed"
+
+
+@pytest.mark.parametrize("kind, why", [("lintmigrations", "fail"), ("migrate", "fail"), ("migrate", "hang")])
+def test_a_refused_failed_or_endless_migration_deploys_nothing_and_blue_serves(with_database, kind, why):
+    state, env = with_database
+    (state / f"{why}-{kind}").touch()
+    started = time.monotonic()
+    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert time.monotonic() - started < 30
+    assert "nothing changed and blue serves" in result.stderr if kind == "lintmigrations" else \
+        "nothing was deployed and blue serves" in result.stderr
+    if why == "hang":
+        assert "did not finish within 3s" in result.stderr
+    made = calls(state)
+    assert "stack deploy" not in made and "stack rm" not in made and "active-color=" not in made
+    assert (state / "active").read_text() == "blue\n" and not (state / "green").exists()
+    assert not job_creates(state, "migrate") if kind == "lintmigrations" else job_creates(state, "migrate")
+    assert f"service rm wsapp-{kind}-" in made, "the job is removed, a running one stopped"
+    args = (state / "report-args").read_text().split("\n")
+    assert args[args.index("--outcome") + 1].startswith("failed (exit 1) at state 'none'")
+
+
+def test_without_a_database_no_migration_job_runs(fake):
+    state, env = fake
+    (state / "healthy").touch()
+    env = {**env, "RELEASE_ENV": release_file(state, DATABASE_URL="")}
+    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "no migrations to run" in result.stderr
+    assert not job_creates(state, "lintmigrations") and not job_creates(state, "migrate")

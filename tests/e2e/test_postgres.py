@@ -1,0 +1,201 @@
+"""Postgres as a part of the deployed system (stack/infra.yml, docs/accounts.md): users log in through
+Nginx, get a connection ticket and join a private room over WebSocket, a user who is not a member is
+refused; then Postgres is killed while clients chat and reconnect: chat goes on, login answers 503
+within a bounded time, and login works again once Swarm has restarted it.
+
+One `make up` for the module (each `system` would bring the whole system up again): the tests run in
+file order, the outage last."""
+
+import asyncio
+import json
+import re
+import time
+import uuid
+from urllib.parse import quote
+
+import httpx
+import pytest
+import websockets
+
+from tests.e2e.helpers import BASE_URL, WS_URL, active_service, docker, run, service_container
+from tests.e2e.load import Traffic
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+ORIGIN = "http://localhost"
+PASSWORD = f"e2e-{uuid.uuid4().hex}"
+ROOM = "e2e-board"
+POSTGRES = "wsapp_postgres"
+# A login through Nginx while Postgres is down: libpq's connect_timeout (3 s) plus the view's work.
+UNAVAILABLE_WITHIN = 8.0
+
+SETUP = f"""
+import os
+from django.contrib.auth.models import User
+from members.models import Room
+password = os.environ["E2E_PASSWORD"]
+alice = User.objects.create_user("alice", password=password, first_name="Alice", last_name="Doe")
+User.objects.create_user("bob", password=password)
+Room.objects.create(name="{ROOM}", private=True).members.add(alice)
+"""
+
+
+@pytest.fixture(scope="module")
+def accounts_system(swarm):
+    """The whole system as `make up` brings it up (the release file's DATABASE_URL: the stack's
+    Postgres, migrated by up.sh's job), with users alice (a member of ROOM, private) and bob."""
+    run(["scripts/down.sh"], 300)
+    run(["scripts/up.sh"], 600)
+    docker("exec", "-e", f"E2E_PASSWORD={PASSWORD}", service_container(active_service()),
+           "python", "manage.py", "shell", "-c", SETUP, timeout=60)
+    yield
+    run(["scripts/down.sh"], 300)
+
+
+@pytest.fixture
+def clients():
+    """Every HTTP client a test opens, closed at its end."""
+    opened = []
+    yield opened
+    for client in opened:
+        client.close()
+
+
+def log_in(user, clients, timeout=10.0):
+    """An HTTP client through Nginx with `user`'s session (Django's login page); the login's answer."""
+    client = httpx.Client(base_url=BASE_URL, timeout=timeout)
+    clients.append(client)
+    page = client.get("/accounts/login/")
+    assert page.status_code == 200 and 'name="password"' in page.text, page.text[:300]
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+    answer = client.post("/accounts/login/", data={"username": user, "password": PASSWORD,
+                                                   "csrfmiddlewaretoken": token, "next": "/"})
+    return client, answer
+
+
+def logged_in(user, clients):
+    client, answer = log_in(user, clients)
+    assert answer.status_code == 302 and answer.headers["location"] == "/", answer.text[:300]
+    return client
+
+
+async def join(room, ticket=None):
+    query = f"?ticket={quote(ticket)}" if ticket else ""
+    ws = await websockets.connect(f"{WS_URL}/ws/rooms/{room}/{query}", origin=ORIGIN, open_timeout=10)
+    return ws, json.loads(await asyncio.wait_for(ws.recv(), 10))
+
+
+async def refused(room, ticket=None):
+    ws, first = await join(room, ticket)
+    try:
+        if first.get("error") != "forbidden":
+            return False
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 10)
+        return ws.close_code == 1008
+    finally:
+        await ws.close()
+
+
+async def chat(ws, body):
+    """Send `body` and return this connection's copy of it (other frames, e.g. presence, skipped)."""
+    await ws.send(json.dumps({"type": "message", "body": body}))
+    deadline = time.monotonic() + 10
+    while True:
+        frame = json.loads(await asyncio.wait_for(ws.recv(), max(0.1, deadline - time.monotonic())))
+        if frame.get("type") == "message" and frame.get("body") == body:
+            return frame
+
+
+async def test_a_member_logs_in_through_nginx_and_joins_the_private_room_a_stranger_is_refused(
+        accounts_system, clients):
+    # The replicas load the private rooms every ROOM_POLICY_SECONDS (5 s): until then ROOM is public.
+    deadline = time.monotonic() + 30
+    while not await refused(ROOM):
+        assert time.monotonic() < deadline, f"{ROOM} still public 30 s after it was made private"
+        await asyncio.sleep(1)
+
+    alice = logged_in("alice", clients)
+    issued = alice.get("/ticket/", params={"room": ROOM}).json()
+    assert issued["rooms"] == [ROOM] and issued["name"] == "Alice Doe", issued
+    ws, welcome = await join(ROOM, issued["ticket"])
+    try:
+        assert welcome["type"] == "welcome", welcome
+        echo = await chat(ws, "hello from alice")
+        assert echo["name"] == "Alice Doe"
+    finally:
+        await ws.close()
+
+    bob = logged_in("bob", clients)
+    answer = bob.get("/ticket/", params={"room": ROOM})
+    assert answer.status_code == 403 and answer.json()["error"] == "forbidden"
+    public_ticket = bob.get("/ticket/", params={"room": "e2e-lobby"}).json()["ticket"]
+    assert await refused(ROOM, public_ticket)
+    # Anonymous clients in public rooms are as before (the load tests connect without tickets).
+    ws, welcome = await join("e2e-lobby")
+    await ws.close()
+    assert welcome["type"] == "welcome"
+    print(f"alice joined {ROOM} with a ticket; bob refused (403 for a ticket, 1008 at the handshake)")
+
+
+def postgres_container():
+    return docker("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={POSTGRES}").split()
+
+
+async def test_postgres_killed_chat_goes_on_login_answers_503_then_recovers(accounts_system, clients):
+    alice = logged_in("alice", clients)
+    ticket = alice.get("/ticket/", params={"room": ROOM}).json()["ticket"]
+    member, _ = await join(ROOM, ticket)
+    traffic = Traffic(BASE_URL, WS_URL, clients=8, rooms=2, message_interval=0.5)
+    runner = asyncio.create_task(traffic.run())
+    try:
+        await asyncio.wait_for(traffic.connected.wait(), 60)
+        await asyncio.sleep(2)
+        (victim,) = postgres_container()
+        docker("kill", victim)
+        killed = time.monotonic()
+
+        # Chat needs no database: the member posts, reconnects with its ticket (no query), posts again.
+        echo = await chat(member, "during the outage")
+        assert echo["name"] == "Alice Doe"
+        await member.close()
+        member, welcome = await join(ROOM, ticket)
+        assert welcome["type"] == "welcome", welcome
+        await chat(member, "reconnected during the outage")
+        chatted_after = time.monotonic() - killed
+        # Login needs it: 503 with a page that says so, within a bounded time. Postgres is down now,
+        # so it was all along the chat above (it does not come back and go again).
+        started = time.monotonic()
+        _, answer = await asyncio.to_thread(log_in, "alice", clients, 20.0)
+        unavailable_after = time.monotonic() - started
+        assert answer.status_code == 503 and "database is unavailable" in answer.text, \
+            (answer.status_code, answer.text[:300])
+        assert answer.headers["retry-after"] == "10"
+        assert unavailable_after < UNAVAILABLE_WITHIN
+
+        # Swarm restarts the task; login works again once it answers.
+        async def login_works():
+            _, answer = await asyncio.to_thread(log_in, "alice", clients, 20.0)
+            return answer.status_code == 302
+
+        recovered = None
+        while recovered is None:
+            assert time.monotonic() - killed < 120, "login did not work again within 120 s of the kill"
+            if await login_works():
+                recovered = time.monotonic() - killed
+            else:
+                await asyncio.sleep(1)
+        assert alice.get("/ticket/", params={"room": ROOM}).status_code == 200
+        await asyncio.sleep(2)  # live messages after the recovery, then compare
+    finally:
+        traffic.stop.set()
+        await runner
+        await member.close()
+    print(f"Postgres killed: login answered 503 in {unavailable_after:.2f}s; the member chatted and "
+          f"reconnected within {chatted_after:.2f}s of the kill; login worked again {recovered:.1f}s "
+          f"after the kill; HTTP {traffic.http_ok} ok / {len(traffic.http_failures)} failed; "
+          f"connect failures {len(traffic.connect_failures)}; messages delivered {traffic.received}; "
+          f"{traffic.summary()}")
+    traffic.assert_every_message_reached_every_client_once_in_order()
+    assert traffic.http_failures == [] and traffic.connect_failures == []
+    assert traffic.closes == {}
