@@ -193,10 +193,12 @@ push_infra_images() {
   PROMETHEUS_IMAGE=$(deploy_ref "$PROMETHEUS_IMAGE") || die "cannot push $PROMETHEUS_IMAGE"
   ALERTMANAGER_IMAGE=$(deploy_ref "$ALERTMANAGER_IMAGE") || die "cannot push $ALERTMANAGER_IMAGE"
   REDIS_EXPORTER_IMAGE=$(deploy_ref "$REDIS_EXPORTER_IMAGE") || die "cannot push $REDIS_EXPORTER_IMAGE"
+  EDGE_EXPORTER_IMAGE=$(deploy_ref "$EDGE_EXPORTER_IMAGE") || die "cannot push $EDGE_EXPORTER_IMAGE"
   if [[ $GRAFANA_REPLICAS != 0 ]]; then
     GRAFANA_IMAGE=$(deploy_ref "$GRAFANA_IMAGE") || die "cannot push $GRAFANA_IMAGE"
   fi
-  log "infra images: $NGINX_IMAGE $REDIS_IMAGE $PROMETHEUS_IMAGE $ALERTMANAGER_IMAGE $REDIS_EXPORTER_IMAGE"
+  log "infra images: $NGINX_IMAGE $REDIS_IMAGE $PROMETHEUS_IMAGE $ALERTMANAGER_IMAGE $REDIS_EXPORTER_IMAGE" \
+    "$EDGE_EXPORTER_IMAGE"
 }
 
 # Prometheus and Grafana publish no port. This proxy, a plain container on the overlay network,
@@ -227,7 +229,8 @@ deploy_infra() {
   replace_replicated_nginx
   docker stack deploy --detach=true --resolve-image never -c "$ROOT_DIR/stack/infra.yml" "$INFRA_STACK" >/dev/null
   local service
-  for service in wsapp_redis wsapp_redis-replica wsapp_sentinel "$NGINX_SERVICE" wsapp_alertmanager wsapp_redis-exporter; do
+  for service in wsapp_redis wsapp_redis-replica wsapp_sentinel "$NGINX_SERVICE" wsapp_alertmanager \
+    wsapp_redis-exporter wsapp_edge-exporter; do
     wait_for "$UP_TIMEOUT" "$service to run" service_running "$service"
   done
   [[ -n $ALERT_WEBHOOK_URL ]] ||
@@ -298,7 +301,8 @@ main() {
   deploy_registry
   step "push images to $REGISTRY"
   push_infra_images
-  export NGINX_IMAGE REDIS_IMAGE PROMETHEUS_IMAGE ALERTMANAGER_IMAGE REDIS_EXPORTER_IMAGE GRAFANA_IMAGE GRAFANA_REPLICAS
+  export NGINX_IMAGE REDIS_IMAGE PROMETHEUS_IMAGE ALERTMANAGER_IMAGE REDIS_EXPORTER_IMAGE EDGE_EXPORTER_IMAGE \
+    GRAFANA_IMAGE GRAFANA_REPLICAS
   step "infra stack"
   deploy_infra
   start_ops_proxy
