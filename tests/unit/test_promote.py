@@ -30,7 +30,11 @@ echo "$*" >>"$state/calls"
 case "$1 ${2:-}" in
   "info --format") echo true ;;
   "info ") ;;
-  "network inspect" | "node ls") ;;
+  "network inspect") ;;
+  # down-edge: edge node n2 is down (Status Down); no other node is listed.
+  "node ls") [[ -e $state/down-edge ]] && echo n2; true ;;
+  "node inspect")
+    if [[ $* == *Hostname* ]]; then echo "  edge2 (n2): down, active"; else echo "down active"; fi ;;
   "image inspect")
     # RepoDigests: none until pushed (an image built here), then the registry's.
     [[ $* == *RepoDigests* && -e $state/pushed ]] &&
@@ -75,6 +79,7 @@ case "$1 ${2:-}" in
   "service ls") ;;
   "service inspect")
     if [[ $* == *active-color* ]]; then cat "$state/active"
+    elif [[ $* == *switch-from* ]]; then cat "$state/switch-from" 2>/dev/null; true
     elif [[ $* == *Mode.Global*wsapp_nginx ]]; then echo global
     elif [[ $* == *Replicas* ]]; then echo 2
     else echo wsapp:old; fi ;;
@@ -82,7 +87,9 @@ case "$1 ${2:-}" in
     if [[ $* =~ active-color=([a-z]+) ]]; then
       [[ -e $state/fail-label-${BASH_REMATCH[1]} ]] && exit 1
       echo "${BASH_REMATCH[1]}" >"$state/active"
-    fi ;;
+    fi
+    if [[ $* =~ switch-from=([a-z]+) ]]; then echo "${BASH_REMATCH[1]}" >"$state/switch-from"
+    elif [[ $* == *"--label-rm com.wsapp.switch-from"* ]]; then rm -f "$state/switch-from"; fi ;;
   "service ps")
     if [[ $* == *wsapp-ctl-* || $* == *wsapp-edge-* ]]; then echo "Complete 1 second ago"
     elif [[ $* == *wsapp_nginx* ]]; then echo "Running 1 second ago"
@@ -391,7 +398,8 @@ def test_a_switch_records_the_color_then_switches_and_asks_every_edge(fake):
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     lines = calls(state).splitlines()
-    record = lines.index("service update --detach --label-add com.wsapp.active-color=green wsapp_nginx")
+    record = lines.index("service update --detach --label-add com.wsapp.active-color=green "
+                         "--label-add com.wsapp.switch-from=blue wsapp_nginx")
     job = next(i for i, line in enumerate(lines)
                if "switch-local --service wsapp_nginx --color green" in line)
     check = next(i for i, line in enumerate(lines) if "expect-color --color green --nginx-service" in line)
@@ -412,7 +420,11 @@ def test_a_failed_label_update_while_restoring_is_not_taken_for_a_switch_back(fa
     result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode != 0
-    assert "switching Nginx back to blue failed; green still serves and is kept" in result.stderr
+    assert ("switching Nginx back to blue failed; green may still serve on some edges and is kept"
+            in result.stderr)
+    # The advice names the command that switches to blue, not rollback (which would switch to green).
+    assert "run: ./promote.sh repair (switches every Nginx to blue" in result.stderr
+    assert "promote.sh rollback" not in result.stderr
     assert "blue serves, as before the promotion." not in result.stderr
     assert (state / "active").read_text() == "green\n"
     assert (state / "green").exists()
@@ -494,3 +506,89 @@ def test_status_before_any_report_names_none_and_succeeds(fake):
                             timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"last release report: none yet (in {state}/reports)" in result.stdout
+
+
+@pytest.mark.parametrize("watch, drain", [("60", "60"), ("0", "110"), ("100", "10")])
+def test_a_watch_and_drain_nginx_would_cut_are_refused(fake, watch, drain):
+    """Nginx closes the old color's sockets worker_shutdown_timeout (120 s) after the switch's
+    reload, without a 1012: a watch and drain that reach it (with 10 s for the jobs) are refused."""
+    state, env = fake
+    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"],
+                            env={**env, "WATCH_SECONDS": watch, "DRAIN_SECONDS": drain},
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert "worker_shutdown_timeout of 120s" in result.stderr, result.stderr
+    assert "without a 1012" in result.stderr
+    assert calls(state) == "", "promote.sh called docker before checking its settings"
+
+
+def test_the_shutdown_timeout_is_read_from_the_nginx_config(fake, tmp_path):
+    """One source: the timeout in nginx.conf, not a copy in promote.sh."""
+    state, env = fake
+    conf = tmp_path / "nginx.conf"
+    conf.write_text((Path(ROOT) / "nginx" / "nginx.conf").read_text().replace(
+        "worker_shutdown_timeout 120s;", "worker_shutdown_timeout 40s;"))
+    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"],
+                            env={**env, "NGINX_CONF": str(conf), "WATCH_SECONDS": "20",
+                                 "DRAIN_SECONDS": "10"},
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0 and "worker_shutdown_timeout of 40s" in result.stderr, result.stderr
+    conf.write_text("events {}\n")
+    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"],
+                            env={**env, "NGINX_CONF": str(conf)}, capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0 and "no 'worker_shutdown_timeout <seconds>s;'" in result.stderr
+
+
+def test_the_default_watch_and_drain_fit_the_shutdown_timeout(fake):
+    state, env = fake
+    env = {key: value for key, value in env.items() if key not in ("WATCH_SECONDS", "DRAIN_SECONDS")}
+    result = subprocess.run([f"{ROOT}/promote.sh", "status"], env=env, capture_output=True, text=True,
+                            timeout=30)
+    assert "worker_shutdown_timeout" not in result.stderr
+    result = subprocess.run([f"{ROOT}/promote.sh", "--help"], env=env, capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0 and "worker_shutdown_timeout" in result.stdout
+
+
+def test_a_switch_never_confirmed_is_repaired_before_anything_is_removed(fake):
+    """Killed between the record (green, from blue) and the gate: the next promotion switches every
+    Nginx back to blue (the last confirmed color), drains green, and only then removes it."""
+    state, env = fake
+    (state / "healthy").touch()
+    (state / "green").touch()
+    (state / "active").write_text("green\n")
+    (state / "switch-from").write_text("blue\n")
+    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "the switch from blue to green was never confirmed" in result.stderr
+    lines = calls(state).splitlines()
+    back = lines.index("service update --detach --label-add com.wsapp.active-color=blue "
+                       "--label-rm com.wsapp.switch-from wsapp_nginx")
+    switched = next(i for i, line in enumerate(lines)
+                    if "switch-local --service wsapp_nginx --color blue" in line)
+    drained = next(i for i, line in enumerate(lines) if "rooms.ctl drain green" in line)
+    removed = lines.index("stack rm wsapp-green")
+    assert back < switched < drained < removed
+    assert lines.index("stack deploy --detach=true --resolve-image never -c "
+                       f"{ROOT}/stack/app.yml -c {ROOT}/stack/green.yml wsapp-green") > removed
+    assert (state / "active").read_text() == "green\n" and not (state / "switch-from").exists()
+
+
+def test_edges_on_a_down_node_are_skipped_and_listed(fake):
+    """The switch job leaves the down node out, the check lets its Nginx be silent, status lists it."""
+    state, env = fake
+    (state / "healthy").touch()
+    (state / "down-edge").touch()
+    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "edges that are down are skipped" in result.stderr and "edge2 (n2): down, active" in result.stderr
+    lines = calls(state).splitlines()
+    job = next(line for line in lines if "switch-local --service wsapp_nginx --color green" in line)
+    assert "--constraint node.id!=n2" in job
+    check = next(line for line in lines if "expect-color --color green" in line)
+    assert "--down 1" in check
+    status = subprocess.run([f"{ROOT}/promote.sh", "status"], env=env, capture_output=True, text=True,
+                            timeout=30)
+    assert "edges that are down, skipped by switches" in status.stdout and "edge2 (n2)" in status.stdout
