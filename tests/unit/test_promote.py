@@ -132,6 +132,12 @@ def fake(tmp_path):
     return tmp_path, env
 
 
+def promote(env, *args, timeout=60):
+    """./promote.sh ARGS (a release of wsapp:new by default) against the fake docker."""
+    return subprocess.run([f"{ROOT}/promote.sh", *(args or ("--image", "wsapp:new"))], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def calls(state):
     path = state / "calls"
     return path.read_text() if path.exists() else ""
@@ -207,8 +213,7 @@ def test_a_failed_undrain_keeps_the_new_color_serving(fake):
     (state / "healthy").touch()
     (state / "fail-wait-drained").touch()
     (state / "fail-undrain").touch()
-    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = promote(env)
     assert result.returncode != 0
     assert "promotion failed at state 'draining'" in result.stderr
     assert "blue could not be undrained; green keeps serving" in result.stderr
@@ -221,8 +226,7 @@ def test_a_drain_failure_with_a_working_undrain_restores_the_old_color(fake):
     state, env = fake
     (state / "healthy").touch()
     (state / "fail-wait-drained").touch()
-    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = promote(env)
     assert result.returncode != 0
     assert "blue serves, as before the promotion." in result.stderr
     assert (state / "active").read_text() == "blue\n"
@@ -291,8 +295,7 @@ def test_the_release_file_wins_over_the_shell(fake):
     state, env = fake
     (state / "healthy").touch()
     env = {**env, "ALLOWED_HOSTS": "evil.example", "REPLICAS": "9"}
-    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = promote(env)
     assert result.returncode == 0, result.stderr
     assert (state / "deployed").read_text() == "ALLOWED_HOSTS=localhost,127.0.0.1 REPLICAS=2\n"
     assert "ALLOWED_HOSTS=evil.example in the environment is ignored" in result.stderr
@@ -302,8 +305,7 @@ def test_the_image_is_pushed_and_deployed_by_digest(fake):
     """An image built here goes to the registry and the color runs it by digest, with its tag as version."""
     state, env = fake
     (state / "healthy").touch()
-    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = promote(env)
     assert result.returncode == 0, result.stderr
     assert "tag wsapp:new 127.0.0.1:5000/wsapp:new" in calls(state)
     assert (state / "pushed").read_text() == "127.0.0.1:5000/wsapp:new\n"
@@ -364,14 +366,12 @@ def test_a_promotion_on_another_manager_holds_the_swarm_lock(fake):
     """Two managers have two lock files: the Swarm config is what stops the second promotion."""
     state, env = fake
     (state / "swarm-lock").write_text("held\n")
-    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
-                            text=True, timeout=30)
+    result = promote(env, timeout=30)
     assert result.returncode == 1
     assert "another command holds the swarm lock: promote.sh pid 1 on elsewhere" in result.stderr
     assert "stack deploy" not in calls(state)
     assert (state / "swarm-lock").exists(), "the other promotion's lock must stay"
-    unlock = subprocess.run([f"{ROOT}/promote.sh", "unlock"], env=env, capture_output=True, text=True,
-                            timeout=30)
+    unlock = promote(env, "unlock", timeout=30)
     assert unlock.returncode == 0, unlock.stderr
     assert not (state / "swarm-lock").exists()
 
@@ -394,8 +394,7 @@ def test_a_switch_records_the_color_then_switches_and_asks_every_edge(fake):
     (a global job with the node's Docker socket), then every Nginx is asked; no local Nginx needed."""
     state, env = fake
     (state / "healthy").touch()
-    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = promote(env)
     assert result.returncode == 0, result.stderr
     lines = calls(state).splitlines()
     record = lines.index("service update --detach --label-add com.wsapp.active-color=green "
@@ -417,8 +416,7 @@ def test_a_failed_label_update_while_restoring_is_not_taken_for_a_switch_back(fa
     (state / "healthy").touch()
     (state / "fail-wait-drained").touch()
     (state / "fail-label-blue").touch()
-    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = promote(env)
     assert result.returncode != 0
     assert ("switching Nginx back to blue failed; green may still serve on some edges and is kept"
             in result.stderr)
@@ -436,8 +434,7 @@ def test_a_lock_taken_over_as_stale_is_not_removed_by_its_first_holder(fake):
     state, env = fake
     (state / "healthy").touch()
     (state / "takeover-at-deploy").touch()
-    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = promote(env)
     assert result.returncode == 0, result.stderr
     assert (state / "swarm-lock").exists(), "the other command's lock was removed"
     assert (state / "swarm-lock-id").read_text() == "rival-id\n"
@@ -542,11 +539,9 @@ def test_the_shutdown_timeout_is_read_from_the_nginx_config(fake, tmp_path):
 def test_the_default_watch_and_drain_fit_the_shutdown_timeout(fake):
     state, env = fake
     env = {key: value for key, value in env.items() if key not in ("WATCH_SECONDS", "DRAIN_SECONDS")}
-    result = subprocess.run([f"{ROOT}/promote.sh", "status"], env=env, capture_output=True, text=True,
-                            timeout=30)
+    result = promote(env, "status", timeout=30)
     assert "worker_shutdown_timeout" not in result.stderr
-    result = subprocess.run([f"{ROOT}/promote.sh", "--help"], env=env, capture_output=True, text=True,
-                            timeout=30)
+    result = promote(env, "--help", timeout=30)
     assert result.returncode == 0 and "worker_shutdown_timeout" in result.stdout
 
 
@@ -558,8 +553,7 @@ def test_a_switch_never_confirmed_is_repaired_before_anything_is_removed(fake):
     (state / "green").touch()
     (state / "active").write_text("green\n")
     (state / "switch-from").write_text("blue\n")
-    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = promote(env)
     assert result.returncode == 0, result.stderr
     assert "the switch from blue to green was never confirmed" in result.stderr
     lines = calls(state).splitlines()
@@ -580,8 +574,7 @@ def test_edges_on_a_down_node_are_skipped_and_listed(fake):
     state, env = fake
     (state / "healthy").touch()
     (state / "down-edge").touch()
-    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = promote(env)
     assert result.returncode == 0, result.stderr
     assert "edges that are down are skipped" in result.stderr and "edge2 (n2): down, active" in result.stderr
     lines = calls(state).splitlines()
@@ -589,6 +582,5 @@ def test_edges_on_a_down_node_are_skipped_and_listed(fake):
     assert "--constraint node.id!=n2" in job
     check = next(line for line in lines if "expect-color --color green" in line)
     assert "--down 1" in check
-    status = subprocess.run([f"{ROOT}/promote.sh", "status"], env=env, capture_output=True, text=True,
-                            timeout=30)
+    status = promote(env, "status", timeout=30)
     assert "edges that are down, skipped by switches" in status.stdout and "edge2 (n2)" in status.stdout
