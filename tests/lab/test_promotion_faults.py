@@ -14,6 +14,7 @@ import pytest
 
 from tests.e2e.load import Traffic
 from tests.helpers import ROOT, finish_all
+from tests.lab.test_failover import primary, rejoined, sentinel
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
 
@@ -126,18 +127,49 @@ async def test_two_promotions_on_two_managers_run_one_and_refuse_the_other(lab):
     traffic.assert_every_message_reached_every_client_once_in_order()
 
 
+def named_primary(lab):
+    """The Redis service the Sentinels name primary, or None while none answers."""
+    try:
+        return primary(lab)
+    except AssertionError:
+        return None
+
+
 def test_a_release_with_an_edge_node_down_completes_and_the_edge_returns_on_the_new_color(lab):
     """Edge 2's machine dies: the release skips its Nginx (status lists it as pending), and when the
-    machine returns its Nginx starts with the new color (Swarm expands the label into a new task)."""
+    machine returns its Nginx starts with the new color (Swarm expands the label into a new task).
+
+    Node 2 also runs the Redis replica (the lab's labels) and may run a Sentinel. After
+    tests/lab/test_failover.py it runs the Redis primary: that is how the tier reaches this test, so
+    the test makes it so when it runs alone (a Sentinel failover, the old primary back as a replica).
+    The machine's death then also makes the two or three Sentinels left promote wsapp_redis. Sentinel
+    calls the primary down after 5 s, Swarm the node after about 10 s, so the promotion is usually done
+    before the release would start; the release waits for it (bounded) all the same. A release
+    started in the middle of a failover has new replicas that find no Redis for as long as it lasts
+    (they exit 64 after REDIS_WAIT_SECONDS and Swarm restarts them): the tier once failed that way, on
+    a machine so loaded that the failover outlasted the release's health wait."""
     started = time.monotonic()
+    if named_primary(lab) != "wsapp_redis-replica":
+        sentinel(lab, "sentinel", "failover", "wsapp")
+        lab.wait(lambda: named_primary(lab) == "wsapp_redis-replica", 60,
+                 "the Sentinels to promote node 2's Redis")
+    lab.wait(lambda: rejoined(lab, "wsapp_redis"), 90, "node 1's Redis to replicate node 2's", 1)
+    print(f"Redis primary on node 2; Sentinels on {sorted(set(lab.tasks('wsapp_sentinel').values()))}")
     before = lab.version(1)["color"]
     # The running image by digest: already in the registry, so nothing is pushed while a node is down.
     image = lab.docker(lab.manager(), "service", "inspect", "--format",
                        "{{.Spec.TaskTemplate.ContainerSpec.Image}}", f"wsapp-{before}_app")
     lab.script("kill-node", "2")
+    killed = time.monotonic()
     try:
         lab.wait(lambda: lab.docker(1, "node", "inspect", "--format", "{{.Status.State}}",
                                     lab.node_name(2)) == "down", 90, "node 2 to be Down")
+        down = time.monotonic() - killed
+        # Sentinel's worst case: a failed election or an aborted failover is retried after twice
+        # failover-timeout (20 s, stack/infra.yml), and a Sentinel starved for 2 s pauses 30 s (TILT).
+        lab.wait(lambda: named_primary(lab) == "wsapp_redis", 150, "the Sentinels to promote node 1's Redis")
+        print(f"node 2 Down {down:.0f}s after the kill; the Sentinels named wsapp_redis primary by "
+              f"{time.monotonic() - killed:.0f}s after")
         result = lab.run(PROMOTER, ["./promote.sh", "--image", image], 900, check=False, **FAST)
         print(f"promote.sh exited {result.returncode}:\n{result.stderr[-3000:]}")
         assert result.returncode == 0
