@@ -135,9 +135,10 @@ def named_primary(lab):
         return None
 
 
-def test_a_release_with_an_edge_node_down_completes_and_the_edge_returns_on_the_new_color(lab):
+async def test_a_release_with_an_edge_node_down_completes_and_the_edge_returns_on_the_new_color(lab):
     """Edge 2's machine dies: the release skips its Nginx (status lists it as pending), and when the
     machine returns its Nginx starts with the new color (Swarm expands the label into a new task).
+    Clients chatting through edge 1 during the release see only the drain's 1012 and resume.
 
     Node 2 also runs the Redis replica (the lab's labels) and may run a Sentinel. After
     tests/lab/test_failover.py it runs the Redis primary: that is how the tier reaches this test, so
@@ -170,9 +171,18 @@ def test_a_release_with_an_edge_node_down_completes_and_the_edge_returns_on_the_
         lab.wait(lambda: named_primary(lab) == "wsapp_redis", 150, "the Sentinels to promote node 1's Redis")
         print(f"node 2 Down {down:.0f}s after the kill; the Sentinels named wsapp_redis primary by "
               f"{time.monotonic() - killed:.0f}s after")
-        result = lab.run(PROMOTER, ["./promote.sh", "--image", image], 900, check=False, **FAST)
-        print(f"promote.sh exited {result.returncode}:\n{result.stderr[-3000:]}")
+        release_started = time.monotonic()
+
+        def release():
+            return lab.run(PROMOTER, ["./promote.sh", "--image", image], 900, check=False, **FAST)
+
+        traffic, result = await under_traffic(lab, release)
+        print(f"promote.sh exited {result.returncode} ({time.monotonic() - release_started:.0f}s with the"
+              f" clients):\n{result.stderr[-3000:]}")
         assert result.returncode == 0
+        assert traffic.http_failures == []
+        assert set(traffic.closes) <= {1012}, traffic.closes
+        traffic.assert_every_message_reached_every_client_once_in_order()
         assert "edges that are down are skipped" in result.stderr
         assert lab.version(1)["color"] == other(before)
         status = lab.run(PROMOTER, ["./promote.sh", "status"], 60).stdout
