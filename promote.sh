@@ -7,6 +7,8 @@
 #                                   last release report, and the color each Nginx (one per edge
 #                                   node) serves
 #   ./promote.sh rollback           switch back to the previous color while it still runs
+#   ./promote.sh repair             switch every Nginx to the last confirmed color (after a switch
+#                                   that was cut short or failed half-way)
 #   ./promote.sh unlock             remove the swarm-wide lock of a command that was killed outright
 # Any failure or interrupt before the old color is removed leaves the old color serving.
 # Runs on any manager: the active color is recorded in a label of the Nginx service, and a switch
@@ -35,6 +37,11 @@ readonly SWITCH_TIMEOUT=60
 # it: after an engine restart, this node's DNS names the other nodes' Nginx only once the overlay's
 # gossip has caught up (tens of seconds on a busy lab), and a restore is no time to give up early.
 EXPECT_TIMEOUT=15
+# Nginx closes the old color's sockets that are still open this long after a switch's reload
+# (worker_shutdown_timeout in nginx/nginx.conf, read from there), without a 1012: the watch and the
+# drain, and the jobs that start them (SWITCH_MARGIN seconds), must end before.
+readonly NGINX_CONF=${NGINX_CONF:-$ROOT_DIR/nginx/nginx.conf}
+readonly SWITCH_MARGIN=10
 # Nginx's public port inside the overlay network (published as HTTP_PORT) and its internal one.
 readonly NGINX_PUBLIC=http://$NGINX_SERVICE:8080
 readonly NGINX_INTERNAL=http://$NGINX_SERVICE:8081
@@ -52,7 +59,7 @@ STATE=none
 
 usage() {
   cat <<USAGE
-Usage: ./promote.sh [--image NAME:TAG] | status | rollback | unlock | --help
+Usage: ./promote.sh [--image NAME:TAG] | status | rollback | repair | unlock | --help
 
 Releases a new version by blue/green promotion: with a database (DATABASE_URL), lints and applies
 the new image's migrations (a Swarm job each) while the active color serves; deploys the idle color, waits until every
@@ -61,6 +68,10 @@ recorded color, then each edge's Nginx: checked, graceful reload; then each is a
 spread over the drain window) and removes it. Any failure or Ctrl-C before the old color is
 removed puts everything back as it was and exits non-zero. Either way, it ends with a release
 report: one HTML page in REPORT_DIR (the release file) with the steps and plots from Prometheus.
+Edges on nodes that are down are skipped (their Nginx starts with the new color when they return;
+status lists them). A switch that was cut short is repaired first: every Nginx goes back to the
+last confirmed color, and the other color is drained before it is removed ('./promote.sh repair'
+does only the first part).
 
 The release's own settings (ALLOWED_HOSTS, PUBLIC_ORIGIN, REPLICAS, limits) come from the
 release file stack/release.env (RELEASE_ENV=path for another one), never from the environment.
@@ -70,7 +81,8 @@ runs the same bytes; an --image already in the registry or given by digest is de
 
 Settings of the procedure (environment, with defaults):
   HEALTH_TIMEOUT=$HEALTH_TIMEOUT       seconds for every replica of the new color to be healthy
-  DRAIN_SECONDS=$DRAIN_SECONDS         drain window of the old color
+  DRAIN_SECONDS=$DRAIN_SECONDS         drain window of the old color (WATCH_SECONDS + DRAIN_SECONDS + $SWITCH_MARGIN
+                              must stay below Nginx's worker_shutdown_timeout)
   REMOVE_TIMEOUT=$REMOVE_TIMEOUT       seconds for the old stack's containers to stop
   KEEP_OLD=$KEEP_OLD                 1: keep the drained old color running, so that
                               './promote.sh rollback' can switch back to it later
@@ -118,7 +130,21 @@ validate_settings() {
   require_decimal WATCH_MIN_RATE
   require_decimal WATCH_GRACE
   [[ $KEEP_OLD == [01] ]] || die "KEEP_OLD must be 0 or 1, got '$KEEP_OLD'"
+  check_shutdown_timeout
   load_release_env
+}
+
+# After a switch, Nginx's old workers keep the old color's WebSockets until worker_shutdown_timeout,
+# then close them without a 1012: the watch and the drain must end before.
+check_shutdown_timeout() {
+  local timeout
+  timeout=$(sed -n 's/^[[:space:]]*worker_shutdown_timeout[[:space:]]\{1,\}\([0-9]\{1,\}\)s\{0,1\};.*/\1/p' \
+    "$NGINX_CONF" 2>/dev/null | head -n 1)
+  [[ -n $timeout ]] || die "no 'worker_shutdown_timeout <seconds>s;' in $NGINX_CONF"
+  ((WATCH_SECONDS + DRAIN_SECONDS + SWITCH_MARGIN < timeout)) ||
+    die "WATCH_SECONDS=$WATCH_SECONDS + DRAIN_SECONDS=$DRAIN_SECONDS (+ ${SWITCH_MARGIN}s for the jobs) reaches" \
+      "Nginx's worker_shutdown_timeout of ${timeout}s ($NGINX_CONF): Nginx would cut the old color's" \
+      "clients without a 1012 before the drain ends. Lower them to less than $((timeout - SWITCH_MARGIN))s together."
 }
 
 preflight() {
@@ -131,16 +157,40 @@ preflight() {
   docker network inspect "$NETWORK" >/dev/null 2>&1 || die "network $NETWORK is missing; run make up"
 }
 
-find_colors() {
+# confirmed_color: ACTIVE becomes the last confirmed color: the record, unless a switch to it was
+# never confirmed (SWITCH_FROM_LABEL: killed between the record and the gate, or a switch back that
+# did not finish), then the color it came from, while that one still runs.
+confirmed_color() {
+  local from
   ACTIVE=$(active_color) || die "cannot read the active color (label $COLOR_LABEL of $NGINX_SERVICE)"
+  from=$(switch_from) || die "cannot read the label $SWITCH_FROM_LABEL of $NGINX_SERVICE"
+  if [[ -n $from && $from != "$ACTIVE" ]]; then
+    if stack_exists "$(color_stack "$from")"; then
+      warn "the switch from $from to $ACTIVE was never confirmed (cut short, or its gate failed and the" \
+        "switch back did not finish): $from is the last confirmed color"
+      ACTIVE=$from
+    else
+      warn "the switch from $from to $ACTIVE was never confirmed, but $from no longer runs: keeping $ACTIVE"
+    fi
+  fi
   IDLE=$(other_color "$ACTIVE")
   stack_exists "$(color_stack "$ACTIVE")" || die "the active color $ACTIVE is not deployed; run make up"
   ACTIVE_IMAGE=$(service_image "$ACTIVE")
+}
+
+find_colors() {
+  confirmed_color
   log "active: $ACTIVE ($ACTIVE_IMAGE, $REPLICAS replicas); releasing to $IDLE"
-  if stack_exists "$(color_stack "$IDLE")"; then
-    warn "a $IDLE stack is left over from an earlier run and serves no traffic; removing it"
-    remove_color "$IDLE"
-  fi
+}
+
+# remove_leftover: an IDLE stack from an earlier run. After a switch that was cut short it may hold
+# clients (through an Nginx that had switched, whose old workers keep their sockets): drain it first.
+remove_leftover() {
+  stack_exists "$(color_stack "$IDLE")" || return 0
+  warn "a $IDLE stack is left over from an earlier run; Nginx no longer sends it clients: draining" \
+    "the ones it still holds, then removing it"
+  drain "$IDLE" || die "the drain of the left-over $IDLE failed; $ACTIVE serves. Retry, or: docker stack rm $(color_stack "$IDLE")"
+  remove_color "$IDLE"
 }
 
 # service_image COLOR: the reference the color runs, by digest (REGISTRY/NAME@sha256:...).
@@ -183,37 +233,79 @@ smoke() {
 # Chained with &&, not left to set -e: restore() runs this with set -e off (and inside `if !`),
 # where a failed label update must not pass as a switch (Nginx that restart later would serve the
 # color restore() then removes).
+# switch_to COLOR [FROM]: with FROM, the switch is to a color not yet gated: the record also says
+# where it came from (SWITCH_FROM_LABEL) until confirm_switch; without FROM it is to a confirmed color.
 switch_to() {
-  docker service update --detach --label-add "$COLOR_LABEL=$1" "$NGINX_SERVICE" >/dev/null &&
+  local -a label=(--label-rm "$SWITCH_FROM_LABEL")
+  [[ -n ${2:-} ]] && label=(--label-add "$SWITCH_FROM_LABEL=$2")
+  docker service update --detach --label-add "$COLOR_LABEL=$1" "${label[@]}" "$NGINX_SERVICE" >/dev/null &&
+    log "recorded $1 as the active color; switching every edge" &&
     switch_edges "$1" &&
     expect_edges "$1"
+}
+
+# confirm_switch: the new color passed the gate; the record alone names the active color.
+confirm_switch() {
+  docker service update --detach --label-rm "$SWITCH_FROM_LABEL" "$NGINX_SERVICE" >/dev/null
 }
 
 switch_edges() {
   edge_job "$SWITCH_TIMEOUT" "$ACTIVE_IMAGE" switch-local --service "$NGINX_SERVICE" --color "$1" >&2
 }
 
+# edge_counts: the arguments that say how many Nginx must answer: --count, those Running on edges
+# that are up; --down, how many edges are down (their Nginx may still be in Swarm's DNS, silent).
+edge_counts() {
+  local id down=0 silent=0 on_node
+  for id in $(down_edges); do
+    down=$((down + 1))
+    on_node=$(docker service ps "$NGINX_SERVICE" --filter desired-state=running --filter "node=$id" \
+      --format '{{.CurrentState}}' | grep -c '^Running') || true
+    silent=$((silent + on_node))
+  done
+  echo "--count $(($(running_tasks "$NGINX_SERVICE") - silent)) --down $down"
+}
+
 expect_edges() {
-  release_tool "$ACTIVE_IMAGE" expect-color --color "$1" --nginx-service "$NGINX_SERVICE" \
-    --count "$(running_tasks "$NGINX_SERVICE")" --timeout "$EXPECT_TIMEOUT"
+  local -a counts
+  read -ra counts <<<"$(edge_counts)"
+  release_tool "$ACTIVE_IMAGE" expect-color --color "$1" --nginx-service "$NGINX_SERVICE" "${counts[@]}" \
+    --timeout "$EXPECT_TIMEOUT"
 }
 
 # edges_report RECORD: one line per Nginx (its node, the color it serves); fails when one
-# disagrees with RECORD or does not answer.
+# disagrees with RECORD or does not answer (on an edge that is up).
 edges_report() {
-  release_tool "$ACTIVE_IMAGE" edges --nginx-service "$NGINX_SERVICE" --record "$1" \
-    --count "$(running_tasks "$NGINX_SERVICE")"
+  local -a counts
+  read -ra counts <<<"$(edge_counts)"
+  release_tool "$ACTIVE_IMAGE" edges --nginx-service "$NGINX_SERVICE" --record "$1" "${counts[@]}"
 }
 
-# repair_edges: before anything changes, every Nginx must serve the recorded color. One that does
-# not (it missed a switch: its node was unreachable, or a switch was interrupted) is switched to it.
+# skipped_edges: one line per edge node that is down (indented): a switch skips it.
+skipped_edges() {
+  local id
+  for id in $(down_edges); do
+    docker node inspect --format "  {{.Description.Hostname}} ({{.ID}}): {{.Status.State}}, {{.Spec.Availability}}" "$id"
+  done
+}
+
+# repair_edges: before anything changes, every Nginx serves the last confirmed color (ACTIVE, from
+# confirmed_color) and the record names it. One that does not (it missed a switch, or a switch was
+# cut short) is switched to it, and checked. Skipped edges (down) are listed, not waited for.
 repair_edges() {
-  local report
-  report=$(edges_report "$ACTIVE" 2>&1) && return 0
-  warn "not every Nginx serves the recorded color $ACTIVE; switching every Nginx to $ACTIVE:"
-  echo "$report" >&2
-  switch_edges "$ACTIVE"
-  expect_edges "$ACTIVE" >&2
+  local report skipped
+  skipped=$(skipped_edges)
+  [[ -z $skipped ]] || warn "edges that are down are skipped; their Nginx starts with the recorded color" \
+    "when they return:"$'\n'"$skipped"
+  if [[ $(active_color) == "$ACTIVE" && -z $(switch_from) ]]; then
+    report=$(edges_report "$ACTIVE" 2>&1) && return 0
+    warn "not every Nginx serves the recorded color $ACTIVE; switching every Nginx to $ACTIVE:"
+    echo "$report" >&2
+  else
+    warn "switching every Nginx back to $ACTIVE, the last confirmed color"
+  fi
+  switch_to "$ACTIVE" >&2 || die "could not switch every Nginx to $ACTIVE; nothing was removed." \
+    "When every edge that is up answers: ./promote.sh repair"
 }
 
 # Migrations (docs/operations.md, "Migrations: expand, then contract"): with a database, the migrations
@@ -369,8 +461,9 @@ restore() {
   fi
   if [[ $STATE == switched || $STATE == draining ]]; then
     if ! switch_to "$ACTIVE" >&2; then
-      report "ERROR: switching Nginx back to $ACTIVE failed; $IDLE still serves and is kept." \
-        "Run: ./promote.sh rollback"
+      report "ERROR: switching Nginx back to $ACTIVE failed; $IDLE may still serve on some edges and is kept." \
+        "When the edges answer, run: ./promote.sh repair (switches every Nginx to $ACTIVE; the next" \
+        "promotion does it too, and drains $IDLE before removing it)"
       return "$status"
     fi
   fi
@@ -391,6 +484,7 @@ promote() {
   find_colors
   step "every Nginx serves $ACTIVE"
   repair_edges
+  remove_leftover
   step "image"
   prepare_image
   exec 7>&1 8>&2
@@ -406,9 +500,10 @@ promote() {
   smoke
   step "switch Nginx to $IDLE"
   STATE=switched
-  switch_to "$IDLE"
+  switch_to "$IDLE" "$ACTIVE"
   step "watch $IDLE for ${WATCH_SECONDS}s"
   watch_new_color
+  confirm_switch
   step "drain $ACTIVE over ${DRAIN_SECONDS}s"
   STATE=draining
   drain "$ACTIVE"
@@ -455,7 +550,8 @@ rollback() {
     die "the previous color $previous no longer runs; release the old image with --image instead"
   ACTIVE=$current
   ACTIVE_IMAGE=$(service_image "$current")
-  repair_edges
+  # After a switch to $current that was never confirmed, the rollback's own switch is the repair.
+  [[ -n $(switch_from) ]] || repair_edges
   REPLICAS=$(service_replicas "$(color_service "$previous")")
   exec 7>&1 8>&2
   trap on_rollback_exit EXIT
@@ -473,6 +569,16 @@ rollback() {
   step "rolled back to $previous"
 }
 
+# repair: every Nginx to the last confirmed color, the record naming it; nothing is removed.
+repair() {
+  validate_settings
+  take_lock
+  preflight
+  confirmed_color
+  repair_edges
+  log "every Nginx on an edge that is up serves $ACTIVE"
+}
+
 # unlock: remove the swarm-wide lock a killed command left (it says who held it, and since when).
 unlock() {
   local holder
@@ -482,7 +588,7 @@ unlock() {
 }
 
 status() {
-  local active color service
+  local active color service from skipped
   active=$(active_color 2>/dev/null) || active=""
   echo "active color: ${active:-unknown (no service $NGINX_SERVICE with a $COLOR_LABEL label; run make up)}"
   for color in "${COLORS[@]}"; do
@@ -496,8 +602,16 @@ status() {
   done
   last_report
   [[ -n $active ]] || return 0
+  from=$(switch_from 2>/dev/null) || from=""
+  [[ -z $from ]] || echo "switch from $from to $active not confirmed (cut short): the next promote.sh, or" \
+    "./promote.sh repair, switches every Nginx back to $from"
   echo "edges (nodes labelled $EDGE_LABEL=true) and their Nginx:"
   docker service ps "$NGINX_SERVICE" --filter desired-state=running --format '{{.Node}}: {{.CurrentState}}' | sed 's/^/  /'
+  skipped=$(skipped_edges 2>/dev/null) || skipped=""
+  [[ -z $skipped ]] || {
+    echo "edges that are down, skipped by switches (pending: their Nginx starts with the recorded color when they return):"
+    echo "$skipped"
+  }
   if ! stack_exists "$(color_stack "$active")"; then
     echo "  (the colors Nginx serve are asked with the active color's image; $active is not deployed)"
     return 0
@@ -523,6 +637,7 @@ main() {
     -h | --help | help) usage ;;
     status) status ;;
     rollback) rollback ;;
+    repair) repair ;;
     unlock) unlock ;;
     --image)
       [[ -n ${2:-} ]] || die "--image needs NAME:TAG"

@@ -43,7 +43,7 @@
 #                         than half of them                          3
 #   SENTINEL_WAIT         seconds a Redis waits for that majority before deciding alone   30
 #   SENTINEL_MASTER       the name Sentinels monitor it by           wsapp
-#   SENTINEL_QUORUM, SENTINEL_DOWN_AFTER_MS, SENTINEL_FAILOVER_TIMEOUT_MS   2, 5000, 60000
+#   SENTINEL_QUORUM, SENTINEL_DOWN_AFTER_MS, SENTINEL_FAILOVER_TIMEOUT_MS   2, 5000, 20000
 #   SENTINEL_SLOT         a number unique to each Sentinel (the Swarm task slot): its fixed myid, so
 #                         a Sentinel that restarts with a new address is not counted twice
 set -eu
@@ -238,7 +238,7 @@ if [ "$role" = sentinel ]; then
     printf 'sentinel auth-user %s sentinel\n' "$master"
     printf 'sentinel auth-pass %s %s\n' "$master" "$sentinel_password"
     printf 'sentinel down-after-milliseconds %s %s\n' "$master" "${SENTINEL_DOWN_AFTER_MS:-5000}"
-    printf 'sentinel failover-timeout %s %s\n' "$master" "${SENTINEL_FAILOVER_TIMEOUT_MS:-60000}"
+    printf 'sentinel failover-timeout %s %s\n' "$master" "${SENTINEL_FAILOVER_TIMEOUT_MS:-20000}"
     printf 'sentinel parallel-syncs %s 1\n' "$master"
     [ -z "$epochs" ] || printf '%s\n' "$epochs"
   } >"$conf.new"

@@ -311,6 +311,11 @@ down() {
         kill_processes "$dir"
       remove_cgroup "$dir"
     done < <(cgroup_dirs "$node")
+    # The node's cgroups in the other hierarchies (blkio, devices, cpuset, systemd, unified: its
+    # engine made them for its containers), empty now that its processes are gone.
+    while read -r dir; do
+      remove_cgroup "$dir"
+    done < <(find "$CGROUP_ROOT" -mindepth 1 -maxdepth 2 -type d -name "$(node_cgroup "$node")" 2>/dev/null)
     ip netns del "$(node_ns "$node")" 2>/dev/null || true
     ip link del "wl${LAB_ID}n$node" 2>/dev/null || true
   done

@@ -11,6 +11,9 @@ readonly INFRA_STACK=wsapp
 readonly NGINX_SERVICE=wsapp_nginx
 # The record of the active color: a label on the Nginx service, kept in the managers' Raft store.
 readonly COLOR_LABEL=com.wsapp.active-color
+# Set (to the color switched from) while a switch to the recorded color is not confirmed yet: the
+# record names a color that has not passed the release gate. promote.sh removes it once it has.
+readonly SWITCH_FROM_LABEL=com.wsapp.switch-from
 # Nodes with this label run Nginx (stack/infra.yml, global service) and publish the public port.
 readonly EDGE_LABEL=wsapp.edge
 readonly COLORS=(blue green)
@@ -74,8 +77,10 @@ color_stack() { echo "wsapp-$1"; }
 color_service() { echo "wsapp-$1_app"; }
 other_color() { if [[ $1 == blue ]]; then echo green; else echo blue; fi; }
 
+# Not grep -q: it stops at the first match, and under pipefail the list's writer, cut off by
+# SIGPIPE, would fail the pipeline.
 stack_exists() {
-  docker stack ls --format '{{.Name}}' | grep -qx "$1"
+  docker stack ls --format '{{.Name}}' | grep -x "$1" >/dev/null
 }
 
 # stack_gone STACK: no service and no container of the stack is left.
@@ -284,6 +289,23 @@ active_color() {
   echo "$color"
 }
 
+# switch_from: the color a switch to the recorded color started from while that switch is not
+# confirmed (empty when none is pending).
+switch_from() {
+  docker service inspect --format "{{index .Spec.Labels \"$SWITCH_FROM_LABEL\"}}" "$NGINX_SERVICE"
+}
+
+# down_edges: the IDs of edge nodes that are not up (Status not Ready, or Availability pause or
+# drain). A switch skips them: no job task can run there; an Nginx that starts there later starts
+# with the recorded color (nginx/start.sh).
+down_edges() {
+  local id state
+  docker node ls -q --filter "node.label=$EDGE_LABEL=true" | while read -r id; do
+    state=$(docker node inspect --format '{{.Status.State}} {{.Spec.Availability}}' "$id") || continue
+    [[ $state == "ready active" ]] || echo "$id"
+  done
+}
+
 # build_app_image TAG: build the working tree as TAG on the best base image available. The
 # image's version (APP_VERSION) is TAG's part after the colon.
 build_app_image() {
@@ -426,12 +448,15 @@ tools_config() {
 # edge_job SECONDS IMAGE ARGS...: `release_tools.py ARGS` once on every edge node, at the same time
 # (a global job), with that node's Docker socket: it reaches the node's own Nginx containers, on
 # any node, from any manager. IMAGE is an app image (it has Python); root inside, to use the socket.
+# Edge nodes that are down (down_edges) are left out: a task there would never run.
 edge_job() {
-  local seconds=$1 image=$2 config
+  local seconds=$1 image=$2 config id
+  local -a skip=()
   shift 2
   config=$(tools_config) || return 1
+  for id in $(down_edges); do skip+=(--constraint "node.id!=$id"); done
   swarm_job "$seconds" edge "release_tools.py $*" --mode global-job \
-    --constraint "node.labels.$EDGE_LABEL==true" --user 0 --read-only --cap-drop ALL \
+    --constraint "node.labels.$EDGE_LABEL==true" "${skip[@]}" --user 0 --read-only --cap-drop ALL \
     --mount type=bind,source=/var/run/docker.sock,target=/var/run/docker.sock \
     --config "source=$config,target=/release_tools.py,mode=0444" \
     --entrypoint python "$image" /release_tools.py "$@"

@@ -85,7 +85,10 @@ def nice_ceiling(value):
     its quarters, the grid lines, are round numbers."""
     if not value > 0:
         return 1.0
-    power = 10 ** math.floor(math.log10(value))
+    # Past 1e300 (or infinite: 1.08 times a sample near the largest float) the plot is clipped there;
+    # beyond it factor * power would overflow a float.
+    value = min(value, 1e300)
+    power = 10.0 ** math.floor(math.log10(value))
     for factor in (1, 1.2, 1.6, 2, 2.4, 4, 6, 8, 10):
         if value <= factor * power * (1 + 1e-9):
             return factor * power

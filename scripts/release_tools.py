@@ -6,11 +6,12 @@ node's Docker socket:
   smoke --preview URL --live URL --color C [--version V] [--origin O]
                                                             HTTP, WebSocket and cross-color checks,
                                                             as a browser at Origin O would connect
-  expect-color --color C [--url URL] [--nginx-service NAME --count N]
+  expect-color --color C [--url URL] [--nginx-service NAME --count N --down K]
                                                             the public route serves color C; with
                                                             --nginx-service, through every Nginx
-                                                            (N of them), each also saying so itself
-  edges --nginx-service NAME --record C                     each Nginx: its node and its color
+                                                            (N of them), each also saying so itself;
+                                                            K on nodes that are down may not answer
+  edges --nginx-service NAME --record C [--count N --down K]  each Nginx: its node and its color
   switch-local --service NAME --color C                     in a job on an edge node: switch-color C
                                                             in each Nginx container on this node
   wait-drained --service NAME --timeout S                   until the service holds no WebSockets
@@ -141,23 +142,30 @@ def ask_nginx(address):
 
 def edge_disagreements(args, public):
     """Ask every Nginx; print one line each and return what is wrong (empty: all serve args.color,
-    and there are --count of them). With public, also its public route's /version."""
-    wrong = []
+    and there are --count of them). With public, also its public route's /version. Up to --down
+    addresses may not answer: Nginx on nodes that are down, which Swarm's DNS may still list."""
+    wrong, silent, agree = [], [], 0
     addresses = nginx_addresses(args.nginx_service)
-    if args.count is not None and len(addresses) != args.count:
-        wrong.append(f"{len(addresses)} Nginx answer in DNS, {args.count} run")
     for address in addresses:
         try:
             node, color = ask_nginx(address)
             if public and color == args.color:
                 color = served_color(f"http://{address}:8080/version", times=2)
         except (OSError, CheckFailed, ValueError, KeyError) as exc:
-            node, color = "?", f"no answer ({exc})"
+            silent.append(f"nginx at {address}: no answer ({exc})")
+            print(silent[-1], flush=True)
+            continue
         line = f"nginx on {node} ({address}): {color}"
-        if color != args.color:
+        if color == args.color:
+            agree += 1
+        else:
             wrong.append(line)
             line += f"  <- DISAGREES with the record ({args.color})"
         print(line, flush=True)
+    if len(silent) > args.down:
+        wrong.extend(silent)
+    if args.count is not None and agree < args.count:
+        wrong.append(f"{agree} Nginx serve {args.color}, {args.count} run on nodes that are up")
     return wrong
 
 
@@ -407,11 +415,13 @@ def main(argv=None):
     p.add_argument("--color", required=True)
     p.add_argument("--nginx-service", help="ask every task of this Nginx service (tasks.<name>)")
     p.add_argument("--count", type=int, help="how many Nginx must answer (the running tasks)")
+    p.add_argument("--down", type=int, default=0, help="how many may not answer (on nodes that are down)")
     p.add_argument("--timeout", type=float, default=15.0, help="seconds for every Nginx to agree")
     p = sub.add_parser("edges")
     p.add_argument("--nginx-service", required=True)
     p.add_argument("--record", dest="color", required=True, help="the recorded active color")
     p.add_argument("--count", type=int, help="how many Nginx must answer (the running tasks)")
+    p.add_argument("--down", type=int, default=0, help="how many may not answer (on nodes that are down)")
     p = sub.add_parser("switch-local")
     p.add_argument("--service", required=True, help="the Nginx service")
     p.add_argument("--color", required=True, choices=("blue", "green"))

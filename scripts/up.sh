@@ -121,6 +121,9 @@ recorded_color() {
   local color
   local -a deployed=()
   if docker service inspect "$NGINX_SERVICE" >/dev/null 2>&1; then
+    # A redeploy would keep a record no gate passed and drop the mark that says so.
+    [[ -z $(switch_from 2>/dev/null) ]] || die "the switch to $(active_color) was never confirmed" \
+      "($SWITCH_FROM_LABEL is set on $NGINX_SERVICE): run ./promote.sh repair first"
     color=$(active_color 2>/dev/null) && { echo "$color"; return 0; }
     for color in "${COLORS[@]}"; do
       stack_exists "$(color_stack "$color")" && deployed+=("$color")

@@ -43,6 +43,12 @@ def primary_container(lab):
     return old, new, node, container
 
 
+def rejoined(lab, name):
+    """Whether the Sentinels list the Redis service `name` as a replica that answers."""
+    replicas = sentinel(lab, "sentinel", "replicas", "wsapp").split()
+    return name in replicas and "s_down" not in " ".join(replicas)
+
+
 async def freeze_until_promoted(lab, node, container, new):
     """Freeze the primary's container (a hung machine) and wait until the Sentinels promote `new`;
     the seconds that took."""
@@ -85,8 +91,5 @@ async def test_the_redis_primary_dies_and_everything_follows_the_new_one(lab):
     assert lab.version(1)["color"] != before
 
     # Swarm restarted the killed Redis on its node; it came back as the new primary's replica.
-    def rejoined():
-        replicas = sentinel(lab, "sentinel", "replicas", "wsapp").split()
-        return old in replicas and "s_down" not in " ".join(replicas)
-    lab.wait(rejoined, 90, f"{old} to rejoin as a replica", 1)
+    lab.wait(lambda: rejoined(lab, old), 90, f"{old} to rejoin as a replica", 1)
     assert primary(lab) == new

@@ -30,7 +30,11 @@ echo "$*" >>"$state/calls"
 case "$1 ${2:-}" in
   "info --format") echo true ;;
   "info ") ;;
-  "network inspect" | "node ls") ;;
+  "network inspect") ;;
+  # down-edge: edge node n2 is down (Status Down); no other node is listed.
+  "node ls") [[ -e $state/down-edge ]] && echo n2; true ;;
+  "node inspect")
+    if [[ $* == *Hostname* ]]; then echo "  edge2 (n2): down, active"; else echo "down active"; fi ;;
   "image inspect")
     # RepoDigests: none until pushed (an image built here), then the registry's.
     [[ $* == *RepoDigests* && -e $state/pushed ]] &&
@@ -75,6 +79,7 @@ case "$1 ${2:-}" in
   "service ls") ;;
   "service inspect")
     if [[ $* == *active-color* ]]; then cat "$state/active"
+    elif [[ $* == *switch-from* ]]; then cat "$state/switch-from" 2>/dev/null; true
     elif [[ $* == *Mode.Global*wsapp_nginx ]]; then echo global
     elif [[ $* == *Replicas* ]]; then echo 2
     else echo wsapp:old; fi ;;
@@ -82,7 +87,9 @@ case "$1 ${2:-}" in
     if [[ $* =~ active-color=([a-z]+) ]]; then
       [[ -e $state/fail-label-${BASH_REMATCH[1]} ]] && exit 1
       echo "${BASH_REMATCH[1]}" >"$state/active"
-    fi ;;
+    fi
+    if [[ $* =~ switch-from=([a-z]+) ]]; then echo "${BASH_REMATCH[1]}" >"$state/switch-from"
+    elif [[ $* == *"--label-rm com.wsapp.switch-from"* ]]; then rm -f "$state/switch-from"; fi ;;
   "service ps")
     if [[ $* == *wsapp-ctl-* || $* == *wsapp-edge-* ]]; then echo "Complete 1 second ago"
     # The database jobs: fail-KIND and hang-KIND (KIND: lintmigrations, migrate) play a job that
@@ -132,6 +139,12 @@ def fake(tmp_path):
            "HEALTH_TIMEOUT": "60", "WATCH_SECONDS": "0", "DRAIN_SECONDS": "1",
            "RELEASE_ENV": release_file(tmp_path)}
     return tmp_path, env
+
+
+def promote(env, *args, timeout=60):
+    """./promote.sh ARGS (a release of wsapp:new by default) against the fake docker."""
+    return subprocess.run([f"{ROOT}/promote.sh", *(args or ("--image", "wsapp:new"))], env=env,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def calls(state):
@@ -209,8 +222,7 @@ def test_a_failed_undrain_keeps_the_new_color_serving(fake):
     (state / "healthy").touch()
     (state / "fail-wait-drained").touch()
     (state / "fail-undrain").touch()
-    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = promote(env)
     assert result.returncode != 0
     assert "promotion failed at state 'draining'" in result.stderr
     assert "blue could not be undrained; green keeps serving" in result.stderr
@@ -223,8 +235,7 @@ def test_a_drain_failure_with_a_working_undrain_restores_the_old_color(fake):
     state, env = fake
     (state / "healthy").touch()
     (state / "fail-wait-drained").touch()
-    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = promote(env)
     assert result.returncode != 0
     assert "blue serves, as before the promotion." in result.stderr
     assert (state / "active").read_text() == "blue\n"
@@ -293,8 +304,7 @@ def test_the_release_file_wins_over_the_shell(fake):
     state, env = fake
     (state / "healthy").touch()
     env = {**env, "ALLOWED_HOSTS": "evil.example", "REPLICAS": "9"}
-    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = promote(env)
     assert result.returncode == 0, result.stderr
     assert (state / "deployed").read_text() == "ALLOWED_HOSTS=localhost,127.0.0.1 REPLICAS=2\n"
     assert "ALLOWED_HOSTS=evil.example in the environment is ignored" in result.stderr
@@ -304,8 +314,7 @@ def test_the_image_is_pushed_and_deployed_by_digest(fake):
     """An image built here goes to the registry and the color runs it by digest, with its tag as version."""
     state, env = fake
     (state / "healthy").touch()
-    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = promote(env)
     assert result.returncode == 0, result.stderr
     assert "tag wsapp:new 127.0.0.1:5000/wsapp:new" in calls(state)
     assert (state / "pushed").read_text() == "127.0.0.1:5000/wsapp:new\n"
@@ -367,14 +376,12 @@ def test_a_promotion_on_another_manager_holds_the_swarm_lock(fake):
     """Two managers have two lock files: the Swarm config is what stops the second promotion."""
     state, env = fake
     (state / "swarm-lock").write_text("held\n")
-    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
-                            text=True, timeout=30)
+    result = promote(env, timeout=30)
     assert result.returncode == 1
     assert "another command holds the swarm lock: promote.sh pid 1 on elsewhere" in result.stderr
     assert "stack deploy" not in calls(state)
     assert (state / "swarm-lock").exists(), "the other promotion's lock must stay"
-    unlock = subprocess.run([f"{ROOT}/promote.sh", "unlock"], env=env, capture_output=True, text=True,
-                            timeout=30)
+    unlock = promote(env, "unlock", timeout=30)
     assert unlock.returncode == 0, unlock.stderr
     assert not (state / "swarm-lock").exists()
 
@@ -397,11 +404,11 @@ def test_a_switch_records_the_color_then_switches_and_asks_every_edge(fake):
     (a global job with the node's Docker socket), then every Nginx is asked; no local Nginx needed."""
     state, env = fake
     (state / "healthy").touch()
-    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = promote(env)
     assert result.returncode == 0, result.stderr
     lines = calls(state).splitlines()
-    record = lines.index("service update --detach --label-add com.wsapp.active-color=green wsapp_nginx")
+    record = lines.index("service update --detach --label-add com.wsapp.active-color=green "
+                         "--label-add com.wsapp.switch-from=blue wsapp_nginx")
     job = next(i for i, line in enumerate(lines)
                if "switch-local --service wsapp_nginx --color green" in line)
     check = next(i for i, line in enumerate(lines) if "expect-color --color green --nginx-service" in line)
@@ -419,10 +426,13 @@ def test_a_failed_label_update_while_restoring_is_not_taken_for_a_switch_back(fa
     (state / "healthy").touch()
     (state / "fail-wait-drained").touch()
     (state / "fail-label-blue").touch()
-    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = promote(env)
     assert result.returncode != 0
-    assert "switching Nginx back to blue failed; green still serves and is kept" in result.stderr
+    assert ("switching Nginx back to blue failed; green may still serve on some edges and is kept"
+            in result.stderr)
+    # The advice names the command that switches to blue, not rollback (which would switch to green).
+    assert "run: ./promote.sh repair (switches every Nginx to blue" in result.stderr
+    assert "promote.sh rollback" not in result.stderr
     assert "blue serves, as before the promotion." not in result.stderr
     assert (state / "active").read_text() == "green\n"
     assert (state / "green").exists()
@@ -434,8 +444,7 @@ def test_a_lock_taken_over_as_stale_is_not_removed_by_its_first_holder(fake):
     state, env = fake
     (state / "healthy").touch()
     (state / "takeover-at-deploy").touch()
-    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = promote(env)
     assert result.returncode == 0, result.stderr
     assert (state / "swarm-lock").exists(), "the other command's lock was removed"
     assert (state / "swarm-lock-id").read_text() == "rival-id\n"
@@ -576,3 +585,84 @@ def test_without_a_database_no_migration_job_runs(fake):
     assert result.returncode == 0, result.stderr
     assert "no migrations to run" in result.stderr
     assert not job_creates(state, "lintmigrations") and not job_creates(state, "migrate")
+
+
+@pytest.mark.parametrize("watch, drain", [("60", "60"), ("0", "110"), ("100", "10")])
+def test_a_watch_and_drain_nginx_would_cut_are_refused(fake, watch, drain):
+    """Nginx closes the old color's sockets worker_shutdown_timeout (120 s) after the switch's
+    reload, without a 1012: a watch and drain that reach it (with 10 s for the jobs) are refused."""
+    state, env = fake
+    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"],
+                            env={**env, "WATCH_SECONDS": watch, "DRAIN_SECONDS": drain},
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert "worker_shutdown_timeout of 120s" in result.stderr, result.stderr
+    assert "without a 1012" in result.stderr
+    assert calls(state) == "", "promote.sh called docker before checking its settings"
+
+
+def test_the_shutdown_timeout_is_read_from_the_nginx_config(fake, tmp_path):
+    """One source: the timeout in nginx.conf, not a copy in promote.sh."""
+    state, env = fake
+    conf = tmp_path / "nginx.conf"
+    conf.write_text((Path(ROOT) / "nginx" / "nginx.conf").read_text().replace(
+        "worker_shutdown_timeout 120s;", "worker_shutdown_timeout 40s;"))
+    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"],
+                            env={**env, "NGINX_CONF": str(conf), "WATCH_SECONDS": "20",
+                                 "DRAIN_SECONDS": "10"},
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0 and "worker_shutdown_timeout of 40s" in result.stderr, result.stderr
+    conf.write_text("events {}\n")
+    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"],
+                            env={**env, "NGINX_CONF": str(conf)}, capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0 and "no 'worker_shutdown_timeout <seconds>s;'" in result.stderr
+
+
+def test_the_default_watch_and_drain_fit_the_shutdown_timeout(fake):
+    state, env = fake
+    env = {key: value for key, value in env.items() if key not in ("WATCH_SECONDS", "DRAIN_SECONDS")}
+    result = promote(env, "status", timeout=30)
+    assert "worker_shutdown_timeout" not in result.stderr
+    result = promote(env, "--help", timeout=30)
+    assert result.returncode == 0 and "worker_shutdown_timeout" in result.stdout
+
+
+def test_a_switch_never_confirmed_is_repaired_before_anything_is_removed(fake):
+    """Killed between the record (green, from blue) and the gate: the next promotion switches every
+    Nginx back to blue (the last confirmed color), drains green, and only then removes it."""
+    state, env = fake
+    (state / "healthy").touch()
+    (state / "green").touch()
+    (state / "active").write_text("green\n")
+    (state / "switch-from").write_text("blue\n")
+    result = promote(env)
+    assert result.returncode == 0, result.stderr
+    assert "the switch from blue to green was never confirmed" in result.stderr
+    lines = calls(state).splitlines()
+    back = lines.index("service update --detach --label-add com.wsapp.active-color=blue "
+                       "--label-rm com.wsapp.switch-from wsapp_nginx")
+    switched = next(i for i, line in enumerate(lines)
+                    if "switch-local --service wsapp_nginx --color blue" in line)
+    drained = next(i for i, line in enumerate(lines) if "rooms.ctl drain green" in line)
+    removed = lines.index("stack rm wsapp-green")
+    assert back < switched < drained < removed
+    assert lines.index("stack deploy --detach=true --resolve-image never -c "
+                       f"{ROOT}/stack/app.yml -c {ROOT}/stack/green.yml wsapp-green") > removed
+    assert (state / "active").read_text() == "green\n" and not (state / "switch-from").exists()
+
+
+def test_edges_on_a_down_node_are_skipped_and_listed(fake):
+    """The switch job leaves the down node out, the check lets its Nginx be silent, status lists it."""
+    state, env = fake
+    (state / "healthy").touch()
+    (state / "down-edge").touch()
+    result = promote(env)
+    assert result.returncode == 0, result.stderr
+    assert "edges that are down are skipped" in result.stderr and "edge2 (n2): down, active" in result.stderr
+    lines = calls(state).splitlines()
+    job = next(line for line in lines if "switch-local --service wsapp_nginx --color green" in line)
+    assert "--constraint node.id!=n2" in job
+    check = next(line for line in lines if "expect-color --color green" in line)
+    assert "--down 1" in check
+    status = promote(env, "status", timeout=30)
+    assert "edges that are down, skipped by switches" in status.stdout and "edge2 (n2)" in status.stdout

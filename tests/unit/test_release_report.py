@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import ROOT
@@ -159,6 +159,7 @@ results = st.lists(st.fixed_dictionaries({
 
 
 @settings(max_examples=60, deadline=None)
+@example([{"metric": {}, "values": [[T0, 1.66453068042807e+308]]}], "", 0, 1)
 @given(results, st.text(max_size=20), st.integers(0, 3600), st.integers(1, 60))
 def test_any_answer_gives_a_well_formed_plot_with_finite_coordinates(result, title, length, step):
     """Empty series, NaN, infinities, one point, gaps, odd labels and text: never an exception, never
