@@ -4,6 +4,7 @@ so every node runs the same bytes (with the login the manager's client hands ove
 a promotion from another manager logs in and pushes there too; and a container on a node, on any
 network, cannot list, pull or push (docs/security.md, "The registry")."""
 
+import ipaddress
 import json
 import subprocess
 import urllib.error
@@ -54,7 +55,10 @@ print(json.dumps({base: [status("GET", base + "/v2/_catalog"),
 
 
 def gateway(lab, node, network):
-    return json.loads(lab.docker(node, "network", "inspect", network))[0]["IPAM"]["Config"][0]["Gateway"]
+    """The network's gateway on node N: the node's own address on it (the default bridge names only its
+    subnet: the gateway is the subnet's first address)."""
+    config = json.loads(lab.docker(node, "network", "inspect", network))[0]["IPAM"]["Config"][0]
+    return config.get("Gateway") or str(ipaddress.ip_network(config["Subnet"])[1])
 
 
 def test_a_container_on_a_node_can_neither_list_nor_pull_nor_push(lab):
