@@ -205,6 +205,7 @@ def test_every_service_runs_a_pinned_image_from_the_registry(system):
     # (the engine has it from its client's login, docs/security.md "The registry").
     with pytest.raises(urllib.error.HTTPError) as unauthorized:
         urllib.request.urlopen("http://127.0.0.1:5000/v2/wsapp/tags/list", timeout=10)
+    unauthorized.value.close()
     assert unauthorized.value.code == 401 and unauthorized.value.headers["Docker-Distribution-Api-Version"]
     assert run(["./promote.sh", "status"], 60).stdout.count(f"@{digest}") == 1
 

@@ -84,6 +84,7 @@ def test_a_container_on_a_node_can_neither_list_nor_pull_nor_push(lab):
     request = urllib.request.Request(f"http://{lab.addr(lab.nodes)}:5000/v2/_catalog")
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10)
+    refused.value.close()
     assert refused.value.code == 403
 
 
