@@ -209,8 +209,10 @@ registry_logged_in() {
 # wsapp), as to any private registry (docs/security.md, "The registry"). Every push needs it, and
 # every deploy sends it to the nodes (--with-registry-auth): the proxies add no password. When the
 # client's login is missing or stale (another manager, a registry made anew), the password is read
-# from its Swarm secret by a one-off job on this node, which copies it into a directory only root
-# can read, and nowhere else (no log). Nothing to do for an operator's own REGISTRY (docker login).
+# from its Swarm secret: a short-lived task with the secret on the node this client talks to, whose
+# file `docker exec` streams straight into `docker login` (no file on either machine, no log; a bind
+# mount would need a directory on that node, which is not this machine where DOCKER_HOST points
+# elsewhere). Nothing to do for an operator's own REGISTRY (docker login).
 registry_login() {
   [[ $OWN_REGISTRY == 1 ]] || return 0
   if ! wait_for "$REGISTRY_WAIT" "the registry $REGISTRY to answer this node" registry_answers; then
@@ -220,25 +222,34 @@ registry_login() {
   fi
   registry_logged_in && return 0
   log "logging this client in to $REGISTRY (password from the secret wsapp_registry_password)"
-  local dir image node status=0
+  local image node name status=0
   image=$(docker service inspect --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}' "${REGISTRY_STACK}_proxy") &&
     node=$(docker info --format '{{.Swarm.NodeID}}') || return 1
-  dir=$(mktemp -d) || return 1
-  # The proxy's image: every node has it (they cannot pull it from the registry).
-  swarm_job 60 registry-login "reading the registry's password" --mode replicated-job \
-    --constraint "node.id==$node" --user 0 --read-only --cap-drop ALL \
+  name=wsapp-registry-login-$(date -u +%H%M%S)-$RANDOM
+  # The proxy's image: every node has it (they cannot pull it from the registry). It sleeps at most
+  # a minute, and is removed as soon as the password was read.
+  docker service create --quiet --detach --no-resolve-image --name "$name" --label com.wsapp.job=registry-login \
+    --container-label com.wsapp.job=registry-login --restart-condition none --constraint "node.id==$node" \
+    --user 0 --read-only --cap-drop ALL \
     --secret "source=wsapp_registry_password,target=registry_password,uid=0,gid=0,mode=0400" \
-    --mount "type=bind,source=$dir,target=/out" \
-    --entrypoint cp "$image" /run/secrets/registry_password /out/password >/dev/null || status=$?
-  if ((status == 0)); then
-    docker login --username wsapp --password-stdin "$REGISTRY" <"$dir/password" >/dev/null 2>&1 || status=$?
+    --entrypoint sleep "$image" 60 >/dev/null || status=$?
+  if ((status == 0)) && wait_for 60 "the registry login task to run on this node" login_task_running "$name"; then
+    docker exec "$(login_task "$name")" cat /run/secrets/registry_password |
+      docker login --username wsapp --password-stdin "$REGISTRY" >/dev/null 2>&1 || status=$?
+  else
+    status=1
   fi
-  rm -rf "$dir"
+  docker service rm "$name" >/dev/null 2>&1 || true
+  docker ps -aq --filter "label=com.docker.swarm.service.name=$name" | xargs -r docker rm -f >/dev/null 2>&1 || true
   ((status == 0)) && registry_logged_in && return 0
   error "could not log in to $REGISTRY with the password of the secret wsapp_registry_password" \
     "(docker login -u wsapp $REGISTRY by hand tells why)"
   return 1
 }
+
+# login_task NAME: the running container of service NAME on this node; login_task_running: there is one.
+login_task() { docker ps -q --filter "label=com.docker.swarm.service.name=$1" --filter status=running | head -n 1; }
+login_task_running() { [[ -n $(login_task "$1") ]]; }
 
 # push_image NAME: push to the registry, bounded. First wait (REGISTRY_WAIT) until the registry
 # answers: one that was just deployed may not yet, and the engine retries a push to one that is
