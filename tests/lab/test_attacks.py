@@ -27,9 +27,11 @@ from tests.lab.lab import EDGES
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
 
-ATTACK_SECONDS = 50  # under two creation windows (60 s), so the budget below is at most two windows
+ATTACK_SECONDS = 600  # at most (tests/e2e/attacks.py's cap): the attacks are stopped once the release is done
 WARMUP = 8  # seconds of attack before the release starts
-FAST = {"DRAIN_SECONDS": "3", "WATCH_SECONDS": "0"}  # as tests/lab/test_edges.py: the gate is not tested here
+# As tests/lab/test_edges.py, the release gate is not what is tested here; a busy machine may take
+# more than the default 120 s to make four new replicas healthy.
+RELEASE = {"DRAIN_SECONDS": "3", "WATCH_SECONDS": "0", "HEALTH_TIMEOUT": "300"}
 
 
 @pytest.fixture
@@ -89,13 +91,13 @@ async def test_redis_limits_hold_across_edges_and_nginx_limits_per_edge(lab, att
     await asyncio.wait_for(traffic.connected.wait(), 60)
     processes = {}
     for node in EDGES:
-        url = lab.ws_url(node)
+        url = f"{lab.ws_url(node)}:80"  # the handshake flood's raw sockets need the port
         processes[("rooms", node)] = attack("room_creation_flood", url, creator, "--connections", "2")
         processes[("handshakes", node)] = attack("handshake_flood", url, handshaker, "--connections", "3")
     try:
         await asyncio.sleep(WARMUP)
         started = time.monotonic()
-        result = await asyncio.to_thread(lab.run, 1, ["./promote.sh", "--image", tag], 600, False, **FAST)
+        result = await asyncio.to_thread(lab.run, 1, ["./promote.sh", "--image", tag], 600, False, **RELEASE)
         released = time.monotonic() - started
         await asyncio.sleep(2)
     finally:
@@ -106,7 +108,7 @@ async def test_redis_limits_hold_across_edges_and_nginx_limits_per_edge(lab, att
     seconds = max(found[("rooms", node)]["seconds"] for node in EDGES)
     latencies = sorted(traffic.latencies) or [float("nan")]
     p99, median = latencies[int(len(latencies) * 0.99)], statistics.median(latencies)
-    print(f"\nLAB ATTACKS ({len(EDGES)} edges, {ATTACK_SECONDS} s):\n"
+    print(f"\nLAB ATTACKS ({len(EDGES)} edges, {seconds:.0f} s):\n"
           f"  room creation from one address, 2 connections per edge: {len(rooms)} rooms in Redis, budget "
           f"{limit} per window; per edge {[found[('rooms', node)] for node in EDGES]}\n"
           f"  handshakes from one address, 3 connections per edge (limit_req {rate}/s burst {burst} each): "
