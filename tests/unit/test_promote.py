@@ -336,8 +336,7 @@ def test_a_client_without_the_registrys_login_logs_in_and_hands_it_to_every_depl
     state, env = fake
     (state / "healthy").touch()
     (state / "logged-out").touch()
-    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = promote(env)
     assert result.returncode == 0, result.stderr
     assert (state / "login").read_text() == "s3cret"
     lines = calls(state).splitlines()
@@ -355,8 +354,7 @@ def test_a_client_without_the_registrys_login_logs_in_and_hands_it_to_every_depl
 def test_a_logged_in_client_is_not_logged_in_again(fake):
     state, env = fake
     (state / "healthy").touch()
-    result = subprocess.run([f"{ROOT}/promote.sh", "--image", "wsapp:new"], env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = promote(env)
     assert result.returncode == 0, result.stderr
     assert "login" not in calls(state) and not (state / "login").exists()
 
@@ -686,7 +684,7 @@ def test_a_switch_never_confirmed_is_repaired_before_anything_is_removed(fake):
     drained = next(i for i, line in enumerate(lines) if "rooms.ctl drain green" in line)
     removed = lines.index("stack rm wsapp-green")
     assert back < switched < drained < removed
-    assert lines.index("stack deploy --detach=true --resolve-image never -c "
+    assert lines.index("stack deploy --detach=true --resolve-image never --with-registry-auth -c "
                        f"{ROOT}/stack/app.yml -c {ROOT}/stack/green.yml wsapp-green") > removed
     assert (state / "active").read_text() == "green\n" and not (state / "switch-from").exists()
 
