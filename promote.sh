@@ -155,6 +155,8 @@ preflight() {
   service_running "$NGINX_SERVICE" 1 ||
     die "no Nginx of $NGINX_SERVICE runs (is a node labelled $EDGE_LABEL=true?); run make up"
   docker network inspect "$NETWORK" >/dev/null 2>&1 || die "network $NETWORK is missing; run make up"
+  # Deploys and jobs hand this client's login to the nodes (--with-registry-auth).
+  registry_login || die "cannot log in to the registry $REGISTRY; see above"
 }
 
 # confirmed_color: ACTIVE becomes the last confirmed color: the record, unless a switch to it was

@@ -1,10 +1,11 @@
 #!/bin/sh
-# The registry proxy's command (stack/registry.yml): only this node's own engine may use it, and
-# the proxy adds the registry's password to what it passes on, so engines need no `docker login`.
+# The registry proxy's command (stack/registry.yml): only this node's own engine may use it. It
+# adds no password: engines send their own (docs/security.md, "The registry"), so a container of
+# this node that reaches the port (from the same gateway address, see below) gets 401.
 # The port is published on every address of the node (Swarm's host mode binds them all); an
 # engine's connection to 127.0.0.1:PORT reaches the proxy from the gateway of the node's
 # docker_gwbridge (Docker's userland proxy), which is this container's default route.
-# Anyone else (another host, another container) gets 403.
+# Other hosts get 403.
 set -eu
 gateway=$(awk '$2 == "00000000" && $3 != "00000000" { print $3; exit }' /proc/net/route)
 [ -n "$gateway" ] || { echo "registry proxy: no default route, cannot tell this node's gateway" >&2; exit 64; }
@@ -12,9 +13,4 @@ gateway=$(awk '$2 == "00000000" && $3 != "00000000" { print $3; exit }' /proc/ne
 # shellcheck disable=SC2046  # four words on purpose
 set -- $(echo "$gateway" | sed 's/\(..\)\(..\)\(..\)\(..\)/\4 \3 \2 \1/')
 printf 'allow 127.0.0.1;\nallow %d.%d.%d.%d;\ndeny all;\n' "0x$1" "0x$2" "0x$3" "0x$4" >/tmp/registry-allow.conf
-# The password (a Swarm secret, scripts/up.sh) as Basic auth for user wsapp; base64 has no quote.
-password=/run/secrets/registry_password
-[ -s "$password" ] || { echo "registry proxy: no password in $password" >&2; exit 64; }
-printf 'proxy_set_header Authorization "Basic %s";\n' \
-  "$(printf 'wsapp:%s' "$(cat "$password")" | base64 | tr -d '\n')" >/tmp/registry-auth.conf
 exec nginx -c /etc/nginx/registry-proxy.conf -g 'daemon off;'

@@ -223,8 +223,11 @@ up() {
 }
 
 # env_of N: the environment that makes docker, promote.sh and make talk to node N of this lab.
+# Each node's client has its own configuration (DOCKER_CONFIG), as each machine would: its login to
+# the lab's registry is its own, not this host's nor another lab's (all are 127.0.0.1:5000).
 node_env() {
-  printf '%s\n' "DOCKER_HOST=$(node_sock "$1")" "RELEASE_ENV=$RUN_DIR/release.env" "LOCK_FILE=$RUN_DIR/wsapp.lock"
+  printf '%s\n' "DOCKER_HOST=$(node_sock "$1")" "RELEASE_ENV=$RUN_DIR/release.env" "LOCK_FILE=$RUN_DIR/wsapp.lock" \
+    "DOCKER_CONFIG=$RUN_DIR/client-n$1"
 }
 
 env_of() {

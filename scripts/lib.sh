@@ -130,7 +130,7 @@ deploy_color() {
   local color=$1 image=$2 version=$3 replicas=${4:-}
   local -a vars=("APP_IMAGE=$image" "APP_VERSION=$version")
   [[ -n $replicas ]] && vars+=("REPLICAS=$replicas")
-  env "${vars[@]}" docker stack deploy --detach=true --resolve-image never \
+  env "${vars[@]}" docker stack deploy --detach=true --resolve-image never --with-registry-auth \
     -c "$ROOT_DIR/stack/app.yml" -c "$ROOT_DIR/stack/$color.yml" "$(color_stack "$color")" >/dev/null
 }
 
@@ -183,27 +183,82 @@ pick_digest() {
   return 0
 }
 
-# registry_answers: the registry itself answers this node's engine. A pull of a name nobody pushed
-# is refused by a live registry ("manifest unknown", or "denied" where a login is needed); a proxy
-# whose registry is away answers 502, an address nothing listens on refuses the connection. The
-# project's own registry needs no login: "unauthorized" there is a proxy still without the
-# password (one from before it, being replaced), not yet an answer.
+# registry_probe: what this node's engine answers, with this client's login, for a name nobody
+# pushed. A live registry refuses it ("manifest unknown"), or, to a client without the password,
+# answers "unauthorized" / "no basic auth credentials"; a proxy whose registry is away answers
+# 502, an address nothing listens on refuses the connection.
+registry_probe() {
+  timeout --kill-after=5 20 docker pull -q "$REGISTRY/wsapp-probe:none" 2>&1
+}
+
+# registry_answers: the registry itself answers this node's engine (with or without a login).
 registry_answers() {
   local out
-  out=$(timeout --kill-after=5 20 docker pull -q "$REGISTRY/wsapp-probe:none" 2>&1) && return 0
-  if [[ $OWN_REGISTRY == 1 ]]; then
-    [[ $out =~ (not\ found|manifest\ unknown) ]]
-  else
-    [[ $out =~ (not\ found|manifest\ unknown|denied|unauthorized) ]]
-  fi
+  out=$(registry_probe) && return 0
+  [[ $out =~ (not\ found|manifest\ unknown|denied|unauthorized|no\ basic\ auth) ]]
 }
+
+# registry_logged_in: the registry answers, and this client's login is good for it.
+registry_logged_in() {
+  local out
+  out=$(registry_probe) && return 0
+  [[ $out =~ (not\ found|manifest\ unknown) ]]
+}
+
+# registry_login: this machine's Docker client logged in to the project's own registry (user
+# wsapp), as to any private registry (docs/security.md, "The registry"). Every push needs it, and
+# every deploy sends it to the nodes (--with-registry-auth): the proxies add no password. When the
+# client's login is missing or stale (another manager, a registry made anew), the password is read
+# from its Swarm secret: a short-lived task with the secret on the node this client talks to, whose
+# file `docker exec` streams straight into `docker login` (no file on either machine, no log; a bind
+# mount would need a directory on that node, which is not this machine where DOCKER_HOST points
+# elsewhere). Nothing to do for an operator's own REGISTRY (docker login).
+registry_login() {
+  [[ $OWN_REGISTRY == 1 ]] || return 0
+  if ! wait_for "$REGISTRY_WAIT" "the registry $REGISTRY to answer this node" registry_answers; then
+    error "no registry answers at $REGISTRY: is it up (docker service ps ${REGISTRY_STACK}_registry;" \
+      "its node must be up)?"
+    return 1
+  fi
+  registry_logged_in && return 0
+  log "logging this client in to $REGISTRY (password from the secret wsapp_registry_password)"
+  local image node name status=0
+  image=$(docker service inspect --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}' "${REGISTRY_STACK}_proxy") &&
+    node=$(docker info --format '{{.Swarm.NodeID}}') || return 1
+  name=wsapp-registry-login-$(date -u +%H%M%S)-$RANDOM
+  # The proxy's image: every node has it (they cannot pull it from the registry). It sleeps at most
+  # a minute, and is removed as soon as the password was read.
+  docker service create --quiet --detach --no-resolve-image --name "$name" --label com.wsapp.job=registry-login \
+    --container-label com.wsapp.job=registry-login --restart-condition none --constraint "node.id==$node" \
+    --user 0 --read-only --cap-drop ALL \
+    --secret "source=wsapp_registry_password,target=registry_password,uid=0,gid=0,mode=0400" \
+    --entrypoint sleep "$image" 60 >/dev/null || status=$?
+  if ((status == 0)) && wait_for 60 "the registry login task to run on this node" login_task_running "$name"; then
+    docker exec "$(login_task "$name")" cat /run/secrets/registry_password |
+      docker login --username wsapp --password-stdin "$REGISTRY" >/dev/null 2>&1 || status=$?
+  else
+    status=1
+  fi
+  docker service rm "$name" >/dev/null 2>&1 || true
+  docker ps -aq --filter "label=com.docker.swarm.service.name=$name" | xargs -r docker rm -f >/dev/null 2>&1 || true
+  ((status == 0)) && registry_logged_in && return 0
+  error "could not log in to $REGISTRY with the password of the secret wsapp_registry_password" \
+    "(docker login -u wsapp $REGISTRY by hand tells why)"
+  return 1
+}
+
+# login_task NAME: the running container of service NAME on this node; login_task_running: there is one.
+login_task() { docker ps -q --filter "label=com.docker.swarm.service.name=$1" --filter status=running | head -n 1; }
+login_task_running() { [[ -n $(login_task "$1") ]]; }
 
 # push_image NAME: push to the registry, bounded. First wait (REGISTRY_WAIT) until the registry
 # answers: one that was just deployed may not yet, and the engine retries a push to one that is
 # away for minutes.
 push_image() {
   local image=$1 attempt
-  if ! wait_for "$REGISTRY_WAIT" "the registry $REGISTRY to answer this node" registry_answers; then
+  if [[ $OWN_REGISTRY == 1 ]]; then
+    registry_login || return 1
+  elif ! wait_for "$REGISTRY_WAIT" "the registry $REGISTRY to answer this node" registry_answers; then
     error "no registry answers at $REGISTRY: is it up (docker service ps ${REGISTRY_STACK}_registry;" \
       "its node must be up) or, for your own REGISTRY, reachable from this node?"
     return 1
@@ -348,7 +403,7 @@ swarm_job() {
   shift 3
   local name states="" deadline=$((SECONDS + seconds))
   name=wsapp-$kind-$(date -u +%H%M%S)-$RANDOM
-  docker service create --quiet --detach --no-resolve-image --name "$name" --label "com.wsapp.job=$kind" \
+  docker service create --quiet --detach --no-resolve-image --with-registry-auth --name "$name" --label "com.wsapp.job=$kind" \
     --container-label "com.wsapp.job=$kind" --restart-condition none "$@" >/dev/null || return 1
   local ended=0
   while ((SECONDS < deadline)); do

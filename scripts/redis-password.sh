@@ -52,6 +52,8 @@ main() {
   docker secret inspect "$secret" >/dev/null 2>&1 || die "no Swarm secret $secret: create it first"
   image=$(docker service inspect --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}' "${INFRA_STACK}_redis") ||
     die "no service ${INFRA_STACK}_redis: is the stack up (make up)?"
+  # The job's node may have to pull the image: the job gets this client's login (swarm_job).
+  registry_login || die "cannot log in to the registry $REGISTRY; see above"
   log "$action the password of $secret for the Redis user wsapp on every Redis and Sentinel"
   swarm_job "$JOB_TIMEOUT" redis-password "ACL SETUSER wsapp" --mode replicated-job --network "$NETWORK" \
     --read-only --cap-drop ALL --user redis \

@@ -161,7 +161,8 @@ prepare_registry_volume() {
     --entrypoint "chown 65534:65534 /data" "$REGISTRY_IMAGE" || die "could not give the registry's volume to its user"
 }
 
-# The registry's password (docs/security.md): random, as a Swarm secret for the proxies, and its
+# The registry's password (docs/security.md): random, as a Swarm secret for the managers' logins
+# (registry_login in scripts/lib.sh), and its
 # bcrypt hash as an htpasswd line (user wsapp) for the registry, which takes no other hash. Made
 # together: a secret cannot be read back, so one without the other cannot be completed.
 ensure_registry_secrets() {
@@ -197,6 +198,9 @@ deploy_registry() {
     -c "$ROOT_DIR/stack/registry.yml" "$REGISTRY_STACK" >/dev/null
   wait_for "$UP_TIMEOUT" "${REGISTRY_STACK}_registry to run" service_running "${REGISTRY_STACK}_registry"
   wait_for "$UP_TIMEOUT" "${REGISTRY_STACK}_proxy to run" service_running "${REGISTRY_STACK}_proxy" 1
+  # Its password, in this client's login: pushes need it, and every deploy below hands it to the
+  # nodes (--with-registry-auth).
+  registry_login || die "cannot log in to the registry $REGISTRY"
 }
 
 # Push the infra's images (those built here) and deploy every one by digest, so every node runs
@@ -250,7 +254,8 @@ deploy_infra() {
     log "$nodes node(s): up to $SENTINELS_PER_NODE Sentinels per node (one per node needs three nodes)"
   fi
   replace_replicated_nginx
-  docker stack deploy --detach=true --resolve-image never -c "$ROOT_DIR/stack/infra.yml" "$INFRA_STACK" >/dev/null
+  docker stack deploy --detach=true --resolve-image never --with-registry-auth \
+    -c "$ROOT_DIR/stack/infra.yml" "$INFRA_STACK" >/dev/null
   local service
   # Postgres is Running once its healthcheck (pg_isready over TCP) passes: after a first start's
   # initialisation, so the migration below finds it ready.

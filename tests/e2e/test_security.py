@@ -8,6 +8,7 @@ import asyncio
 import json
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -133,7 +134,7 @@ def test_only_nginx_is_reachable_from_other_hosts(system):
 
 
 # From inside a container: GET each URL, print one line per URL, what answered (a registry says so
-# in a header of every answer, 401 included).
+# in a header of every answer, 401 included: registry-STATUS).
 PROBE = """
 import sys, urllib.error, urllib.request
 for url in sys.argv[1:]:
@@ -144,7 +145,8 @@ for url in sys.argv[1:]:
     except OSError as error:
         print(url, type(error).__name__)
         continue
-    print(url, "registry" if response.headers["Docker-Distribution-Api-Version"] else response.status)
+    registry = response.headers["Docker-Distribution-Api-Version"]
+    print(url, f"registry-{response.status}" if registry else response.status)
 """
 
 
@@ -161,25 +163,34 @@ def test_the_registry_is_reachable_only_through_each_engines_proxy(system):
     address = address["IPAddress"]
     # From an app replica: the name does not resolve, and the registry's address is on no network
     # the replica has (what answers there, if anything, is not the registry).
+    # Through the node's proxy (its address, the docker_gwbridge gateway the engine's connections
+    # come from), the replica gets 401: the proxy adds no password (before, it answered 200).
+    gateway = json.loads(docker("network", "inspect", "docker_gwbridge"))[0]["IPAM"]["Config"][0]["Gateway"]
     urls = ["http://wsapp-registry_registry:5000/v2/", "http://tasks.wsapp-registry_registry:5000/v2/",
-            f"http://{address}:5000/v2/"]
+            f"http://{address}:5000/v2/", f"http://{gateway}:5000/v2/_catalog",
+            f"http://{host_address()}:5000/v2/_catalog"]
     app = service_container(f"wsapp-{color()}_app")
     answers = dict(line.rsplit(" ", 1) for line in
                    docker("exec", app, "python", "-c", PROBE, *urls, timeout=60).splitlines())
     print("from an app replica:", answers)
     assert answers[urls[0]] == answers[urls[1]] == "URLError", answers  # the name does not resolve
-    assert answers[urls[2]] != "registry", answers
-    # On its own network the registry wants the password, which only the proxies add.
+    assert not answers[urls[2]].startswith("registry"), answers
+    assert answers[urls[3]] == answers[urls[4]] == "registry-401", answers
+    # On its own network the registry wants the password too.
     status = docker("exec", proxy, "sh", "-c", "curl -s -o /dev/null -w '%{http_code}' "
                     "http://wsapp-registry_registry:5000/v2/ || wget -S -O /dev/null "
                     "http://wsapp-registry_registry:5000/v2/ 2>&1 | grep -o ' 401 '")
     assert status.strip() == "401", status
-    # The engine pushes and pulls through its proxy, without a login.
+    # The engine pushes and pulls through its proxy with the client's login (make up made it); a
+    # client without it is refused.
     tag = f"127.0.0.1:5000/wsapp-e2e-registry:{uuid.uuid4().hex[:8]}"
     docker("tag", service_image("wsapp_nginx"), tag)
     try:
         docker("push", tag, timeout=300)
         docker("image", "rm", tag)
+        with tempfile.TemporaryDirectory() as config:
+            refused = run(["docker", "pull", tag], 120, check=False, DOCKER_CONFIG=config)
+        assert refused.returncode != 0 and "auth" in refused.stderr, refused.stderr
         docker("pull", tag, timeout=300)
     finally:
         run(["docker", "image", "rm", "-f", tag], 60, check=False)

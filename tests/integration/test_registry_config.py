@@ -1,7 +1,7 @@
 """The image registry as stack/registry.yml configures it (issue 17): Debian's docker-registry (the
 code of the stack's image, docker/registry) started on loopback with the service's environment.
-Nothing is served without the password (the proxies add it), and whoever has it cannot delete what
-the colors run."""
+Nothing is served without the password (the engines send their login; the proxies add none), and
+whoever has it cannot delete what the colors run."""
 
 import base64
 import hashlib

@@ -42,7 +42,15 @@ case "$1 ${2:-}" in
     true ;;
   tag\ *) ;;
   "push -q") echo "$3" >>"$state/pushed" ;;
-  "pull -q") echo "manifest unknown" >&2; exit 1 ;;
+  # A name nobody pushed: refused by the registry, or for want of a login ($state/logged-out) until
+  # `docker login` (which keeps the password it read in $state/login).
+  "pull -q")
+    [[ -e $state/logged-out && ! -e $state/login ]] && { echo "no basic auth credentials" >&2; exit 1; }
+    echo "manifest unknown" >&2; exit 1 ;;
+  "login --username") cat >"$state/login" ;;
+  # registry_login's task: its container on this node, and the secret it has.
+  "ps -q") echo login-container ;;
+  "exec login-container") [[ $* == *" cat /run/secrets/registry_password" ]] && printf 's3cret' ;;
   # The swarm-wide lock (a Swarm config): create fails while it exists, as the managers make it,
   # and prints its ID ($state/swarm-lock-id; "other-id" for a lock a test wrote); rm takes the name
   # or that ID. Other configs (release_tools.py for the edge job) exist.
@@ -319,6 +327,36 @@ def test_the_image_is_pushed_and_deployed_by_digest(fake):
     assert "tag wsapp:new 127.0.0.1:5000/wsapp:new" in calls(state)
     assert (state / "pushed").read_text() == "127.0.0.1:5000/wsapp:new\n"
     assert (state / "images").read_text() == f"127.0.0.1:5000/wsapp@sha256:{'ab' * 32} new\n"
+
+
+def test_a_client_without_the_registrys_login_logs_in_and_hands_it_to_every_deploy_and_job(fake):
+    """The own registry's proxies add no password (docs/security.md, "The registry"): promote.sh logs this
+    client in from the secret (a short-lived task read by docker exec) before anything changes, and the
+    color's deploy and every job pass the login on to the nodes, which would otherwise get 401."""
+    state, env = fake
+    (state / "healthy").touch()
+    (state / "logged-out").touch()
+    result = promote(env)
+    assert result.returncode == 0, result.stderr
+    assert (state / "login").read_text() == "s3cret"
+    lines = calls(state).splitlines()
+    assert "login --username wsapp --password-stdin 127.0.0.1:5000" in lines
+    (task,) = [line for line in lines if line.startswith("service create") and "registry-login" in line]
+    assert "source=wsapp_registry_password" in task and "--with-registry-auth" not in task
+    assert lines.index("login --username wsapp --password-stdin 127.0.0.1:5000") < min(
+        index for index, line in enumerate(lines) if line.startswith(("push", "stack deploy")))
+    deploys = [line for line in lines if line.startswith("stack deploy")]
+    jobs = [line for line in lines if line.startswith("service create") and "registry-login" not in line]
+    assert deploys and jobs
+    assert all("--with-registry-auth" in line for line in deploys + jobs), deploys + jobs
+
+
+def test_a_logged_in_client_is_not_logged_in_again(fake):
+    state, env = fake
+    (state / "healthy").touch()
+    result = promote(env)
+    assert result.returncode == 0, result.stderr
+    assert "login" not in calls(state) and not (state / "login").exists()
 
 
 def test_an_image_given_by_digest_is_deployed_as_it_is(fake):
@@ -646,7 +684,7 @@ def test_a_switch_never_confirmed_is_repaired_before_anything_is_removed(fake):
     drained = next(i for i, line in enumerate(lines) if "rooms.ctl drain green" in line)
     removed = lines.index("stack rm wsapp-green")
     assert back < switched < drained < removed
-    assert lines.index("stack deploy --detach=true --resolve-image never -c "
+    assert lines.index("stack deploy --detach=true --resolve-image never --with-registry-auth -c "
                        f"{ROOT}/stack/app.yml -c {ROOT}/stack/green.yml wsapp-green") > removed
     assert (state / "active").read_text() == "green\n" and not (state / "switch-from").exists()
 
