@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # images.sh resolve|clean: the container images the stacks use. For each image: use it if it is
 # present locally, else try a bounded `docker pull`, else build a local Debian-based stand-in
-# (wsapp-local/*). Grafana has no stand-in: when it is unavailable, GRAFANA_REPLICAS=0. The edge
-# exporter (mtail) is built from Debian's package unless EDGE_EXPORTER_IMAGE names an image.
+# (wsapp-local/*). Grafana has no stand-in: when it is unavailable, GRAFANA_REPLICAS=0.
 set -Eeuo pipefail
 [[ -n ${TRACE:-} ]] && set -x
 # shellcheck source=lib.sh
@@ -20,7 +19,6 @@ readonly REDIS_EXPORTER_IMAGE=${REDIS_EXPORTER_IMAGE:-oliver006/redis_exporter:v
 readonly POSTGRES_IMAGE=${POSTGRES_IMAGE:-postgres:15-bookworm}
 readonly POSTGRES_EXPORTER_IMAGE=${POSTGRES_EXPORTER_IMAGE:-prometheuscommunity/postgres-exporter:v0.15.0}
 readonly REGISTRY_IMAGE=${REGISTRY_IMAGE:-registry:2}
-readonly EDGE_EXPORTER_IMAGE=${EDGE_EXPORTER_IMAGE:-}
 readonly PULL_TIMEOUT=${PULL_TIMEOUT:-20}
 readonly LOCAL_IMAGES=${LOCAL_IMAGES:-0}
 
@@ -45,7 +43,6 @@ Settings (environment):
   POSTGRES_IMAGE=$POSTGRES_IMAGE
   POSTGRES_EXPORTER_IMAGE=$POSTGRES_EXPORTER_IMAGE
   REGISTRY_IMAGE=$REGISTRY_IMAGE    the image registry (stack/registry.yml), when REGISTRY is empty
-  EDGE_EXPORTER_IMAGE=$EDGE_EXPORTER_IMAGE      an mtail image for the edge exporter; empty: $LOCAL_PREFIX/mtail:bookworm
   PULL_TIMEOUT=$PULL_TIMEOUT       seconds per docker pull
   LOCAL_IMAGES=$LOCAL_IMAGES        1: never pull; use local images or build stand-ins
 USAGE
@@ -101,7 +98,7 @@ build_local() {
 }
 
 # resolve_one NAME IMAGE: print the image to use for NAME (python, or a directory of docker/:
-# nginx, redis, prometheus, alertmanager, redis-exporter, postgres, postgres-exporter, registry, mtail).
+# nginx, redis, prometheus, alertmanager, redis-exporter, postgres, postgres-exporter, registry).
 # It runs in a command substitution, where set -e does not apply: failures return explicitly.
 resolve_one() {
   local name=$1 image=$2
@@ -119,8 +116,7 @@ resolve_one() {
 }
 
 resolve() {
-  local python nginx redis prometheus alertmanager redis_exporter postgres postgres_exporter registry edge_exporter
-  local replicas
+  local python nginx redis prometheus alertmanager redis_exporter postgres postgres_exporter registry replicas
   python=$(resolve_one python "$PYTHON_BASE_IMAGE")
   nginx=$(resolve_one nginx "$NGINX_IMAGE")
   redis=$(resolve_one redis "$REDIS_IMAGE")
@@ -130,12 +126,6 @@ resolve() {
   postgres=$(resolve_one postgres "$POSTGRES_IMAGE")
   postgres_exporter=$(resolve_one postgres-exporter "$POSTGRES_EXPORTER_IMAGE")
   registry=$(resolve_one registry "$REGISTRY_IMAGE")
-  if [[ -n $EDGE_EXPORTER_IMAGE ]]; then
-    edge_exporter=$(resolve_one mtail "$EDGE_EXPORTER_IMAGE")
-  else
-    edge_exporter=$LOCAL_PREFIX/mtail:bookworm
-    build_local mtail
-  fi
   if available "$GRAFANA_IMAGE"; then
     replicas=${GRAFANA_REPLICAS:-1}
   else
@@ -154,7 +144,6 @@ resolve() {
     POSTGRES_EXPORTER_IMAGE "$postgres_exporter" \
     GRAFANA_IMAGE "$GRAFANA_IMAGE" \
     REGISTRY_IMAGE "$registry" \
-    EDGE_EXPORTER_IMAGE "$edge_exporter" \
     GRAFANA_REPLICAS "$replicas"
   log "images resolved"
 }

@@ -35,12 +35,9 @@ def test_one_app_job_finds_both_colors_and_labels_each_with_its_color():
     """As Prometheus applies the relabel (an anchored regex, replacement $1) to each DNS name."""
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"] if "dns_sd_configs" in job}
-    # app: every replica of both colors; nginx: every edge's Nginx (tasks.wsapp_nginx); edge: the
-    # exporter beside every Nginx; Alertmanager.
-    assert sorted(jobs) == ["alertmanager", "app", "edge", "nginx"]
+    # app: every replica of both colors; nginx: every edge's Nginx (tasks.wsapp_nginx); Alertmanager.
+    assert sorted(jobs) == ["alertmanager", "app", "nginx"]
     assert [name for sd in jobs["nginx"]["dns_sd_configs"] for name in sd["names"]] == ["tasks.wsapp_nginx"]
-    edge_names = [name for sd in jobs["edge"]["dns_sd_configs"] for name in sd["names"]]
-    assert edge_names == ["tasks.wsapp_edge-exporter"]
     names = [name for sd in jobs["app"]["dns_sd_configs"] for name in sd["names"]]
     assert names == ["tasks.wsapp-blue_app", "tasks.wsapp-green_app"]
     (relabel,) = jobs["app"]["relabel_configs"]
@@ -135,27 +132,3 @@ def test_every_alert_points_to_the_docs():
         headings = [re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-")
                     for h in re.findall(r"(?m)^#+ (.+)$", text)]
         assert anchor in headings, (rule["alert"], anchor)
-
-
-def test_the_edge_exporter_reads_what_nginx_sends_it_where_nginx_sends_it():
-    """nginx.conf's log_format edge, as Nginx sends it to syslog (header, tag, the line ending in a
-    newline, which mtail strips), matches the mtail program's pattern, and both use one socket, on the
-    volume both services mount, placed on the same nodes."""
-    conf = Path(ROOT, "nginx", "nginx.conf").read_text()
-    (fmt,) = re.findall(r'^\s*log_format edge "(.*)";$', conf, re.M)
-    assert fmt.endswith("\\n"), "mtail counts only lines that end in a newline"
-    (target,) = re.findall(r"^\s*access_log syslog:server=unix:([^,]+),\S*tag=nginx edge;$", conf, re.M)
-    program = Path(ROOT, "observability", "mtail", "nginx.mtail").read_text()
-    (pattern,) = re.findall(r"^/(.*)/ \{$", program, re.M)
-    for status in ("200", "429", "502"):
-        line = "<190>Dec  6 12:00:00 nginx: " + fmt[:-2].replace("$status", status)
-        assert re.search(pattern, line)["status"] == status
-    stack = yaml.safe_load(Path(ROOT, "stack", "infra.yml").read_text())
-    nginx, exporter = stack["services"]["nginx"], stack["services"]["edge-exporter"]
-    assert f"unixgram://{target}" in " ".join(exporter["entrypoint"])
-    directory = str(Path(target).parent)
-    assert f"nginxlog:{directory}" in nginx["volumes"] and exporter["volumes"] == [f"nginxlog:{directory}"]
-    assert exporter["deploy"]["mode"] == nginx["deploy"]["mode"] == "global"
-    assert exporter["deploy"]["placement"] == nginx["deploy"]["placement"]
-    assert exporter["user"] == nginx["user"], "Nginx must be allowed to write to the socket mtail creates"
-
