@@ -455,6 +455,9 @@ readonly MIGRATE_TIMEOUT=${MIGRATE_TIMEOUT:-300}
 # PROMETHEUS_MULTIPROC_DIR for the server only). Prints its output; fails
 # when the command fails or does not finish within SECONDS (then the job is removed, which stops it;
 # Postgres rolls the interrupted migration's transaction back).
+# Its statements may run as long as the job (the app's 5 s would abort a migration of a big table),
+# and no longer: a job stopped at its bound leaves no statement running on in Postgres, holding its
+# locks while the serving color waits behind them (Postgres does not notice a client gone mid-statement).
 manage_job() {
   local seconds=$1 kind=$2 image=$3
   shift 3
@@ -465,7 +468,7 @@ manage_job() {
     --secret "source=$DJANGO_SECRET_KEY_SECRET,target=django_secret_key" \
     --env "DATABASE_URL=$DATABASE_URL" --env DATABASE_PASSWORD_FILE=/run/secrets/postgres_password \
     --env TICKET_KEYS_FILE=/run/secrets/ticket_keys --env DJANGO_SECRET_KEY_FILE=/run/secrets/django_secret_key \
-    --env "ALLOWED_HOSTS=$ALLOWED_HOSTS" --env "PUBLIC_ORIGINS=$PUBLIC_ORIGINS" --env "LOG_LEVEL=$LOG_LEVEL" \
+    --env "DATABASE_STATEMENT_TIMEOUT=$seconds" --env "ALLOWED_HOSTS=$ALLOWED_HOSTS" --env "PUBLIC_ORIGINS=$PUBLIC_ORIGINS" --env "LOG_LEVEL=$LOG_LEVEL" \
     "$image" python manage.py "$@"
 }
 
