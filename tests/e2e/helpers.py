@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import tempfile
 import urllib.request
@@ -72,6 +73,18 @@ def service_image(service):
 
 def stacks():
     return set(docker("stack", "ls", "--format", "{{.Name}}").split())
+
+
+def standing():
+    """Whether the system stands as make up leaves it: one color's stack, every service's tasks all
+    running (a finished job is not counted), and the site answering through Nginx."""
+    colors = {"wsapp-blue", "wsapp-green"} & stacks()
+    lines = docker("service", "ls", "--format", "{{.Replicas}}").splitlines()  # a job: "0/1 (1/1 completed)"
+    running = all(count[1] == count[2] for count in map(re.compile(r"(\d+)/(\d+)").fullmatch, lines) if count)
+    try:
+        return len(colors) == 1 and running and version()["color"] in ("blue", "green")
+    except OSError:
+        return False
 
 
 def running_container(service):

@@ -27,8 +27,10 @@ from tests.e2e.load import Traffic
 from tests.e2e.test_browser import ARTIFACTS, CHROMIUM_ARGS, chromium
 from tests.helpers import ROOT, reap, start_interruptible, wait_until
 
-# The first test builds every image on a fresh machine (about 3 minutes here).
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+# The first test builds every image on a fresh machine (about 3 minutes here). Each test after the first
+# takes the system the one before it left (conftest.py's system fixture): every test here leaves it
+# serving one color, as a release, a failed release or a rollback must.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900), pytest.mark.takes_standing_system]
 
 DRAIN_SECONDS = 10
 # An app that starts but never serves, so never gets healthy. Its command, not its entrypoint: the
@@ -189,6 +191,7 @@ async def test_scaled_replicas_receive_new_connections_without_an_nginx_change(s
     assert {f"{service}-1", f"{service}-2", f"{service}-3"} <= seen
     assert docker("ps", "-q", "--filter", "label=com.docker.swarm.service.name=wsapp_nginx") == nginx
     assert docker("exec", nginx, "cat", "/tmp/nginx/active/color.conf") == include
+    docker("service", "scale", f"{service}=2", timeout=180)  # as make up left it, for the next test
 
 
 def test_every_service_runs_a_pinned_image_from_the_registry(system):
