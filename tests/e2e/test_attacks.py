@@ -146,7 +146,9 @@ async def under_attack(attack, *options):
     try:
         await asyncio.sleep(WARMUP)
         started = time.monotonic()
-        result = await asyncio.to_thread(run, ["./promote.sh"], 600, False, DRAIN_SECONDS="10")
+        # The release gate watches for 15 s (three scrapes), not the default 30: the attack runs all along.
+        result = await asyncio.to_thread(run, ["./promote.sh"], 600, False, DRAIN_SECONDS="10",
+                                         WATCH_SECONDS="15")
         released = time.monotonic() - started
         await asyncio.sleep(3)
     finally:
