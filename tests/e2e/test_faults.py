@@ -91,6 +91,7 @@ STARVED_CPUS = "0.02"  # of a CPU per replica: the probe's Python then needs abo
 STARVED_SECONDS = 30  # longer than the old healthcheck's budget (3 timeouts of 3 s, 3 s apart)
 
 
+@pytest.mark.takes_standing_system
 async def test_a_cpu_starved_color_keeps_its_replicas_and_its_clients(system):
     """Every replica of the active color gets a sliver of CPU for half a minute, as on a machine
     busy with other work while a release starts two new replicas (the pre-check's 134 HTTP 502s):
@@ -125,6 +126,7 @@ async def test_a_cpu_starved_color_keeps_its_replicas_and_its_clients(system):
     traffic.assert_every_message_reached_every_client_once_in_order()
 
 
+@pytest.mark.takes_standing_system
 async def test_killed_nginx_comes_back_on_the_same_color_and_clients_resume(system):
     before = version()["color"]
     victim = containers("wsapp_nginx")[0]
@@ -212,6 +214,7 @@ async def test_connection_total_is_right_right_after_prometheus_restarts(system)
     assert_nothing_lost(traffic)
 
 
+@pytest.mark.takes_standing_system
 async def test_two_promotions_at_once_run_one_and_refuse_the_other(system):
     before = version()["color"]
     after = "green" if before == "blue" else "blue"
@@ -241,6 +244,7 @@ async def test_two_promotions_at_once_run_one_and_refuse_the_other(system):
           f"status:\n{status}")
 
 
+@pytest.mark.takes_standing_system
 async def test_prometheus_restart_during_the_release_gate_does_not_fail_the_release(system):
     """Prometheus is restarted while promote.sh watches the new color: the gate neither fails on
     the missing scrapes nor judges series from before the restart, and the release completes."""
