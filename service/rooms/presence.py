@@ -81,18 +81,17 @@ else
   local joined = {}
   for i = 7, #ARGV do
     local entry = ARGV[i]
-    local known = redis.call('ZSCORE', key, entry)
-    if known or count < cap then
-      if not known then
-        count = count + 1
-        local user, shown = user_of(entry)
-        if not users[user] then
-          users[user] = shown
-          if shown == 'null' then anonymous = anonymous + 1 end
-          joined[#joined + 1] = shown
-        end
+    -- Only commands the ACL already grants (redis/start.sh, APP_COMMANDS): NX tells a new entry.
+    if count < cap and redis.call('ZADD', key, 'NX', now + ttl, entry) == 1 then
+      count = count + 1
+      local user, shown = user_of(entry)
+      if not users[user] then
+        users[user] = shown
+        if shown == 'null' then anonymous = anonymous + 1 end
+        joined[#joined + 1] = shown
       end
-      redis.call('ZADD', key, now + ttl, entry)
+    else
+      redis.call('ZADD', key, 'XX', now + ttl, entry)  -- refreshed; a new one over the bound is not kept
     end
   end
   for _, shown in ipairs(joined) do event(join_head, shown, anonymous) end
