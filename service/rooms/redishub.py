@@ -352,8 +352,8 @@ class RedisHub(BaseHub):
         while True:
             await asyncio.sleep(refresh_seconds())
             for room, members in list(self.rooms.items()):
-                refreshed = [(member, member.presence_entry) for member in tuple(members)
-                             if member.presence_entry is not None]
+                refreshed = [(member, entry) for member in tuple(members)
+                             if (entry := getattr(member, "presence_entry", None)) is not None]
                 if not refreshed:
                     continue
                 try:
@@ -363,7 +363,7 @@ class RedisHub(BaseHub):
                 except Exception as exc:
                     metrics.ERRORS.labels(Error.REDIS).inc()
                     log.warning("refreshing the presence of room %r failed: %s", room, exc)
-                    continue
+                    break  # Redis is down or stalled: not one timeout per room; the next round retries
                 left = [entry for member, entry in refreshed if member not in self.rooms.get(room, ())]
                 if left:
                     await self._presence_leave(room, left)
