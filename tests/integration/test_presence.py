@@ -103,8 +103,11 @@ async def test_users_are_listed_across_two_replicas_by_their_tickets_and_leave_a
 
 
 async def test_a_killed_replicas_members_age_out_within_the_ttl(make_server, member):
-    one = make_server(**FAST)
-    two = make_server(**FAST)
+    # A grace far longer than the bound: their leave can come only from their entries' TTL, never
+    # from a close (a killed process closes nothing).
+    slow_grace = dict(FAST, PRESENCE_GRACE_SECONDS="8")
+    one = make_server(**slow_grace)
+    two = make_server(**slow_grace)
     watcher = await member(one, "aging", sender="w" * 20)
     gone = [await member(two, "aging", sender=c * 20) for c in "xyz"]
     assert gone[-1].listed["anonymous"] == 4
