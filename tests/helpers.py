@@ -2,6 +2,7 @@
 testkit/, which does not need pytest; they are re-exported here so tests import from one place."""
 
 import itertools
+import json
 import signal
 import subprocess
 from pathlib import Path
@@ -21,9 +22,9 @@ from testkit import (
 )
 from testkit.processes import command, postgres_bindir
 
-__all__ = ["ACCOUNTS_PASSWORD", "ACCOUNTS_SETUP", "DASHBOARDS",
-           "ROOT", "AppServer", "Process", "RedisNode", "RedisServer", "dashboard_queries",
-           "finish_all", "free_port", "PostgresServer", "publish_args",
+__all__ = ["ACCOUNTS_PASSWORD", "ACCOUNTS_SETUP", "ALERT_SINK_PROGRAM", "DASHBOARDS",
+           "ROOT", "AppServer", "Process", "RedisNode", "RedisServer", "alert_notifications",
+           "dashboard_queries", "finish_all", "free_port", "PostgresServer", "publish_args",
            "reap", "require_command", "require_postgres", "start_interruptible", "wait_until"]
 
 # Grafana dashboards: checked statically by the unit tier, every query evaluated by the e2e tier.
@@ -137,3 +138,34 @@ def finish_all(processes, timeout):
                 p.kill()
             p.wait()
             p.stdout.close()
+
+
+# The test receiver of the alert tests (tests/e2e/test_alerts.py, tests/lab/test_observability.py):
+# a tiny HTTP server, run with the app image's python3 in a container on the overlay network, that
+# prints every POST body (Alertmanager's webhook JSON) as one line after the time it arrived.
+ALERT_SINK_PROGRAM = """
+import http.server, sys, time
+class Sink(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+        print(f"{time.time():.3f} {body}", flush=True)
+        self.send_response(200)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("", 9099), Sink).serve_forever()
+"""
+
+
+def alert_notifications(log):
+    """Every (time, alertname, status, labels) in the sink's log (its container's output)."""
+    out = []
+    for line in log.splitlines():
+        stamp, _, body = line.partition(" ")
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            continue
+        for alert in payload["alerts"]:
+            out.append((float(stamp), alert["labels"]["alertname"], alert["status"], alert["labels"]))
+    return out

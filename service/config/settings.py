@@ -349,6 +349,15 @@ ROOM_CREATIONS_PER_ADDRESS = env_int("ROOM_CREATIONS_PER_ADDRESS", 30)
 ROOM_CREATIONS_WINDOW_SECONDS = env_int("ROOM_CREATIONS_WINDOW_SECONDS", 60, minimum=1)
 ROOM_MESSAGES_PER_SECOND = env_int("ROOM_MESSAGES_PER_SECOND", 200)
 ROOM_MAX_MEMBERS = env_int("ROOM_MAX_MEMBERS", 2000, minimum=1)
+# Presence (docs/protocol.md, "Presence"): a connection's entry is refreshed every PRESENCE_TTL_SECONDS / 3
+# to expire PRESENCE_TTL_SECONDS later, so the members of a process that died without closing its
+# connections are gone within PRESENCE_TTL_SECONDS (their `leave` within 4/3 of it); a closed
+# connection's user stays present PRESENCE_GRACE_SECONDS more (a release's reconnect shows no leave and
+# join). A room keeps at most PRESENCE_MAX_ENTRIES entries (connections, and closed ones in their grace):
+# a flood of handshakes cannot grow it further; connections beyond it are not shown.
+PRESENCE_TTL_SECONDS = env_float("PRESENCE_TTL_SECONDS", 15.0, minimum=0.3)
+PRESENCE_GRACE_SECONDS = env_float("PRESENCE_GRACE_SECONDS", 10.0, minimum=0.0)
+PRESENCE_MAX_ENTRIES = env_int("PRESENCE_MAX_ENTRIES", 10000, minimum=1)
 # Shares of Redis's maxmemory: above REDIS_MEMORY_TRIM the history of the rooms that published least
 # recently is deleted until used_memory is below it again; above REDIS_MEMORY_REFUSE no room is created.
 REDIS_MEMORY_TRIM = env_float("REDIS_MEMORY_TRIM", 0.5, minimum=0.1)

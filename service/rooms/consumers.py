@@ -12,7 +12,7 @@ from django.conf import settings
 
 from wsserver import SEND_TEXT_NOWAIT
 
-from . import draining, metrics, resume, tickets
+from . import draining, metrics, presence, resume, tickets
 from .frames import frame_seq, server_id
 from .generic import DatabaseFreeConsumer
 from .hub import Duplicate, HubUnavailable, NotPublished, RoomRateLimited, RoomRefused, get_hub
@@ -87,6 +87,8 @@ class RoomConsumer(DatabaseFreeConsumer):
     early = None  # while joining, the room frames that came before the welcome: (frame, epoch, seq)
     ticket = None  # with a database: this connection's verified rooms.tickets.Ticket, if it gave one
     expiry = None  # the timer that closes a private room's connection whose ticket expired
+    wants_presence = False  # ?presence=1: this connection is sent presence frames (rooms.presence)
+    presence_entry = None  # this connection's entry in the room's presence, once registered
 
     @property
     def welcomed(self):
@@ -113,6 +115,7 @@ class RoomConsumer(DatabaseFreeConsumer):
             await self.refuse_query(str(exc))
             return
         self.sender = query.sender or secrets.token_urlsafe(16)
+        self.wants_presence = query.presence
         if settings.ACCOUNTS_ENABLED and not await self.admitted():
             return
         if len(get_hub().rooms.get(self.room, ())) >= settings.ROOM_MAX_MEMBERS:
@@ -135,6 +138,10 @@ class RoomConsumer(DatabaseFreeConsumer):
         self.epoch, self.last = backlog.epoch, backlog.seq
         self.session_id = secrets.token_urlsafe(9)
         register(Session(self.session_id, self.room, f"{client[0]}:{client[1]}", self))
+        # Registered after the subscription: every join and leave after this snapshot comes live.
+        entry = presence.entry(self.session_id, self.ticket, self.sender)
+        members = await get_hub().presence_join(self.room, entry)
+        self.presence_entry = entry
         metrics.CONNECTIONS_OPENED.inc()
         if query.since is not None:
             metrics.RESUMES.inc()
@@ -154,6 +161,8 @@ class RoomConsumer(DatabaseFreeConsumer):
             await self.send(text_data=json.dumps(welcome))
             if resync is not None:
                 await self.send(text_data=json.dumps(resync))
+            if self.wants_presence and members is not None:
+                await self.send(text_data=members)
             cut = await self.replay(backlog)
             if cut is not None:
                 # The rest of the history went (trimmed, or Redis lost) while this client was read
@@ -167,7 +176,10 @@ class RoomConsumer(DatabaseFreeConsumer):
         early, self.early = self.early, None
         self.outbox.start()
         for frame, epoch, seq in early:
-            self.room_frame(frame, epoch, seq)
+            if seq is None:  # a join or leave
+                self.deliver(frame)
+            else:
+                self.room_frame(frame, epoch, seq)
         self.watch_expiry()
 
     async def admitted(self):
@@ -295,6 +307,8 @@ class RoomConsumer(DatabaseFreeConsumer):
         self.outbox.cancel()
         unregister(self.session_id)
         await get_hub().leave(self.room, self)
+        if self.presence_entry is not None:
+            get_hub().presence_leave(self.room, self.presence_entry)
         metrics.CONNECTIONS_CLOSED.labels(str(self.close_code or code)).inc()
 
     async def receive(self, text_data=None, bytes_data=None):
@@ -434,6 +448,19 @@ class RoomConsumer(DatabaseFreeConsumer):
         log.info("room %r: %s/%d after %s/%d; the member resumes", self.room, epoch, seq, self.epoch,
                  self.last)
         self.resume()
+
+    def presence_frame(self, frame):
+        """A join or leave from the hub, for a connection that asked for presence frames. During the
+        handshake it is kept with the room frames, and sent after the `presence` snapshot."""
+        if self.closing or not self.wants_presence:
+            return
+        if self.early is not None:
+            self.early.append((frame, None, None))
+            if len(self.early) > settings.OUTBOUND_QUEUE_MAX:
+                self.early = []
+                self.slow_consumer()
+            return
+        self.deliver(frame)
 
     def reconcile(self, epoch, seq, final):
         """The hub resubscribed and read the room's state: resume if this connection cannot be sent

@@ -19,6 +19,7 @@ from django.conf import settings
 
 from . import metrics
 from .frames import frame_epoch, frame_seq, frame_ts
+from .presence import is_event
 
 
 class HubUnavailable(Exception):
@@ -67,7 +68,8 @@ def sent_field(sender, msg_id):
 class BaseHub:
     """What both hubs share: the local members of each room, and handing them a room's frames.
 
-    A member has room_frame(frame, epoch, seq) and reconcile(epoch, seq, final).
+    A member has room_frame(frame, epoch, seq), presence_frame(frame), reconcile(epoch, seq, final)
+    and `presence_entry` (rooms.presence; None until registered).
     """
 
     def __init__(self):
@@ -76,6 +78,10 @@ class BaseHub:
     def fan_out(self, room, frame):
         members = self.rooms.get(room)
         if not members:
+            return
+        if is_event(frame):  # a join or leave (rooms.presence): no seq, only for members who asked
+            for member in tuple(members):
+                member.presence_frame(frame)
             return
         epoch, seq = frame_epoch(frame), frame_seq(frame)
         metrics.BROADCAST_DELAY.observe(max(0.0, time.time() - frame_ts(frame)))

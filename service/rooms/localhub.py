@@ -7,6 +7,7 @@ sender's message ids are kept ROOM_IDS_SECONDS, at most ROOM_IDS_MAX per room; t
 half-way, so fence() only reports.
 """
 
+import asyncio
 import secrets
 import time
 from collections import OrderedDict, deque
@@ -16,6 +17,7 @@ from django.conf import settings
 from .frames import Backlog, frame_parts, join_parts
 from .hub import BaseHub, Duplicate, Published, RoomRateLimited, RoomRefused, replay_page, sent_field
 from .names import ROOM_LIMIT
+from .presence import PresenceSet, grace_ms, snapshot
 
 
 class LocalHub(BaseHub):
@@ -32,6 +34,7 @@ class LocalHub(BaseHub):
         self.expires = {}  # room -> clock() after which a room without members is forgotten
         self.rate = {}  # room -> (second, messages published in it)
         self.created = {}  # address -> (end of its window, rooms it created in it)
+        self.presence = {}  # room -> PresenceSet (rooms.presence)
 
     async def start(self):
         pass
@@ -60,6 +63,24 @@ class LocalHub(BaseHub):
             if not members:
                 del self.rooms[room]
                 self._touch(room)
+
+    async def presence_join(self, room, entry):
+        users, anonymous = self._presence(room, "join", [entry])
+        return snapshot(room, users, anonymous)
+
+    def presence_leave(self, room, entry):
+        self._presence(room, "leave", [entry])
+        asyncio.get_running_loop().call_later(grace_ms() / 1000 + 0.01, self._presence, room, "refresh", [])
+
+    def _presence(self, room, op, entries):
+        """As the Redis script does, in this process; an open connection's entry never expires here."""
+        people = self.presence.setdefault(room, PresenceSet())
+        frames, result = people.apply(room, op, entries, self.clock() * 1000, ttl=float("inf"))
+        if not people.entries:
+            del self.presence[room]
+        for frame in frames:
+            self.fan_out(room, frame)
+        return result
 
     def _touch(self, room):
         if room in self.seq:

@@ -23,6 +23,7 @@ HEARTBEAT_CHANNEL = "wsapp:heartbeat"
 CONTROL_CHANNEL_PREFIX = "wsapp:control:"  # + color: control messages by pub/sub, which full memory allows
 ROOM_RATE_PREFIX = "wsapp:rate:"  # + room: messages published in the current second
 CREATED_PREFIX = "wsapp:created:"  # + address: rooms it created in the current window
+PRESENCE_PREFIX = "wsapp:presence:"  # + room: its connections' entries by expiry (rooms.presence)
 ROOMS_INDEX = "wsapp:rooms"  # sorted set: room -> time of its last publish (ms), for the trimmer
 
 # WebSocket close codes the service sends or counts (RFC 6455, section 7.4.1). The WebSocket layer

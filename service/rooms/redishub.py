@@ -13,6 +13,8 @@ outages"):
 - While a process has members in a room it keeps the room's seq and epoch keys alive, so that a
   connected client never sees the counter start again; the history itself is not kept alive: its
   entries are too old to be replayed anyway.
+- Presence (rooms.presence): every PRESENCE_TTL_SECONDS / 3 a process refreshes the entries of its
+  members, room by room, which also publishes the leaves of entries whose time is up.
 """
 
 import asyncio
@@ -46,6 +48,7 @@ from .names import (
     EPOCH_PREFIX,
     HEARTBEAT_CHANNEL,
     HISTORY_PREFIX,
+    PRESENCE_PREFIX,
     ROOM_RATE_PREFIX,
     ROOMS_INDEX,
     SENT_PREFIX,
@@ -53,6 +56,7 @@ from .names import (
     SEQ_PREFIX,
     Error,
 )
+from .presence import PRESENCE_SCRIPT, grace_ms, heads, refresh_seconds, snapshot, ttl_ms
 from .redis_url import sentinel_kwargs
 from .scripts import BACKLOG_SCRIPT, FENCE_SCRIPT, KEEP_ALIVE_SCRIPT, PUBLISH_SCRIPT, TRIM_SCRIPT
 from .tasks import spawn
@@ -123,6 +127,7 @@ class RedisHub(BaseHub):
             asyncio.create_task(self._listen()),
             asyncio.create_task(self._beat()),
             asyncio.create_task(self._keep_alive()),
+            asyncio.create_task(self._refresh_presence()),
         ]
 
     @property
@@ -167,6 +172,7 @@ class RedisHub(BaseHub):
         self.backlog_script = self.redis.register_script(BACKLOG_SCRIPT)
         self.keep_alive_script = self.redis.register_script(KEEP_ALIVE_SCRIPT)
         self.trim_script = self.redis.register_script(TRIM_SCRIPT)
+        self.presence_script = self.redis.register_script(PRESENCE_SCRIPT)
         self.control_channel = CONTROL_CHANNEL_PREFIX + settings.COLOR
         self.history = [settings.ROOM_HISTORY_MAX, settings.ROOM_HISTORY_SECONDS, settings.ROOM_HISTORY_BYTES]
         self.ids_seconds, self.ids_max = settings.ROOM_IDS_SECONDS, settings.ROOM_IDS_MAX
@@ -306,6 +312,61 @@ class RedisHub(BaseHub):
             except Exception as exc:
                 metrics.ERRORS.labels(Error.REDIS).inc()
                 log.warning("refreshing the keys of %d rooms failed: %s", len(rooms), exc)
+
+    async def presence_join(self, room, entry):
+        """Register a connection's presence entry: the room's `presence` frame, or None if Redis did
+        not take it (the next refresh registers it; the connection goes on without a snapshot)."""
+        try:
+            users, anonymous = await self._presence(room, "join", [entry])
+        except HubUnavailable as exc:
+            metrics.ERRORS.labels(Error.REDIS).inc()
+            log.warning("room %r: presence not registered at the handshake: %s", room, exc)
+            return None
+        return snapshot(room, users.decode(), int(anonymous))
+
+    def presence_leave(self, room, entry):
+        """A connection closed: its entry expires PRESENCE_GRACE_SECONDS from now (in the background:
+        a close never waits for Redis). If Redis does not take it, the entry expires by its TTL."""
+        spawn(self._presence_leave(room, [entry]))
+
+    async def _presence_leave(self, room, entries):
+        try:
+            await self._presence(room, "leave", entries)
+        except HubUnavailable as exc:
+            metrics.ERRORS.labels(Error.REDIS).inc()
+            log.warning("room %r: %d presence entries left to expire by their TTL: %s", room, len(entries),
+                        exc)
+
+    async def _presence(self, room, op, entries):
+        join_head, leave_head = heads(room)
+        args = [op, ttl_ms(), grace_ms(), settings.PRESENCE_MAX_ENTRIES, join_head, leave_head, *entries]
+        try:
+            return await self.presence_script(keys=[PRESENCE_PREFIX + room, CHANNEL_PREFIX + room], args=args)
+        except (aioredis.RedisError, OSError) as exc:
+            raise unavailable(exc) from exc
+
+    async def _refresh_presence(self):
+        """Refresh the entries of this process' members, room by room (which also publishes the
+        leaves whose time came). A member that closed while its room's refresh was on its way may
+        have had its entry refreshed after its leave: its leave is sent again."""
+        while True:
+            await asyncio.sleep(refresh_seconds())
+            for room, members in list(self.rooms.items()):
+                refreshed = [(member, entry) for member in tuple(members)
+                             if (entry := getattr(member, "presence_entry", None)) is not None]
+                if not refreshed:
+                    continue
+                try:
+                    await self._presence(room, "refresh", [entry for _, entry in refreshed])
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    metrics.ERRORS.labels(Error.REDIS).inc()
+                    log.warning("refreshing the presence of room %r failed: %s", room, exc)
+                    break  # Redis is down or stalled: not one timeout per room; the next round retries
+                left = [entry for member, entry in refreshed if member not in self.rooms.get(room, ())]
+                if left:
+                    await self._presence_leave(room, left)
 
     async def _reconcile(self, room):
         """After a (re)subscription: members resume if the room's epoch changed or messages were

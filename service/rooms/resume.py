@@ -20,7 +20,8 @@ NEW_EPOCH = "epoch"
 
 
 class InvalidQuery(ValueError):
-    """The handshake's query string has a malformed or repeated `since`, `epoch` or `sender`."""
+    """The handshake's query string has a malformed or repeated `since`, `epoch`, `sender` or
+    `presence`."""
 
 
 class Query:
@@ -30,11 +31,12 @@ class Query:
     def __init__(self, query_string):
         values = {}
         for name, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
-            if name in ("since", "epoch", "sender"):
+            if name in ("since", "epoch", "sender", "presence"):
                 if name in values:
                     raise InvalidQuery(f"give '{name}' once")
                 values[name] = value
         self.since = self.epoch = self.sender = None
+        self.presence = False
         if "since" in values:
             if not SINCE.fullmatch(values["since"]):
                 raise InvalidQuery("'since' must be the last seq you saw: 1 to 18 digits")
@@ -47,6 +49,10 @@ class Query:
             if not SENDER.fullmatch(values["sender"]):
                 raise InvalidQuery("'sender' must be 16 to 64 characters of A-Z, a-z, 0-9, _ and -")
             self.sender = values["sender"]
+        if "presence" in values:
+            if values["presence"] not in ("0", "1"):
+                raise InvalidQuery("'presence' must be 1 (send me presence frames) or 0")
+            self.presence = values["presence"] == "1"
 
 
 def resync(room, query, backlog):

@@ -5,8 +5,9 @@ The receiver is a test sink: a tiny HTTP server in a container on the overlay ne
 every POST body (Alertmanager's webhook JSON) as one line; the test reads its log. To keep the test
 short, Prometheus runs rules.yml with every `for:` set to 0s (the thresholds stay, except RSS and open
 files, which no quick real fault reaches: those two are lowered, and fire on a healthy replica), and
-Alertmanager waits 1 s before a group's first notification. Not caused here, because one node cannot
-have them: edges that disagree on the color (one edge) — promtool's unit tests cover it.
+Alertmanager waits 1 s before a group's first notification. Not caused here, because one node has
+one edge: edges that disagree on the color. The lab tier causes that one for real, on the lab's two
+edges, and repairs it (tests/lab/test_observability.py); promtool's unit tests cover its rule too.
 Prints, per alert, the fault and the seconds until the sink had it.
 """
 
@@ -19,24 +20,12 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.helpers import ENV, active_service, docker, redis_cli, run, service_container, version
-from tests.helpers import ROOT
+from tests.helpers import ALERT_SINK_PROGRAM, ROOT, alert_notifications
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 SINK = "wsapp-e2e-alert-sink"
 SINK_URL = f"http://{SINK}:9099/alerts"
-SINK_PROGRAM = """
-import http.server, sys, time
-class Sink(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"])).decode()
-        print(f"{time.time():.3f} {body}", flush=True)
-        self.send_response(200)
-        self.end_headers()
-    def log_message(self, *args):
-        pass
-http.server.ThreadingHTTPServer(("", 9099), Sink).serve_forever()
-"""
 # rules.yml for the test: no waiting, and thresholds a healthy replica is over for the two alerts no
 # quick fault reaches.
 OVERRIDES = {
@@ -73,7 +62,7 @@ def alerting(swarm, tmp_path):
         image = docker("service", "inspect", "--format", "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
                        active_service())
         docker("run", "-d", "--name", SINK, "--network", "wsapp", "--read-only", "--cap-drop", "ALL",
-               "--user", "65534", "--entrypoint", "python3", image, "-u", "-c", SINK_PROGRAM)
+               "--user", "65534", "--entrypoint", "python3", image, "-u", "-c", ALERT_SINK_PROGRAM)
         use_test_rules(tmp_path, rules)
         yield
     finally:
@@ -151,16 +140,7 @@ def wait_for(check, seconds, what):
 
 def received():
     """Every (time, alertname, status, labels) the sink got."""
-    out = []
-    for line in docker("logs", SINK, timeout=30).splitlines():
-        stamp, _, body = line.partition(" ")
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            continue
-        for alert in payload["alerts"]:
-            out.append((float(stamp), alert["labels"]["alertname"], alert["status"], alert["labels"]))
-    return out
+    return alert_notifications(docker("logs", SINK, timeout=30))
 
 
 def arrival(alertname, since, **labels):

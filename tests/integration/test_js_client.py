@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 NODE_MINIMUM = (20, 10)  # the first Node 20 with a built-in WebSocket (behind a flag)
 NODE_SECONDS = 420
 HISTORY_MAX = 30  # small, so that a test can outrun it and see a resync
+PRESENCE = {"PRESENCE_GRACE_SECONDS": "2", "PRESENCE_TTL_SECONDS": "3"}  # short, so a test sees past them
 
 
 def node_binary():
@@ -106,7 +107,8 @@ def colors(redis_server, tmp_path):
     try:
         for color in ("blue", "green"):
             server = servers[color] = AppServer(redis_server.url, tmp_path, workers=1, COLOR=color,
-                                                ROOM_HISTORY_MAX=str(HISTORY_MAX), GRACEFUL_TIMEOUT="1")
+                                                ROOM_HISTORY_MAX=str(HISTORY_MAX), GRACEFUL_TIMEOUT="1",
+                                                **PRESENCE)
             server.start()
         yield servers
     finally:
@@ -129,6 +131,9 @@ def test_js_client_against_real_servers(colors):
         WSAPP_ORIGIN="http://127.0.0.1",
         WSAPP_CONTROL=f"http://127.0.0.1:{http.server_address[1]}",
         WSAPP_HISTORY_MAX=str(HISTORY_MAX),
+        # Past a closed connection's grace and the sweep after it: a leave would have come by then.
+        WSAPP_PRESENCE_SETTLE_MS=str(int((float(PRESENCE["PRESENCE_GRACE_SECONDS"])
+                                          + float(PRESENCE["PRESENCE_TTL_SECONDS"]) / 3 + 1) * 1000)),
     )
     files = sorted(glob(os.path.join(ROOT, "tests", "js", "*.test.mjs")))
     assert files, "no tests in tests/js"

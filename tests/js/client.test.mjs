@@ -302,3 +302,31 @@ test("bad options are refused with a clear error", () => {
   assert.throws(() => new RoomClient({ room: "a", base: SERVERS.blue, since: 1, epoch: "E-1" }), /epoch must/);
   assert.throws(() => new RoomClient({ room: "a", base: SERVERS.blue, sender: "too-short" }), /sender must/);
 });
+
+test("presence: a release shows no member leaving or joining, and the list is whole after it", async () => {
+  const room = uniqueRoom("presence");
+  const members = [];
+  for (let i = 0; i < 3; i += 1) {
+    const client = recorded({ room });
+    client.changes = [];
+    for (const type of ["join", "leave"]) client.addEventListener(type, (e) => client.changes.push({ type, ...e.detail }));
+    client.connect();
+    members.push(track(client));
+  }
+  await until(() => members.every((c) => c.of("open").length === 1 && c.anonymous === 3), "everyone listed");
+  const before = members.map((c) => c.changes.length);
+  route.color = "green";
+  drained = true;
+  await control("drain", "blue", "seconds=0.5");
+  for (const client of members) await until(() => client.of("open").length === 2, "welcome from green");
+  await sleep(Number(process.env.WSAPP_PRESENCE_SETTLE_MS || 5000));
+  for (const [i, client] of members.entries()) {
+    assert.deepEqual(client.changes.slice(before[i]), [], "no leave or join across the release");
+    assert.equal(client.anonymous, 3);
+    assert.deepEqual(client.roster(), { users: [], anonymous: 3 });
+  }
+  // A member that really leaves is seen leaving, after the grace.
+  members[2].close();
+  await until(() => members[0].changes.some((c) => c.type === "leave"), "a real leave", 15000);
+  assert.equal(members[0].anonymous, 2);
+});

@@ -301,3 +301,32 @@ test("a ticket goes on every handshake, is renewed at half its life, and the new
   alice.setTicket("T3", expires + 600); // fetched over HTTP: handed to the open connection
   assert.deepEqual(room.sockets[1].frames.at(-1), { type: "renew", ticket: "T3" });
 });
+
+test("presence: asked for on every connection; the list, its joins and leaves, and a reconnect that is no change", async () => {
+  const room = new FakeRoom();
+  const alice = await joined(room);
+  const seen = [];
+  for (const type of ["presence", "join", "leave"]) alice.addEventListener(type, (e) => seen.push({ type, detail: e.detail }));
+  assert.equal(room.sockets[0].query.get("presence"), "1");
+  const socket = room.sockets[0];
+  socket.send_({ type: "presence", room: room.name, users: [{ id: 2, name: "bob" }, { id: 1, name: "Alice" }], anonymous: 1 });
+  assert.deepEqual(alice.roster(), { users: [{ id: 1, name: "Alice" }, { id: 2, name: "bob" }], anonymous: 1 });
+  socket.send_({ type: "join", room: room.name, user: { id: 1, name: "Alice" }, anonymous: 1 }); // listed already
+  socket.send_({ type: "join", room: room.name, user: { id: 3, name: "carol" }, anonymous: 1 });
+  socket.send_({ type: "leave", room: room.name, user: null, anonymous: 0 });
+  socket.send_({ type: "leave", room: room.name, user: { id: 2, name: "bob" }, anonymous: 0 });
+  assert.deepEqual(seen.filter((e) => e.type !== "presence").map((e) => [e.type, e.detail.user?.name ?? null]),
+    [["join", "carol"], ["leave", null], ["leave", "bob"]]);
+  assert.deepEqual([...alice.members.keys()].sort(), [1, 3]);
+  // A release: the new connection's snapshot replaces the list, with no join or leave event.
+  const before = seen.length;
+  socket.serverClose(1012);
+  await until(() => room.sockets.length === 2 && alice.of("open").length === 2, "the second welcome");
+  assert.equal(room.sockets[1].query.get("presence"), "1");
+  room.sockets[1].send_({ type: "presence", room: room.name, users: [{ id: 1, name: "Alice" }, { id: 3, name: "carol" }], anonymous: 0 });
+  assert.deepEqual(seen.slice(before).map((e) => e.type), ["presence"]);
+  assert.equal(alice.members.size, 2);
+  const quiet = await joined(room, { presence: false });
+  assert.equal(room.sockets.at(-1).query.has("presence"), false);
+  assert.equal(quiet.members.size, 0);
+});

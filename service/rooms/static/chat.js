@@ -107,6 +107,18 @@ function notSent(id, { error, uncertain }) {
   item.append(retry, discard);
 }
 
+/** Who is in the room (wsapp.js keeps it: a release changes nothing here). */
+function showMembers({ users, anonymous }) {
+  $("members").hidden = false;
+  $("member-list").replaceChildren(...users.map((user) => {
+    const item = document.createElement("li");
+    item.textContent = user.name;
+    item.dataset.user = user.id;
+    return item;
+  }));
+  $("anonymous-count").textContent = anonymous ? `${anonymous} anonymous` : "";
+}
+
 function setComposer(enabled) {
   for (const element of $("composer").elements) element.disabled = !enabled;
 }
@@ -131,6 +143,8 @@ async function join(room, name) {
   }
   if (client) client.close(); // its unsent messages turn "not sent", to retry in the same room
   $("messages").replaceChildren();
+  $("member-list").replaceChildren();
+  $("anonymous-count").textContent = "";
   if (room !== joinedRoom) $("outbox").replaceChildren();
   joinedRoom = room;
   localStorage.setItem(NAME_KEY, name);
@@ -148,6 +162,7 @@ async function join(room, name) {
     render(frame);
     outboxItem(frame.id)?.remove(); // one of ours: it is in the list now
   });
+  on("presence", showMembers);
   on("status", ({ id, state, ...detail }) => {
     if (state === "published") outboxItem(id)?.remove(); // its message is, or was, in the list
     else if (state === "failed") notSent(id, detail);

@@ -13,7 +13,8 @@
 //   const id = client.send("hello");
 //
 // Events (CustomEvent, the frame or a small object in `detail`): open, message, status, dropped,
-// reconnecting, resync, error, close, ticket.
+// reconnecting, resync, error, close, ticket, and presence, join, leave (who is in the room:
+// `client.members`, a Map of user id to {id, name}, and `client.anonymous`, a count).
 //
 // With a connection ticket (a server with a database: GET /ticket/), pass `ticket` and `ticketExpires`:
 // the client sends it on every handshake, renews it over the socket at half its life (`renew`) and
@@ -128,6 +129,7 @@ export class RoomClient extends EventTarget {
    * @param {number} [options.rememberIds]   delivered messages remembered by id (5000)
    * @param {string} [options.ticket]        connection ticket (docs/protocol.md "Connection tickets")
    * @param {number} [options.ticketExpires] its expiry, Unix seconds (renewed at half its remaining life)
+   * @param {boolean} [options.presence]     ask for the member list and its join/leave frames (true)
    */
   constructor(options) {
     super();
@@ -160,6 +162,12 @@ export class RoomClient extends EventTarget {
     this.heartbeat = null;
     this.ticket = options.ticket ?? null; // the newest connection ticket, sent on every handshake
     this.ticketExpires = options.ticketExpires ?? null;
+    this.presence = options.presence ?? true;
+    // Who is in the room (docs/protocol.md, "Presence"): each connection's `presence` frame replaces
+    // it; `join` and `leave` frames change it. A reconnect (a release) is not a change: its snapshot
+    // replaces the list without a join or leave event.
+    this.members = new Map(); // user id -> {id, name}
+    this.anonymous = 0;
     this.renewTimer = null;
     // The position in the room's stream: changed only by position() (welcome, message, resync).
     this.epoch = epoch; // the epoch of lastSeq; null until a server names one
@@ -193,6 +201,7 @@ export class RoomClient extends EventTarget {
       if (this.epoch !== null) query.set("epoch", this.epoch);
     }
     query.set("sender", this.sender);
+    if (this.presence) query.set("presence", "1");
     if (this.ticket) query.set("ticket", this.ticket);
     let ws;
     try {
@@ -362,9 +371,41 @@ export class RoomClient extends EventTarget {
         this.ticketExpires = frame.expires;
         this.scheduleRenew();
         return this.emit("ticket", frame);
+      case "presence":
+        this.members = new Map((Array.isArray(frame.users) ? frame.users : []).map((user) => [user.id, user]));
+        this.anonymous = Number.isSafeInteger(frame.anonymous) ? frame.anonymous : 0;
+        return this.emit("presence", this.roster());
+      case "join":
+      case "leave":
+        return this.membership(frame);
       default:
         this.emit("error", { error: "unknown_frame", detail: `unknown frame type ${frame.type}` });
     }
+  }
+
+  /** The member list as events carry it: users sorted by name, and the anonymous count. */
+  roster() {
+    const users = [...this.members.values()].sort((a, b) => String(a.name).localeCompare(String(b.name)) || a.id - b.id);
+    return { users, anonymous: this.anonymous };
+  }
+
+  /** A join or leave: an event only if it changes the list (one published just before this
+   * connection's snapshot may come after it, and changes nothing). */
+  membership(frame) {
+    const user = frame.user && typeof frame.user === "object" ? frame.user : null;
+    const before = this.anonymous;
+    if (Number.isSafeInteger(frame.anonymous)) this.anonymous = frame.anonymous;
+    let changed = this.anonymous !== before;
+    if (user !== null && frame.type === "join" && !this.members.has(user.id)) {
+      this.members.set(user.id, user);
+      changed = true;
+    } else if (user !== null && frame.type === "leave" && this.members.has(user.id)) {
+      this.members.delete(user.id);
+      changed = true;
+    }
+    if (!changed) return;
+    this.emit(frame.type, { user, anonymous: this.anonymous });
+    this.emit("presence", this.roster());
   }
 
   welcomed(frame) {
