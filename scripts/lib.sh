@@ -678,10 +678,12 @@ report_dir() {
 }
 
 # Run the release tool (scripts/release_tools.py) with the runtime of IMAGE (which has Python and
-# websockets). Every check inside is bounded; the timeout is a backstop.
+# websockets). The script travels on the container's standard input, not as a bind mount: the
+# engine may be on another machine, which has no checkout (docs/cluster.md). Every check inside is
+# bounded; the timeout is a backstop.
 release_tool() {
   local image=$1
   shift
-  run_on_network "${RELEASE_TOOL_TIMEOUT:-900}" -v "$ROOT_DIR/scripts/release_tools.py:/release_tools.py:ro" \
-    --entrypoint python "$image" /release_tools.py "$@"
+  run_on_network "${RELEASE_TOOL_TIMEOUT:-900}" -i --entrypoint python "$image" - "$@" \
+    <"$ROOT_DIR/scripts/release_tools.py"
 }

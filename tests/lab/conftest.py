@@ -13,7 +13,7 @@ from tests.lab.lab import Lab
 
 @pytest.fixture(scope="session")
 def lab():
-    for name in ("docker", "ip", "nsenter", "unshare", "iptables"):
+    for name in ("docker", "ip", "nsenter", "unshare", "iptables", "nft", "make"):
         require_command(name, "the lab tier builds a multi-node swarm (scripts/lab.sh)")
     if os.geteuid() != 0:
         pytest.fail("the lab tier makes namespaces and engines: run it as root (CI does)", pytrace=False)
