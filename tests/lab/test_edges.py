@@ -57,8 +57,8 @@ def test_no_node_sees_the_checkout(lab):
     image = lab.docker(1, "service", "inspect", "--format", "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
                        "wsapp-registry_proxy")
     for node in range(1, lab.nodes + 1):
-        result = lab.run(node, ["docker", "run", "--rm", "--mount",
-                                f"type=bind,source={ROOT}/scripts,target=/checkout", "--entrypoint", "true", image],
+        bind = f"type=bind,source={ROOT}/scripts,target=/checkout"
+        result = lab.run(node, ["docker", "run", "--rm", "--mount", bind, "--entrypoint", "true", image],
                          timeout=60, check=False)
         assert result.returncode != 0 and "bind source path does not exist" in result.stderr, (node, result)
 
