@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
 .PHONY: help deps up down test test-unit test-integration test-e2e test-lab lab-up lab-down lint dev image promote status \
-	cluster-init cluster-join labels
+	cluster-init cluster-join labels registry-images
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -29,6 +29,9 @@ cluster-join:  ## NODE_ENGINE=ssh://root@HOST joins as ROLE=manager|worker, adve
 
 labels:  ## every node's roles (labels); fails naming each one missing
 	./scripts/cluster.sh labels
+
+registry-images:  ## the own registry's two images from DOCKER_HOST's engine to NODE_ENGINE (no Docker Hub)
+	./scripts/cluster.sh registry-images "$(NODE_ENGINE)"
 
 down:  ## remove every stack this project started (add VOLUMES=1 to remove volumes too)
 	./scripts/down.sh

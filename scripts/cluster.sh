@@ -4,6 +4,7 @@
 #   scripts/cluster.sh init ADDR                 a swarm advertising ADDR (never a loopback address)
 #   scripts/cluster.sh join ENGINE ADDR ROLE     the node whose engine is ENGINE joins as ROLE
 #   scripts/cluster.sh labels                    every node's roles; fails naming what is missing
+#   scripts/cluster.sh registry-images ENGINE    the own registry's two images, to a node without Docker Hub
 #   scripts/cluster.sh firewall PEERS            an nftables ruleset for swarm's ports (pipe to nft -f -)
 set -Eeuo pipefail
 [[ -n ${TRACE:-} ]] && set -x
@@ -20,8 +21,10 @@ readonly POSTGRES_LABEL=wsapp.postgres
 
 usage() {
   cat <<USAGE
-Usage: scripts/cluster.sh init ADDR | join ENGINE ADDR manager|worker | labels | firewall PEERS
-(make cluster-init ADVERTISE_ADDR=..., make cluster-join ..., make labels; docs/cluster.md)
+Usage: scripts/cluster.sh init ADDR | join ENGINE ADDR manager|worker | labels | firewall PEERS |
+       registry-images ENGINE
+(make cluster-init ADVERTISE_ADDR=..., make cluster-join ..., make labels, make registry-images ...;
+docs/cluster.md)
 
   init ADDR      docker swarm init --advertise-addr ADDR on DOCKER_HOST's engine (the first manager).
                  ADDR is an address every other node reaches; a loopback address is refused. Nothing
@@ -35,6 +38,11 @@ Usage: scripts/cluster.sh init ADDR | join ENGINE ADDR manager|worker | labels |
                  that node), $POSTGRES_LABEL=true on one node (its volume is there),
                  $SENTINEL_LABEL=true on three nodes (one Sentinel each; on fewer nodes, on all of
                  them), and $REGISTRY_LABEL=true on one node unless REGISTRY is set.
+  registry-images ENGINE
+                 copy the images of the project's own registry stack (NGINX_IMAGE, REGISTRY_IMAGE
+                 from .images.env, resolved against DOCKER_HOST) from DOCKER_HOST's engine to ENGINE
+                 (docker save | docker load), where it lacks them: they cannot come from the registry
+                 they start. Needed only where nodes cannot pull them from Docker Hub.
   firewall PEERS an nftables table that lets only PEERS (the nodes' network, e.g. 10.0.0.0/24)
                  reach swarm's ports: 2377/tcp, 7946/tcp+udp, 4789/udp and ESP (encrypted overlay).
                  Printed, to pipe to each node: scripts/cluster.sh firewall 10.0.0.0/24 | ssh NODE nft -f -
@@ -124,6 +132,19 @@ labels() {
   return 1
 }
 
+registry_images() {
+  local engine=${1:-} image
+  local -a missing=()
+  [[ -n $engine ]] || die "registry-images needs the node's engine, e.g. ssh://root@10.0.0.12"
+  load_images
+  for image in "$NGINX_IMAGE" "$REGISTRY_IMAGE"; do
+    docker -H "$engine" image inspect "$image" >/dev/null 2>&1 || missing+=("$image")
+  done
+  ((${#missing[@]} > 0)) || { log "$engine has $NGINX_IMAGE and $REGISTRY_IMAGE"; return 0; }
+  log "copying ${missing[*]} to $engine"
+  docker save "${missing[@]}" | docker -H "$engine" load -q >/dev/null
+}
+
 firewall() {
   local peers=${1:-}
   [[ $peers =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}(/[0-9]{1,2})?$ ]] ||
@@ -155,6 +176,7 @@ main() {
     init) init "$@" ;;
     join) join "$@" ;;
     labels) labels ;;
+    registry-images) registry_images "$@" ;;
     firewall) firewall "$@" ;;
     -h | --help | help) usage ;;
     *)

@@ -36,9 +36,11 @@ Usage: scripts/lab.sh up|nodes|down|status|env N|kill-node N|revive-node N|resta
 A test lab: LAB_NODES Docker engines (node 1..N, each in its own namespaces on bridge $BRIDGE,
 addresses $PREFIX.11, .12, ...) forming one swarm. Nodes 1..LAB_MANAGERS are managers.
 Labels: nodes 1 and 2 are edges (Nginx), node 1 runs the registry and the Redis primary, node 2
-the Redis replica. 'up' then seeds every node with the registry's and Nginx's images and node 1
-with the rest (as Docker Hub would; node 1 pushes them to the lab's registry) and runs
-scripts/up.sh on it with the lab's release file ($RUN_DIR/release.env: stack/release.env with
+the Redis replica. 'up' follows docs/cluster.md's runbook (firewall, make cluster-init, make
+cluster-join, labels, make registry-images): node 1 gets the images built on this machine (as a
+build there would), the others only the registry's two from node 1 (the rest they pull from the
+lab's registry, which node 1 pushes to); then CLUSTER=1 make up against node 1 with the lab's
+release file ($RUN_DIR/release.env: stack/release.env with
 the lab's host names and one replica per node); the site answers on every edge, http://$PREFIX.11/
 and http://$PREFIX.12/. To run promote.sh (or docker) on node N: eval "\$(scripts/lab.sh env N)".
 
@@ -200,7 +202,7 @@ write_release_env() {
     "$ROOT_DIR/stack/release.env" >"$RUN_DIR/release.env"
 }
 
-# seed NODE IMAGE...: copy images from this host's engine, as a pull from Docker Hub would.
+# seed NODE IMAGE...: copy images from this host's engine, as a build on that node would leave them.
 seed() {
   local node=$1
   shift
@@ -238,18 +240,18 @@ up() {
     image=$(working_tree_tag)
     build_app_image "$image"
   fi
-  # Runbook step 6, the registry's bootstrap: the registry stack's two images on every node (each
-  # node would pull them from Docker Hub). The rest only on node 1, as `make up` there would build
-  # them; node 1 pushes them to the lab's registry, and every other node pulls them from it.
-  local -a everywhere=("$NGINX_IMAGE" "$REGISTRY_IMAGE") images=("$image" "$REDIS_IMAGE" "$PROMETHEUS_IMAGE"
-    "$ALERTMANAGER_IMAGE" "$REDIS_EXPORTER_IMAGE" "$POSTGRES_IMAGE" "$POSTGRES_EXPORTER_IMAGE")
+  # Node 1 gets what `make up` against it would build there (the app, the Debian stand-ins): the
+  # only images handed to a node from this machine. Then the runbook's step 6, the registry's
+  # bootstrap: its two images from node 1 to every other node (each would pull them from Docker
+  # Hub). Every other image reaches the other nodes through the registry: node 1 pushes, they pull.
   local node
-  step "runbook step 6: the registry's two images on every node"
-  for ((node = 1; node <= LAB_NODES; node++)); do
-    seed "$node" "${everywhere[@]}"
-  done
   step "node 1: the images make up would build there"
-  seed 1 "${images[@]}"
+  seed 1 "$image" "$NGINX_IMAGE" "$REGISTRY_IMAGE" "$REDIS_IMAGE" "$PROMETHEUS_IMAGE" \
+    "$ALERTMANAGER_IMAGE" "$REDIS_EXPORTER_IMAGE" "$POSTGRES_IMAGE" "$POSTGRES_EXPORTER_IMAGE"
+  step "runbook step 6: make registry-images, nodes 2-$LAB_NODES"
+  for ((node = 2; node <= LAB_NODES; node++)); do
+    runbook_make registry-images "NODE_ENGINE=$(node_sock "$node")"
+  done
   step "runbook step 7: CLUSTER=1 make up, against node 1"
   local -a vars
   mapfile -t vars < <(node_env 1)
