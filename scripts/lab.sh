@@ -118,8 +118,9 @@ start_node() {
 }
 
 # What a node must not see of this machine: the checkout and the usual homes of files. Each node
-# has its own empty tmpfs over each, so a bind mount of the operator's files fails there, as on a
-# real host (docs/cluster.md: nothing on a node depends on the checkout).
+# has its own empty tmpfs over each (runc writes small files to /tmp), so a bind mount of the
+# operator's files fails there, as on a real host (docs/cluster.md: nothing on a node depends on
+# the checkout).
 hidden_dirs() {
   local dir
   for dir in "$ROOT_DIR" /root /tmp /work /home; do
@@ -140,7 +141,7 @@ start_engine() {
     NODE_DATA="$DATA_DIR/n$node" CGROUP_NAME="$(node_cgroup "$node")" HIDDEN="$(hidden_dirs | tr '\n' ' ')" \
     nsenter --net="/var/run/netns/$ns" unshare --mount --uts --propagation private sh -c '
       for dir in $CGROUPS; do echo $$ > "$dir/cgroup.procs"; done
-      for dir in $HIDDEN; do mount -t tmpfs -o size=1m,mode=0755 "node-private" "$dir" || exit 1; done
+      for dir in $HIDDEN; do mount -t tmpfs -o size=64m,mode=0755 "node-private" "$dir" || exit 1; done
       hostname "$HOSTNAME_" && mount --bind "$NODE_RUN" /run &&
       exec dockerd --data-root "$NODE_DATA" -H unix:///run/docker.sock --pidfile /run/docker.pid \
         --cgroup-parent "/$CGROUP_NAME"' \
