@@ -25,7 +25,11 @@ def lab():
         return
     lab.script("down", check=False)
     try:
-        lab.script("up", timeout=1200)
+        up = lab.script("up", timeout=1200)
+        # The runbook's steps with their times (docs/cluster.md, "The runbook on the lab"), on request.
+        if os.environ.get("LAB_UP_LOG"):
+            with open(os.environ["LAB_UP_LOG"], "w") as log:
+                log.write(up.stderr)
     except BaseException:  # a lab that came up halfway is removed too, not left running
         lab.script("down", check=False)
         raise
