@@ -35,8 +35,8 @@ Usage: scripts/lab.sh up|nodes|down|status|env N|kill-node N|revive-node N|resta
 
 A test lab: LAB_NODES Docker engines (node 1..N, each in its own namespaces on bridge $BRIDGE,
 addresses $PREFIX.11, .12, ...) forming one swarm. Nodes 1..LAB_MANAGERS are managers.
-Labels: nodes 1 and 2 are edges (Nginx), node 1 runs the registry and the Redis primary, node 2
-the Redis replica. 'up' follows docs/cluster.md's runbook (firewall, make cluster-init, make
+Labels: nodes 1 and 2 are edges (Nginx), node 1 runs the registry, the Redis primary and
+Postgres, node 2 the Redis replica, nodes 1-3 a Sentinel each. 'up' follows docs/cluster.md's runbook (firewall, make cluster-init, make
 cluster-join, labels, make registry-images): node 1 gets the images built on this machine (as a
 build there would), the others only the registry's two from node 1 (the rest they pull from the
 lab's registry, which node 1 pushes to); then CLUSTER=1 make up against node 1 with the lab's
