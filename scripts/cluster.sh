@@ -49,8 +49,6 @@ docs/cluster.md)
 USAGE
 }
 
-is_loopback() { [[ $1 == 127.* || $1 == ::1 || $1 == localhost ]]; }
-
 swarm_state() { docker info --format '{{.Swarm.LocalNodeState}}'; }
 
 init() {

@@ -59,6 +59,10 @@ step() {
   STEP_LOG+="$now $*"$'\n'
 }
 
+# is_loopback ADDR: no other host can reach this machine at ADDR (a swarm advertising it cannot be
+# joined: scripts/up.sh with CLUSTER=1, scripts/cluster.sh).
+is_loopback() { [[ $1 == 127.* || $1 == ::1 || $1 == localhost ]]; }
+
 # wait_for SECONDS DESCRIPTION COMMAND...: run COMMAND every second until it succeeds.
 wait_for() {
   local timeout=$1 what=$2

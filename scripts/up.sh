@@ -80,8 +80,6 @@ ensure_swarm() {
   return 0
 }
 
-is_loopback() { [[ $1 == 127.* || $1 == ::1 || $1 == localhost ]]; }
-
 # ensure_labels: on one node, label it with every role no node has (ensure_node_label); on a
 # cluster, check the labels (scripts/cluster.sh labels) and stop, naming what is missing: placing
 # Redis' volumes or the registry on whichever node make up runs on is a choice for the operator.
