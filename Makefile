@@ -4,7 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: help deps up down test test-unit test-integration test-e2e test-lab lab-up lab-down lint dev image promote status
+.PHONY: help deps up down test test-unit test-integration test-e2e test-lab lab-up lab-down lint dev image promote status \
+	cluster-init cluster-join labels registry-images
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -18,6 +19,19 @@ deps: $(VENV)/.installed  ## create the virtualenv with runtime and test require
 
 up:  ## bring the whole system up on this machine's swarm (initialised if needed)
 	./scripts/up.sh
+
+# --- A cluster of several hosts (docs/cluster.md), from the operator's machine: DOCKER_HOST=ssh://root@MANAGER ---
+cluster-init:  ## a swarm on DOCKER_HOST's engine that other hosts can join: ADVERTISE_ADDR=its address
+	./scripts/cluster.sh init "$(ADVERTISE_ADDR)"
+
+cluster-join:  ## NODE_ENGINE=ssh://root@HOST joins as ROLE=manager|worker, advertising NODE_ADDR
+	./scripts/cluster.sh join "$(NODE_ENGINE)" "$(NODE_ADDR)" "$(ROLE)"
+
+labels:  ## every node's roles (labels); fails naming each one missing
+	./scripts/cluster.sh labels
+
+registry-images:  ## the own registry's two images from DOCKER_HOST's engine to NODE_ENGINE (no Docker Hub)
+	./scripts/cluster.sh registry-images "$(NODE_ENGINE)"
 
 down:  ## remove every stack this project started (add VOLUMES=1 to remove volumes too)
 	./scripts/down.sh

@@ -35,10 +35,12 @@ Usage: scripts/lab.sh up|nodes|down|status|env N|kill-node N|revive-node N|resta
 
 A test lab: LAB_NODES Docker engines (node 1..N, each in its own namespaces on bridge $BRIDGE,
 addresses $PREFIX.11, .12, ...) forming one swarm. Nodes 1..LAB_MANAGERS are managers.
-Labels: nodes 1 and 2 are edges (Nginx), node 1 runs the registry and the Redis primary, node 2
-the Redis replica. 'up' then seeds every node with the registry's and Nginx's images and node 1
-with the rest (as Docker Hub would; node 1 pushes them to the lab's registry) and runs
-scripts/up.sh on it with the lab's release file ($RUN_DIR/release.env: stack/release.env with
+Labels: nodes 1 and 2 are edges (Nginx), node 1 runs the registry, the Redis primary and
+Postgres, node 2 the Redis replica, nodes 1-3 a Sentinel each. 'up' follows docs/cluster.md's runbook (firewall, make cluster-init, make
+cluster-join, labels, make registry-images): node 1 gets the images built on this machine (as a
+build there would), the others only the registry's two from node 1 (the rest they pull from the
+lab's registry, which node 1 pushes to); then CLUSTER=1 make up against node 1 with the lab's
+release file ($RUN_DIR/release.env: stack/release.env with
 the lab's host names and one replica per node); the site answers on every edge, http://$PREFIX.11/
 and http://$PREFIX.12/. To run promote.sh (or docker) on node N: eval "\$(scripts/lab.sh env N)".
 
@@ -115,6 +117,18 @@ start_node() {
   start_engine "$node"
 }
 
+# What a node must not see of this machine: the checkout and the usual homes of files. Each node
+# has its own empty tmpfs over each (runc writes small files to /tmp), so a bind mount of the
+# operator's files fails there, as on a real host (docs/cluster.md: nothing on a node depends on
+# the checkout).
+hidden_dirs() {
+  local dir
+  for dir in "$ROOT_DIR" /root /tmp /work /home; do
+    [[ -d $dir ]] && echo "$dir"
+  done
+  return 0
+}
+
 # start_engine N: dockerd of node N, in the node's network namespace (see start_node).
 start_engine() {
   local node=$1 ns dir
@@ -124,32 +138,55 @@ start_engine() {
   # The launcher joins the node's cgroups before it becomes dockerd, so all of the node is there.
   # shellcheck disable=SC2016  # expanded by the inner shell
   CGROUPS="$(cgroup_dirs "$node" | tr '\n' ' ')" HOSTNAME_="$NAME-n$node" NODE_RUN="$RUN_DIR/n$node" \
-    NODE_DATA="$DATA_DIR/n$node" CGROUP_NAME="$(node_cgroup "$node")" \
+    NODE_DATA="$DATA_DIR/n$node" CGROUP_NAME="$(node_cgroup "$node")" HIDDEN="$(hidden_dirs | tr '\n' ' ')" \
     nsenter --net="/var/run/netns/$ns" unshare --mount --uts --propagation private sh -c '
       for dir in $CGROUPS; do echo $$ > "$dir/cgroup.procs"; done
+      for dir in $HIDDEN; do mount -t tmpfs -o size=64m,mode=0755 "node-private" "$dir" || exit 1; done
       hostname "$HOSTNAME_" && mount --bind "$NODE_RUN" /run &&
       exec dockerd --data-root "$NODE_DATA" -H unix:///run/docker.sock --pidfile /run/docker.pid \
         --cgroup-parent "/$CGROUP_NAME"' \
     >>"$RUN_DIR/n$node.log" 2>&1 </dev/null &
 }
 
-form_swarm() {
-  local node token
-  nd 1 swarm init --advertise-addr "$(node_addr 1)" >/dev/null
-  for ((node = 2; node <= LAB_NODES; node++)); do
-    if ((node <= LAB_MANAGERS)); then
-      token=$(nd 1 swarm join-token -q manager)
-    else
-      token=$(nd 1 swarm join-token -q worker)
-    fi
-    nd "$node" swarm join --advertise-addr "$(node_addr "$node")" --token "$token" "$(node_addr 1):2377" >/dev/null
+# The runbook's steps (docs/cluster.md), word for word, from this machine as the operator's: what
+# the runbook sends to a node over ssh goes into its namespaces here, and DOCKER_HOST is node 1's
+# socket where the runbook has ssh://root@NODE1. Steps 1 (packages) and 9-10 (DNS, TLS) are not
+# repeated: the nodes run this machine's binaries, and tests reach the edges directly.
+# runbook_make TARGET VAR=VALUE...: a make target of the runbook, against node 1.
+runbook_make() {
+  env "DOCKER_HOST=$(node_sock 1)" make --no-print-directory -s -C "$ROOT_DIR" "$@"
+}
+
+# Step 2: the firewall of every node lets only the nodes reach swarm's ports.
+firewall_nodes() {
+  local node rules
+  rules=$("$ROOT_DIR/scripts/cluster.sh" firewall "$PREFIX.0/24")
+  for ((node = 1; node <= LAB_NODES; node++)); do
+    nsenter --net="/var/run/netns/$(node_ns "$node")" nft -f - <<<"$rules"
   done
+}
+
+form_swarm() {
+  local node role
+  step "runbook step 2: firewall on every node"
+  firewall_nodes
+  step "runbook step 3: make cluster-init on node 1"
+  runbook_make cluster-init "ADVERTISE_ADDR=$(node_addr 1)"
+  step "runbook step 4: make cluster-join, nodes 2-$LAB_NODES"
+  for ((node = 2; node <= LAB_NODES; node++)); do
+    role=worker
+    ((node <= LAB_MANAGERS)) && role=manager
+    runbook_make cluster-join "NODE_ENGINE=$(node_sock "$node")" "NODE_ADDR=$(node_addr "$node")" "ROLE=$role"
+  done
+  wait_for "$LAB_TIMEOUT" "every node to be Ready" nodes_ready
+  step "runbook step 5: labels"
   nd 1 node update --label-add wsapp.edge=true --label-add wsapp.registry=true \
     --label-add wsapp.redis-primary=true --label-add wsapp.sentinel=true --label-add wsapp.postgres=true \
     "$NAME-n1" >/dev/null
   nd 1 node update --label-add wsapp.edge=true --label-add wsapp.redis-replica=true \
     --label-add wsapp.sentinel=true "$NAME-n2" >/dev/null
   nd 1 node update --label-add wsapp.sentinel=true "$NAME-n3" >/dev/null
+  runbook_make labels >&2
 }
 
 nodes_ready() {
@@ -166,7 +203,7 @@ write_release_env() {
     "$ROOT_DIR/stack/release.env" >"$RUN_DIR/release.env"
 }
 
-# seed NODE IMAGE...: copy images from this host's engine, as a pull from Docker Hub would.
+# seed NODE IMAGE...: copy images from this host's engine, as a build on that node would leave them.
 seed() {
   local node=$1
   shift
@@ -180,7 +217,8 @@ nodes() {
   ((LAB_MANAGERS <= LAB_NODES && LAB_MANAGERS % 2 == 1)) || die "LAB_MANAGERS must be odd and at most LAB_NODES"
   [[ $LAB_ID =~ ^[0-9]$ ]] || die "LAB_ID must be a digit, got '$LAB_ID'"
   ! ip link show "$BRIDGE" >/dev/null 2>&1 || die "lab $LAB_ID exists; run scripts/lab.sh down first"
-  command -v nsenter unshare iptables >/dev/null || die "lab.sh needs nsenter, unshare (util-linux) and iptables"
+  command -v nsenter unshare iptables nft make >/dev/null ||
+    die "lab.sh needs nsenter, unshare (util-linux), iptables, nft (nftables) and make"
   step "lab $LAB_ID: bridge $BRIDGE ($PREFIX.0/24) and $LAB_NODES engines"
   make_bridge
   local node
@@ -190,34 +228,36 @@ nodes() {
   for ((node = 1; node <= LAB_NODES; node++)); do
     wait_for "$LAB_TIMEOUT" "the engine of node $node (see $RUN_DIR/n$node.log)" nd "$node" info
   done
-  step "swarm of $LAB_NODES nodes ($LAB_MANAGERS managers)"
   form_swarm
-  wait_for "$LAB_TIMEOUT" "every node to be Ready" nodes_ready
   write_release_env
 }
 
 up() {
   nodes
-  step "images"
+  step "images, built on this machine (the operator's)"
   load_images
   local image=${APP_IMAGE:-}
   if [[ -z $image ]]; then
     image=$(working_tree_tag)
     build_app_image "$image"
   fi
-  # The registry stack's two images on every node (each node would pull them from Docker Hub);
-  # the rest only on node 1, which pushes them to the lab's registry for the others.
-  local -a everywhere=("$NGINX_IMAGE" "$REGISTRY_IMAGE") images=("$image" "$REDIS_IMAGE" "$PROMETHEUS_IMAGE"
-    "$ALERTMANAGER_IMAGE" "$REDIS_EXPORTER_IMAGE" "$POSTGRES_IMAGE" "$POSTGRES_EXPORTER_IMAGE")
+  # Node 1 gets what `make up` against it would build there (the app, the Debian stand-ins): the
+  # only images handed to a node from this machine. Then the runbook's step 6, the registry's
+  # bootstrap: its two images from node 1 to every other node (each would pull them from Docker
+  # Hub). Every other image reaches the other nodes through the registry: node 1 pushes, they pull.
   local node
-  seed 1 "${everywhere[@]}" "${images[@]}"
+  step "node 1: the images make up would build there"
+  seed 1 "$image" "$NGINX_IMAGE" "$REGISTRY_IMAGE" "$REDIS_IMAGE" "$PROMETHEUS_IMAGE" \
+    "$ALERTMANAGER_IMAGE" "$REDIS_EXPORTER_IMAGE" "$POSTGRES_IMAGE" "$POSTGRES_EXPORTER_IMAGE"
+  step "runbook step 6: make registry-images, nodes 2-$LAB_NODES"
   for ((node = 2; node <= LAB_NODES; node++)); do
-    seed "$node" "${everywhere[@]}"
+    runbook_make registry-images "NODE_ENGINE=$(node_sock "$node")"
   done
-  step "the system, deployed from node 1"
+  step "runbook step 7: CLUSTER=1 make up, against node 1"
   local -a vars
   mapfile -t vars < <(node_env 1)
-  env "${vars[@]}" APP_IMAGE="$image" OPS_PROXY=0 HTTP_PORT=80 SITE_URL="http://$(node_addr 1)" "$ROOT_DIR/scripts/up.sh"
+  env "${vars[@]}" CLUSTER=1 APP_IMAGE="$image" HTTP_PORT=80 SITE_URL="http://$(node_addr 1)" \
+    make --no-print-directory -s -C "$ROOT_DIR" up
   step "lab $LAB_ID up: http://$(node_addr 1)/ and http://$(node_addr 2)/"
 }
 

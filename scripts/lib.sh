@@ -59,6 +59,10 @@ step() {
   STEP_LOG+="$now $*"$'\n'
 }
 
+# is_loopback ADDR: no other host can reach this machine at ADDR (a swarm advertising it cannot be
+# joined: scripts/up.sh with CLUSTER=1, scripts/cluster.sh).
+is_loopback() { [[ $1 == 127.* || $1 == ::1 || $1 == localhost ]]; }
+
 # wait_for SECONDS DESCRIPTION COMMAND...: run COMMAND every second until it succeeds.
 wait_for() {
   local timeout=$1 what=$2
@@ -678,10 +682,12 @@ report_dir() {
 }
 
 # Run the release tool (scripts/release_tools.py) with the runtime of IMAGE (which has Python and
-# websockets). Every check inside is bounded; the timeout is a backstop.
+# websockets). The script travels on the container's standard input, not as a bind mount: the
+# engine may be on another machine, which has no checkout (docs/cluster.md). Every check inside is
+# bounded; the timeout is a backstop.
 release_tool() {
   local image=$1
   shift
-  run_on_network "${RELEASE_TOOL_TIMEOUT:-900}" -v "$ROOT_DIR/scripts/release_tools.py:/release_tools.py:ro" \
-    --entrypoint python "$image" /release_tools.py "$@"
+  run_on_network "${RELEASE_TOOL_TIMEOUT:-900}" -i --entrypoint python "$image" - "$@" \
+    <"$ROOT_DIR/scripts/release_tools.py"
 }

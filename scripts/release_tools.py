@@ -400,8 +400,9 @@ def watch(args):
 
 
 def main(argv=None):
+    # Named: promote.sh runs it as `python -` (the script on standard input).
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="release_tools.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("smoke")

@@ -11,6 +11,9 @@ readonly HTTP_PORT=${HTTP_PORT:-80}
 readonly SITE_URL=${SITE_URL:-http://localhost:$HTTP_PORT}
 readonly UP_TIMEOUT=${UP_TIMEOUT:-180}
 readonly SWARM_ADVERTISE_ADDR=${SWARM_ADVERTISE_ADDR:-127.0.0.1}
+# 1: a swarm of several nodes (docs/cluster.md). No swarm is initialised on a loopback address and
+# no node is labelled: missing labels are reported. A swarm of more than one node is one anyway.
+readonly CLUSTER=${CLUSTER:-0}
 readonly PROMETHEUS_PORT=${PROMETHEUS_PORT:-9090}
 readonly GRAFANA_PORT=${GRAFANA_PORT:-3000}
 readonly OPS_PROXY=${OPS_PROXY:-1}
@@ -42,6 +45,9 @@ Settings of this machine (environment):
   RELEASE_ENV=\${RELEASE_ENV:-stack/release.env}
   UP_TIMEOUT=$UP_TIMEOUT            seconds to wait for each part to come up
   SWARM_ADVERTISE_ADDR=$SWARM_ADVERTISE_ADDR  used only when a swarm is initialised
+  CLUSTER=$CLUSTER                 1: several nodes (docs/cluster.md): refuse a swarm advertising a
+                                  loopback address, and report missing node labels instead of
+                                  labelling this node (so does any swarm of more than one node)
   APP_IMAGE                       run this image instead of building the working tree
   REGISTRY                        where images are pushed and every node pulls them from, e.g.
                                   registry.example.com/team (you are logged in); empty: run the
@@ -58,17 +64,42 @@ ensure_swarm() {
   local state
   state=$(docker info --format '{{.Swarm.LocalNodeState}}')
   if [[ $state != active ]]; then
-    log "initialising a single-node swarm (advertise $SWARM_ADVERTISE_ADDR)"
+    [[ $CLUSTER == 1 ]] && is_loopback "$SWARM_ADVERTISE_ADDR" &&
+      die "CLUSTER=1 and no swarm yet: a swarm advertising $SWARM_ADVERTISE_ADDR cannot be joined by" \
+        "other hosts. Initialise it first: make cluster-init ADVERTISE_ADDR=<this node's address> (docs/cluster.md)"
+    log "initialising a swarm (advertise $SWARM_ADVERTISE_ADDR)"
     docker swarm init --advertise-addr "$SWARM_ADVERTISE_ADDR" >/dev/null
   fi
   [[ $(docker info --format '{{.Swarm.ControlAvailable}}') == true ]] ||
     die "this node is not a swarm manager; run make up on a manager"
+  local addr
+  addr=$(docker info --format '{{.Swarm.NodeAddr}}')
+  [[ $CLUSTER == 1 ]] && is_loopback "$addr" &&
+    die "CLUSTER=1, but this swarm advertises $addr, which no other host can join: leave it" \
+      "(docker swarm leave --force) and make cluster-init ADVERTISE_ADDR=... (docs/cluster.md)"
+  return 0
+}
+
+# ensure_labels: on one node, label it with every role no node has (ensure_node_label); on a
+# cluster, check the labels (scripts/cluster.sh labels) and stop, naming what is missing: placing
+# Redis' volumes or the registry on whichever node make up runs on is a choice for the operator.
+ensure_labels() {
+  if [[ $CLUSTER == 1 ]] || (($(docker node ls -q | wc -l) > 1)); then
+    "$ROOT_DIR/scripts/cluster.sh" labels >&2 ||
+      die "the nodes' labels are incomplete (above); no node was labelled and nothing was deployed"
+    return 0
+  fi
+  ensure_node_label "$EDGE_LABEL"
+  ensure_node_label wsapp.redis-primary
+  ensure_node_label wsapp.redis-replica
+  ensure_node_label wsapp.sentinel
+  ensure_node_label wsapp.postgres
+  [[ $OWN_REGISTRY == 0 ]] || ensure_node_label wsapp.registry
 }
 
 # ensure_node_label KEY: label this node KEY=true unless some node has that label already. Nginx
 # runs on the wsapp.edge nodes, each Redis on its own labelled node (stack/infra.yml): on one node
-# every role lands here; on several, label the nodes beforehand, e.g.
-#   docker node update --label-add wsapp.edge=true NODE
+# every role lands here; on several, ensure_labels checks instead.
 ensure_node_label() {
   local key=$1
   [[ -n $(docker node ls -q --filter "node.label=$key=true") ]] && return 0
@@ -191,7 +222,6 @@ deploy_registry() {
     log "REGISTRY=$REGISTRY: using it, not running one"
     return 0
   fi
-  ensure_node_label wsapp.registry
   ensure_registry_secrets
   prepare_registry_volume
   docker stack deploy --detach=true --resolve-image never \
@@ -221,17 +251,20 @@ push_infra_images() {
 }
 
 # Prometheus and Grafana publish no port. This proxy, a plain container on the overlay network,
-# publishes them on this machine's loopback only (docs/security.md).
+# publishes them on the engine's machine's loopback only (docs/security.md). Its configuration
+# travels in its environment, not as a bind mount: the engine may be on a machine without the
+# checkout (DOCKER_HOST=ssh://..., docs/cluster.md).
 start_ops_proxy() {
   docker rm -f "$OPS_PROXY_NAME" >/dev/null 2>&1 || true
   [[ $OPS_PROXY == 1 ]] || return 0
+  # shellcheck disable=SC2016  # expanded by the container's shell
   docker run -d --name "$OPS_PROXY_NAME" --restart unless-stopped --network "$NETWORK" \
     -p "127.0.0.1:$PROMETHEUS_PORT:9090" -p "127.0.0.1:$GRAFANA_PORT:3000" \
     --user "$NGINX_UID:$NGINX_UID" --read-only --tmpfs /tmp \
     --cap-drop ALL --security-opt no-new-privileges --memory 64m --cpus 0.25 \
     --log-driver json-file --log-opt max-size=10m --log-opt max-file=3 \
-    -v "$ROOT_DIR/nginx/ops-proxy.conf:/etc/nginx/nginx.conf:ro" \
-    --entrypoint nginx "$NGINX_IMAGE" -g 'daemon off;' >/dev/null
+    --env "OPS_PROXY_CONF=$(cat "$ROOT_DIR/nginx/ops-proxy.conf")" --entrypoint sh "$NGINX_IMAGE" \
+    -c 'printf "%s\n" "$OPS_PROXY_CONF" >/tmp/nginx.conf && exec nginx -c /tmp/nginx.conf -g "daemon off;"' >/dev/null
 }
 
 deploy_infra() {
@@ -310,13 +343,9 @@ main() {
   take_lock
   step "swarm"
   ensure_swarm
+  ensure_labels
   step "images"
   load_images
-  ensure_node_label "$EDGE_LABEL"
-  ensure_node_label wsapp.redis-primary
-  ensure_node_label wsapp.redis-replica
-  ensure_node_label wsapp.sentinel
-  ensure_node_label wsapp.postgres
   step "network and secrets"
   ensure_network
   ensure_secret wsapp_django_secret_key

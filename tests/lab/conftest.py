@@ -13,7 +13,7 @@ from tests.lab.lab import Lab
 
 @pytest.fixture(scope="session")
 def lab():
-    for name in ("docker", "ip", "nsenter", "unshare", "iptables"):
+    for name in ("docker", "ip", "nsenter", "unshare", "iptables", "nft", "make"):
         require_command(name, "the lab tier builds a multi-node swarm (scripts/lab.sh)")
     if os.geteuid() != 0:
         pytest.fail("the lab tier makes namespaces and engines: run it as root (CI does)", pytrace=False)
@@ -25,7 +25,11 @@ def lab():
         return
     lab.script("down", check=False)
     try:
-        lab.script("up", timeout=1200)
+        up = lab.script("up", timeout=1200)
+        # The runbook's steps with their times (docs/cluster.md, "The runbook on the lab"), on request.
+        if os.environ.get("LAB_UP_LOG"):
+            with open(os.environ["LAB_UP_LOG"], "w") as log:
+                log.write(up.stderr)
     except BaseException:  # a lab that came up halfway is removed too, not left running
         lab.script("down", check=False)
         raise

@@ -8,6 +8,7 @@ import urllib.request
 
 import pytest
 
+from tests.helpers import ROOT
 from tests.lab.lab import EDGES
 
 NOT_EDGE = 3  # a manager that runs no Nginx
@@ -47,6 +48,19 @@ def release_images(lab):
 
 def promote(lab, node, image):
     return lab.run(node, ["./promote.sh", "--image", image], timeout=400, **FAST)
+
+
+def test_no_node_sees_the_checkout(lab):
+    """The lab's nodes share no files with this machine (docs/cluster.md): a bind mount of the
+    checkout fails on every node, so the switch jobs and release tools the other tests run on them
+    cannot lean on it."""
+    image = lab.docker(1, "service", "inspect", "--format", "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
+                       "wsapp-registry_proxy")
+    for node in range(1, lab.nodes + 1):
+        bind = f"type=bind,source={ROOT}/scripts,target=/checkout"
+        result = lab.run(node, ["docker", "run", "--rm", "--mount", bind, "--entrypoint", "true", image],
+                         timeout=60, check=False)
+        assert result.returncode != 0 and "bind source path does not exist" in result.stderr, (node, result)
 
 
 def test_status_shows_every_edge_and_its_color(lab):
