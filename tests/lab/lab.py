@@ -39,13 +39,14 @@ class Lab:
         return checked(subprocess.run([f"{ROOT}/scripts/lab.sh", *args], cwd=ROOT, capture_output=True,
                                       text=True, timeout=timeout, env=env), check)
 
-    def run(self, node, args, timeout=600, check=True, **extra):
-        """Run a command of the repository (promote.sh, scripts/...) against node N."""
+    def run(self, node, args, timeout=600, check=True, stdin=None, **extra):
+        """Run a command of the repository (promote.sh, scripts/...) against node N; `stdin`, text for
+        its standard input."""
         return checked(subprocess.run(args, cwd=ROOT, env=dict(self.env(node), **extra), capture_output=True,
-                                      text=True, timeout=timeout), check)
+                                      text=True, timeout=timeout, input=stdin), check)
 
-    def docker(self, node, *args, timeout=120, check=True):
-        return self.run(node, ["docker", *args], timeout=timeout, check=check).stdout.strip()
+    def docker(self, node, *args, timeout=120, check=True, stdin=None):
+        return self.run(node, ["docker", *args], timeout=timeout, check=check, stdin=stdin).stdout.strip()
 
     def addr(self, node):
         return f"10.99.{self.id}.{10 + node}"

@@ -6,6 +6,7 @@ and `promote.sh repair` resolves it."""
 import json
 import time
 import urllib.parse
+from pathlib import Path
 
 import pytest
 
@@ -57,12 +58,12 @@ def app_image(lab, color):
 def switch_one_edge(lab, node, color, image):
     """What the switch job does on each edge (scripts/lib.sh edge_job: release_tools.py switch-local,
     with the node's Docker socket, runs switch-color in the node's Nginx), on one edge only: as when
-    a switch is cut off after it reached this edge and before the other."""
-    return lab.docker(node, "run", "--rm", "--user", "0", "--read-only", "--cap-drop", "ALL",
-                      "-v", "/var/run/docker.sock:/var/run/docker.sock",
-                      "-v", f"{ROOT}/scripts/release_tools.py:/release_tools.py:ro", "--entrypoint", "python",
-                      image, "/release_tools.py", "switch-local", "--service", "wsapp_nginx",
-                      "--color", color, timeout=180)
+    a switch is cut off after it reached this edge and before the other). The script goes on the
+    container's standard input: the node has no checkout (docs/cluster.md)."""
+    return lab.docker(node, "run", "--rm", "-i", "--user", "0", "--read-only", "--cap-drop", "ALL",
+                      "-v", "/var/run/docker.sock:/var/run/docker.sock", "--entrypoint", "python",
+                      image, "-", "switch-local", "--service", "wsapp_nginx", "--color", color, timeout=180,
+                      stdin=Path(ROOT, "scripts", "release_tools.py").read_text())
 
 
 def edge_color(lab, node):
