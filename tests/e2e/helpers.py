@@ -16,15 +16,23 @@ HTTP_PORT = int(os.environ.get("E2E_HTTP_PORT", "18080"))
 REPORTS = Path(ROOT, "tests", "e2e", "artifacts", "releases")
 
 
+# Login POSTs per minute per address (NGINX_LOGIN_RATE, 10 in the release file): the tier logs in from
+# one address more often than a person would (test_postgres.py's recovery polls login every second);
+# the burst (NGINX_LOGIN_BURST, 5) is the release file's.
+LOGIN_RATE = 120
+
+
 def release_env():
     """stack/release.env, but accepting WebSockets from the page as a browser opens it here: its Origin
     has the port (http://localhost:HTTP_PORT), and PUBLIC_ORIGINS compares ports; the release reports go
-    to REPORTS. Written at import."""
+    to REPORTS; NGINX_LOGIN_RATE is LOGIN_RATE. Written at import."""
     path = Path(tempfile.mkdtemp(prefix="wsapp-e2e-")) / "release.env"
     lines = Path(ROOT, "stack", "release.env").read_text().splitlines()
     origin = f"http://localhost:{HTTP_PORT}"
     lines = [f"{line},{origin}" if line.startswith("PUBLIC_ORIGINS=") else
-             f"REPORT_DIR={REPORTS}" if line.startswith("REPORT_DIR=") else line for line in lines]
+             f"REPORT_DIR={REPORTS}" if line.startswith("REPORT_DIR=") else
+             f"NGINX_LOGIN_RATE={LOGIN_RATE}" if line.startswith("NGINX_LOGIN_RATE=") else line
+             for line in lines]
     path.write_text("\n".join(lines) + "\n")
     return path
 
