@@ -101,3 +101,20 @@ def redis_cli(*args, user="admin", service="wsapp_redis"):
     secret = "redis_password" if user == "wsapp" else f"redis_{user}_password"
     auth = f'REDISCLI_AUTH="$(cat /run/secrets/{secret})" redis-cli --user {user} ' if user else "redis-cli "
     return docker("exec", container, "sh", "-c", auth + " ".join(args))
+
+
+def replica_metrics(service, *names):
+    """{sample: value} of the metrics `names` (with their labels, as exposed: 'name{label="v"}'),
+    summed over the running containers of `service`, each read on its own port 8000 (/metrics is
+    not behind Nginx)."""
+    fetch = ("import urllib.request; "
+             "print(urllib.request.urlopen('http://127.0.0.1:8000/metrics', timeout=5).read().decode())")
+    containers = docker("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={service}").split()
+    assert containers, f"no running container of {service}"
+    totals = {}
+    for container in containers:
+        for line in docker("exec", container, "python", "-c", fetch).splitlines():
+            sample, _, value = line.rpartition(" ")
+            if sample.split("{")[0] in names:
+                totals[sample] = totals.get(sample, 0.0) + float(value)
+    return totals
