@@ -446,6 +446,10 @@ readonly POSTGRES_PASSWORD_SECRET=wsapp_postgres_password
 readonly TICKET_KEYS_SECRET=wsapp_ticket_keys
 readonly DJANGO_SECRET_KEY_SECRET=wsapp_django_secret_key
 readonly MIGRATE_TIMEOUT=${MIGRATE_TIMEOUT:-300}
+# Seconds a migration waits for a table's lock. Its ACCESS EXCLUSIVE request queued behind a long
+# transaction would block every later query of the serving color on that table while it waits: it
+# gives up instead, and the release fails with the old color serving (run it again later).
+readonly MIGRATE_LOCK_TIMEOUT=${MIGRATE_LOCK_TIMEOUT:-5}
 
 # manage_job SECONDS KIND IMAGE ARGS...: `python manage.py ARGS` from IMAGE (through its entrypoint,
 # which runs a given command in service/) as a one-off Swarm job on the overlay network, with the
@@ -468,7 +472,8 @@ manage_job() {
     --secret "source=$DJANGO_SECRET_KEY_SECRET,target=django_secret_key" \
     --env "DATABASE_URL=$DATABASE_URL" --env DATABASE_PASSWORD_FILE=/run/secrets/postgres_password \
     --env TICKET_KEYS_FILE=/run/secrets/ticket_keys --env DJANGO_SECRET_KEY_FILE=/run/secrets/django_secret_key \
-    --env "DATABASE_STATEMENT_TIMEOUT=$seconds" --env "ALLOWED_HOSTS=$ALLOWED_HOSTS" --env "PUBLIC_ORIGINS=$PUBLIC_ORIGINS" --env "LOG_LEVEL=$LOG_LEVEL" \
+    --env "DATABASE_STATEMENT_TIMEOUT=$seconds" --env "DATABASE_LOCK_TIMEOUT=$MIGRATE_LOCK_TIMEOUT" \
+    --env "ALLOWED_HOSTS=$ALLOWED_HOSTS" --env "PUBLIC_ORIGINS=$PUBLIC_ORIGINS" --env "LOG_LEVEL=$LOG_LEVEL" \
     "$image" python manage.py "$@"
 }
 

@@ -110,6 +110,7 @@ def database_settings():
             env_str("DATABASE_URL"), env_str("DATABASE_PASSWORD_FILE"),
             connect_timeout=env_int("DATABASE_CONNECT_TIMEOUT", 3, minimum=1),
             statement_timeout=env_float("DATABASE_STATEMENT_TIMEOUT", 5.0, minimum=0.1),
+            lock_timeout=env_float("DATABASE_LOCK_TIMEOUT", 0.0, minimum=0.0),
             conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
         )
     except DatabaseUrlError as exc:

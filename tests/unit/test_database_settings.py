@@ -25,6 +25,13 @@ def test_a_url_gives_postgres_with_a_connect_and_a_statement_timeout():
     assert default["CONN_MAX_AGE"] == 30 and default["CONN_HEALTH_CHECKS"] is True
 
 
+def test_a_lock_timeout_bounds_the_wait_for_a_lock_when_given():
+    """promote.sh's migration jobs (DATABASE_LOCK_TIMEOUT=MIGRATE_LOCK_TIMEOUT): a migration queued
+    behind a long transaction gives up instead of blocking the serving color's queries behind it."""
+    (default,) = databases("postgres://wsapp@db/chat", statement_timeout=300, lock_timeout=2.5).values()
+    assert default["OPTIONS"]["options"] == "-c statement_timeout=300000 -c lock_timeout=2500"
+
+
 def test_the_password_comes_from_a_file_like_the_other_secrets(tmp_path):
     secret = tmp_path / "db.password"
     secret.write_text("from-the-secret\n")
