@@ -143,14 +143,15 @@ LOGIN_BURST = 5  # NGINX_LOGIN_BURST of stack/release.env
 GUESSES = 40
 
 
-def guess(path):
-    """One password guess: a POST with a wrong password; its status and body."""
-    with httpx.Client(base_url=BASE_URL, timeout=20) as client:
-        page = client.get(path)
-        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+def guess(path, cookies, token):
+    """One password guess: a POST with a wrong password; its status, Retry-After and body. Django
+    serves its sync views one at a time (asgiref's thread-sensitive executor), and each guess let
+    through hashes a password: the timeout allows for the burst's hashes one after another."""
+    with httpx.Client(base_url=BASE_URL, timeout=60, cookies=cookies) as client:
+        sent = time.monotonic()
         answer = client.post(path, data={"username": "alice", "password": "wrong",
                                          "csrfmiddlewaretoken": token})
-        return answer.status_code, answer.headers.get("retry-after"), answer.text
+        return answer.status_code, answer.headers.get("retry-after"), answer.text, sent
 
 
 async def test_a_burst_of_login_posts_is_answered_429_while_chat_goes_on(accounts_system, clients):
@@ -161,10 +162,14 @@ async def test_a_burst_of_login_posts_is_answered_429_while_chat_goes_on(account
     try:
         assert welcome["type"] == "welcome", welcome
         await chat(ws, "before the guessing")
+        # One page read for the CSRF cookie and token, as a script guessing passwords would do.
+        page = httpx.get(f"{BASE_URL}/accounts/login/", timeout=10)
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
         paths = ["/accounts/login/", "/admin/login/"] * (GUESSES // 2)
+        loop = asyncio.get_running_loop()
         started = time.monotonic()
         with ThreadPoolExecutor(GUESSES) as pool:
-            guessing = asyncio.gather(*(asyncio.get_running_loop().run_in_executor(pool, guess, path)
+            guessing = asyncio.gather(*(loop.run_in_executor(pool, guess, path, page.cookies, token)
                                         for path in paths))
             chatted = [(await chat(ws, f"during the guessing {n}"))["seq"] for n in range(5)]
             answers = await guessing
@@ -174,11 +179,13 @@ async def test_a_burst_of_login_posts_is_answered_429_while_chat_goes_on(account
         assert httpx.get(f"{BASE_URL}/accounts/login/", timeout=10).status_code == 200
     finally:
         await ws.close()
-    statuses = [status for status, _, _ in answers]
-    refused = [(retry, text) for status, retry, text in answers if status == 429]
+    statuses = [status for status, *_ in answers]
+    refused = [(retry, text) for status, retry, text, _ in answers if status == 429]
     # Let through: the burst, and what the rate (LOGIN_RATE a minute) refilled while they were sent.
-    allowed = LOGIN_BURST + 1 + int(took * LOGIN_RATE / 60)
-    print(f"{GUESSES} login POSTs (half to /admin/login/) in {took:.2f}s from one address: "
+    sends = [sent for *_, sent in answers]
+    allowed = LOGIN_BURST + 2 + int((max(sends) - min(sends)) * LOGIN_RATE / 60)
+    print(f"{GUESSES} login POSTs (half to /admin/login/) sent within {max(sends) - min(sends):.2f}s from "
+          f"one address, all answered in {took:.2f}s: "
           f"{statuses.count(200)} answered 200 (wrong password), {len(refused)} answered 429; "
           f"chat in e2e-lobby went on (seqs {chatted})")
     assert set(statuses) <= {200, 429}, statuses
