@@ -118,3 +118,12 @@ def replica_metrics(service, *names):
             if sample.split("{")[0] in names:
                 totals[sample] = totals.get(sample, 0.0) + float(value)
     return totals
+
+
+def handshakes_and_queries(service):
+    """(WebSocket handshakes, {origin: database statements}) of `service`'s running replicas since
+    they started (ws_connections_opened_total, ws_db_queries_total)."""
+    counts = replica_metrics(service, "ws_db_queries_total", "ws_connections_opened_total")
+    queries = {sample.split('"')[1]: int(value) for sample, value in counts.items()
+               if sample.startswith("ws_db_queries_total")}
+    return int(counts["ws_connections_opened_total"]), queries

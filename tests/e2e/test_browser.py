@@ -17,7 +17,7 @@ from tests.e2e.helpers import (
     BASE_URL,
     active_service,
     docker,
-    replica_metrics,
+    handshakes_and_queries,
     run,
     service_container,
     version,
@@ -205,10 +205,7 @@ def test_two_members_chat_in_a_private_room_through_two_releases(system):
             browser.close()
     assert releases.colors == [("green" if first == "blue" else "blue"), first]
     # The color serving now started within the second release: its handshakes are the pages' reconnects.
-    counts = replica_metrics(f"wsapp-{first}_app", "ws_db_queries_total", "ws_connections_opened_total")
-    queries = {sample.split('"')[1]: int(value) for sample, value in counts.items()
-               if sample.startswith("ws_db_queries_total")}
-    handshakes = int(counts["ws_connections_opened_total"])
+    handshakes, queries = handshakes_and_queries(f"wsapp-{first}_app")
     print(f"browser chat in the private room {ROOM} through two releases ({first} -> "
           f"{' -> '.join(releases.colors)}): {len(sent)} messages sent, {len(sent)} received by each of "
           f"{len(pages)} pages (exactly once, in order); reconnecting for (ms) {away}; Carol refused: "

@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from tests.e2e.helpers import docker, replica_metrics, service_container, stacks, version
+from tests.e2e.helpers import docker, handshakes_and_queries, service_container, stacks, version
 from tests.e2e.test_release import promote_under_load
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -61,10 +61,7 @@ async def test_a_release_that_adds_a_field_migrates_under_load_and_one_that_drop
     assert version()["color"] == after
     # Database statements of the new color, which started within this release: its every WebSocket
     # is a reconnect of the storm (docs/accounts.md, "Queries during a release").
-    counts = replica_metrics(f"wsapp-{after}_app", "ws_db_queries_total", "ws_connections_opened_total")
-    queries = {sample.split('"')[1]: int(value) for sample, value in counts.items()
-               if sample.startswith("ws_db_queries_total")}
-    handshakes = int(counts["ws_connections_opened_total"])
+    handshakes, queries = handshakes_and_queries(f"wsapp-{after}_app")
     print(f"the new color ({after}) during and after the release: {handshakes} WebSocket handshakes, "
           f"database statements by origin {queries}")
     assert handshakes >= 50 and queries["websocket"] == 0, (handshakes, queries)
