@@ -95,7 +95,8 @@ DB_QUERIES = Counter(
 )
 # The scope a database statement runs for: set per connection by rooms.ops.OpsRouter ("http",
 # "websocket", and "lifespan" for the tasks started at startup, such as the room policies' reload);
-# "other" outside the server (a management command). asgiref's sync_to_async carries it to the thread.
+# "other" outside the server (a management command). asgiref's sync_to_async carries it to the thread;
+# a plain run_in_executor does not (rooms.policies passes its context along).
 QUERY_ORIGIN = contextvars.ContextVar("query_origin", default="other")
 QUERY_ORIGINS = ("http", "websocket", "lifespan", "other")
 for _origin in QUERY_ORIGINS:  # every series from the start, at 0: "none from handshakes" is a 0

@@ -60,3 +60,34 @@ def test_the_members_app_installs_it_on_connection_created():
     connection = Connection()
     connection_created.send(sender=None, connection=connection)
     assert connection.execute_wrappers == [querycount.count]
+
+
+async def test_the_room_policies_reload_counts_under_the_lifespan(monkeypatch):
+    """rooms.policies loads in a thread of its own executor, which does not carry the context by
+    itself: it is passed along, so the reload's statements are the lifespan's, not "other"."""
+    from django.conf import settings
+
+    from rooms import policies
+
+    seen = []
+    loaded = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def load_restricted():
+        seen.append(metrics.QUERY_ORIGIN.get())
+        loop.call_soon_threadsafe(loaded.set)
+        return {}
+
+    monkeypatch.setattr(policies, "load_restricted", load_restricted)
+    monkeypatch.setattr(settings, "DATABASES", {"default": {"OPTIONS": {"connect_timeout": 1}}})
+
+    async def lifespan():  # as OpsRouter sets it for the lifespan scope, where startup starts the loop
+        metrics.QUERY_ORIGIN.set("lifespan")
+        return asyncio.create_task(policies.refresh_loop())
+
+    task = await asyncio.create_task(lifespan())
+    try:
+        await asyncio.wait_for(loaded.wait(), 5)
+    finally:
+        task.cancel()
+    assert seen[:1] == ["lifespan"]
