@@ -46,11 +46,12 @@ users = [User.objects.create_user(name.lower(), password=password, first_name=na
 Room.objects.create(name="{ROOM}", private=True).members.add(*users[:2])
 """
 
-# Records every status the page shows, so the test can tell a release was seen as a notice only.
+# Records every status the chat page shows, so the test can tell a release was seen as a notice only.
 STATUS_LOG = """
 window.__statuses = [];
 document.addEventListener("DOMContentLoaded", () => {
   const status = document.getElementById("status");
+  if (!status) return; // the login page
   const note = () => window.__statuses.push([status.dataset.state, status.textContent, performance.now()]);
   new MutationObserver(note).observe(status, { attributes: true, childList: true, characterData: true });
 });
