@@ -30,7 +30,8 @@ readonly PROMETHEUS_URL=${PROMETHEUS_URL:-http://wsapp_prometheus:9090}
 readonly UNDRAIN_ATTEMPTS=3
 readonly REPORT_TIMEOUT=${REPORT_TIMEOUT:-60}
 readonly ENGINE_WAIT=${ENGINE_WAIT:-120}
-# MIGRATE_TIMEOUT (scripts/lib.sh): seconds for the migration linter, then for the migrations.
+# MIGRATE_TIMEOUT (scripts/lib.sh): seconds for the migration linter, then for the migrations;
+# MIGRATE_LOCK_TIMEOUT: seconds either waits for a lock.
 # Seconds for the switch job to run switch-color in the Nginx of every edge node.
 readonly SWITCH_TIMEOUT=60
 # Seconds for every Nginx to answer (through Swarm's DNS) and agree after a switch. restore() raises
@@ -97,6 +98,9 @@ Settings of the procedure (environment, with defaults):
   MIGRATE_TIMEOUT=$MIGRATE_TIMEOUT        seconds for each of the two database jobs, with DATABASE_URL set in the
                               release file: the migration linter (refuses migrations that would
                               break the color still running), then manage.py migrate
+  MIGRATE_LOCK_TIMEOUT=$MIGRATE_LOCK_TIMEOUT      seconds those jobs wait for a lock (Postgres' lock_timeout):
+                              a migration queued behind a long transaction fails the release
+                              instead of holding up the serving color's queries on its table
   REPORT_TIMEOUT=$REPORT_TIMEOUT          seconds for the release report (REPORT_DIR in the release file),
                               written at the end of every release that deployed; it never
                               changes the release's outcome
@@ -126,6 +130,7 @@ validate_settings() {
   require_int REGISTRY_WAIT 0
   require_int REPORT_TIMEOUT 10
   require_int MIGRATE_TIMEOUT 1
+  require_decimal MIGRATE_LOCK_TIMEOUT
   require_decimal WATCH_ERROR_RATIO
   require_decimal WATCH_MIN_RATE
   require_decimal WATCH_GRACE

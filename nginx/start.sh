@@ -14,6 +14,9 @@
 #   NGINX_WS_RATE         WebSocket handshakes, and any other request under /ws/, per second per
 #                         client address, 0 = no limit (default 20)
 #   NGINX_WS_BURST        handshakes above the rate served at once before 429 (default 256)
+#   NGINX_LOGIN_RATE      POSTs to the login page and under /admin/ per minute per client address,
+#                         on top of NGINX_HTTP_RATE, 0 = no limit (default 10)
+#   NGINX_LOGIN_BURST     such POSTs above the rate served at once before 429 (default 5)
 set -eu
 
 die() { echo "nginx start: $*" >&2; exit 64; }
@@ -32,6 +35,8 @@ http_rate=${NGINX_HTTP_RATE:-50}
 http_burst=${NGINX_HTTP_BURST:-100}
 ws_rate=${NGINX_WS_RATE:-20}
 ws_burst=${NGINX_WS_BURST:-256}
+login_rate=${NGINX_LOGIN_RATE:-10}
+login_burst=${NGINX_LOGIN_BURST:-5}
 number NGINX_WORKERS "$workers"
 number NGINX_NOFILE "$nofile"
 number NGINX_WORKER_CONNECTIONS "$connections"
@@ -40,6 +45,8 @@ number NGINX_HTTP_RATE "$http_rate"
 number NGINX_HTTP_BURST "$http_burst"
 number NGINX_WS_RATE "$ws_rate"
 number NGINX_WS_BURST "$ws_burst"
+number NGINX_LOGIN_RATE "$login_rate"
+number NGINX_LOGIN_BURST "$login_burst"
 [ "$workers" -ge 1 ] || die "NGINX_WORKERS must be at least 1"
 # shellcheck disable=SC3045  # dash (Debian, the official image) and busybox sh have -H
 hard=$(ulimit -Hn)
@@ -55,6 +62,7 @@ printf 'worker_processes %s;\nworker_rlimit_nofile %s;\n' "$workers" "$nofile" >
 printf 'worker_connections %s;\n' "$connections" >"$conf/events.conf"
 : >"$conf/ws-limits.conf"
 : >"$conf/http-limits.conf"
+: >"$conf/login-limits.conf"
 : >"$conf/zones.conf"
 if [ "$ws_per_address" -gt 0 ]; then
   printf 'limit_conn ws_per_address %s;\n' "$ws_per_address" >"$conf/ws-limits.conf"
@@ -66,6 +74,12 @@ fi
 if [ "$ws_rate" -gt 0 ]; then
   printf 'limit_req_zone $binary_remote_addr zone=ws_handshakes_per_address:10m rate=%sr/s;\n' "$ws_rate" >>"$conf/zones.conf"
   printf 'limit_req zone=ws_handshakes_per_address burst=%s nodelay;\n' "$ws_burst" >>"$conf/ws-limits.conf"
+fi
+# Password guessing: its own zone, keyed by $login_post_address (nginx.conf), which is empty, and so
+# not counted, for anything but a POST: reading the login page or the admin stays under the HTTP rate.
+if [ "$login_rate" -gt 0 ]; then
+  printf 'limit_req_zone $login_post_address zone=login_posts_per_address:10m rate=%sr/m;\n' "$login_rate" >>"$conf/zones.conf"
+  printf 'limit_req zone=login_posts_per_address burst=%s nodelay;\n' "$login_burst" >"$conf/login-limits.conf"
 fi
 
 # The active color: the Nginx service's label com.wsapp.active-color, which Swarm puts in

@@ -450,6 +450,10 @@ readonly POSTGRES_PASSWORD_SECRET=wsapp_postgres_password
 readonly TICKET_KEYS_SECRET=wsapp_ticket_keys
 readonly DJANGO_SECRET_KEY_SECRET=wsapp_django_secret_key
 readonly MIGRATE_TIMEOUT=${MIGRATE_TIMEOUT:-300}
+# Seconds a migration waits for a table's lock. Its ACCESS EXCLUSIVE request queued behind a long
+# transaction would block every later query of the serving color on that table while it waits: it
+# gives up instead, and the release fails with the old color serving (run it again later).
+readonly MIGRATE_LOCK_TIMEOUT=${MIGRATE_LOCK_TIMEOUT:-5}
 
 # manage_job SECONDS KIND IMAGE ARGS...: `python manage.py ARGS` from IMAGE (through its entrypoint,
 # which runs a given command in service/) as a one-off Swarm job on the overlay network, with the
@@ -472,7 +476,8 @@ manage_job() {
     --secret "source=$DJANGO_SECRET_KEY_SECRET,target=django_secret_key" \
     --env "DATABASE_URL=$DATABASE_URL" --env DATABASE_PASSWORD_FILE=/run/secrets/postgres_password \
     --env TICKET_KEYS_FILE=/run/secrets/ticket_keys --env DJANGO_SECRET_KEY_FILE=/run/secrets/django_secret_key \
-    --env "DATABASE_STATEMENT_TIMEOUT=$seconds" --env "ALLOWED_HOSTS=$ALLOWED_HOSTS" --env "PUBLIC_ORIGINS=$PUBLIC_ORIGINS" --env "LOG_LEVEL=$LOG_LEVEL" \
+    --env "DATABASE_STATEMENT_TIMEOUT=$seconds" --env "DATABASE_LOCK_TIMEOUT=$MIGRATE_LOCK_TIMEOUT" \
+    --env "ALLOWED_HOSTS=$ALLOWED_HOSTS" --env "PUBLIC_ORIGINS=$PUBLIC_ORIGINS" --env "LOG_LEVEL=$LOG_LEVEL" \
     "$image" python manage.py "$@"
 }
 
@@ -621,7 +626,7 @@ require_decimal() {
 # The release file (stack/release.env, or RELEASE_ENV): the only source of a release's settings.
 readonly RELEASE_KEYS=(ALLOWED_HOSTS PUBLIC_ORIGINS PUBLIC_ORIGIN REPLICAS WEB_CONCURRENCY MAX_CONNECTIONS LOG_LEVEL
   NETWORK_SUBNET NGINX_CPUS NGINX_WORKER_CONNECTIONS NGINX_WS_PER_ADDRESS NGINX_WS_RATE NGINX_WS_BURST
-  NGINX_HTTP_RATE NGINX_HTTP_BURST REDIS_PASSWORD_SECRET ROOM_CREATIONS_PER_ADDRESS ALERT_WEBHOOK_URL REPORT_DIR
+  NGINX_HTTP_RATE NGINX_HTTP_BURST NGINX_LOGIN_RATE NGINX_LOGIN_BURST REDIS_PASSWORD_SECRET ROOM_CREATIONS_PER_ADDRESS ALERT_WEBHOOK_URL REPORT_DIR
   DATABASE_URL)
 
 # load_release_env: read NAME=value lines (no shell evaluation), refuse unknown or missing names
@@ -649,7 +654,8 @@ load_release_env() {
   for key in REPLICAS WEB_CONCURRENCY MAX_CONNECTIONS NGINX_CPUS NGINX_WORKER_CONNECTIONS; do
     require_int "$key" 1
   done
-  for key in NGINX_WS_PER_ADDRESS NGINX_WS_RATE NGINX_WS_BURST NGINX_HTTP_RATE NGINX_HTTP_BURST ROOM_CREATIONS_PER_ADDRESS; do
+  for key in NGINX_WS_PER_ADDRESS NGINX_WS_RATE NGINX_WS_BURST NGINX_HTTP_RATE NGINX_HTTP_BURST NGINX_LOGIN_RATE \
+    NGINX_LOGIN_BURST ROOM_CREATIONS_PER_ADDRESS; do
     require_int "$key" 0
   done
   ((NGINX_WORKER_CONNECTIONS <= 19900)) ||

@@ -18,7 +18,8 @@ class DatabaseUrlError(ValueError):
     pass
 
 
-def databases(url, password_file="", connect_timeout=3, statement_timeout=5.0, conn_max_age=60):
+def databases(url, password_file="", connect_timeout=3, statement_timeout=5.0, conn_max_age=60,
+              lock_timeout=0.0):
     """Django's DATABASES for `url`; {} (no database) when it is empty, whatever `password_file` says:
     the stack always mounts the password's secret, and an empty DATABASE_URL in the release file is how
     the database is turned off (docs/accounts.md)."""
@@ -51,6 +52,11 @@ def databases(url, password_file="", connect_timeout=3, statement_timeout=5.0, c
     options["connect_timeout"] = connect_timeout
     # Milliseconds, set for the session at connect: no query of the service can hold a worker longer.
     options["options"] = f"-c statement_timeout={int(statement_timeout * 1000)}"
+    # A lock waited for at most this long (0: as long as the statement may run). Promote's migrate job
+    # sets it: an ALTER TABLE queued behind a long transaction would otherwise hold up, in Postgres'
+    # lock queue, every query of the serving color on that table for as long as it waits.
+    if lock_timeout > 0:
+        options["options"] += f" -c lock_timeout={int(lock_timeout * 1000)}"
     return {
         "default": {
             "ENGINE": "django.db.backends.postgresql",

@@ -15,7 +15,7 @@ from django.core.exceptions import ImproperlyConfigured
 import wsserver
 from config.database import DatabaseUrlError, databases
 from rooms.names import CHANNEL_LAYER_PREFIX, DEFAULT_PORT
-from rooms.origins import ANY_ORIGIN, InvalidOrigin, origins_from_hosts, parse_origin
+from rooms.origins import ANY_ORIGIN, InvalidOrigin, format_origin, origins_from_hosts, parse_origin
 from rooms.redis_url import RedisUrlError, layer_host
 from rooms.redis_url import redis_sentinels as redis_sentinels_with_password
 from rooms.redis_url import redis_url as redis_url_with_password
@@ -110,6 +110,7 @@ def database_settings():
             env_str("DATABASE_URL"), env_str("DATABASE_PASSWORD_FILE"),
             connect_timeout=env_int("DATABASE_CONNECT_TIMEOUT", 3, minimum=1),
             statement_timeout=env_float("DATABASE_STATEMENT_TIMEOUT", 5.0, minimum=0.1),
+            lock_timeout=env_float("DATABASE_LOCK_TIMEOUT", 0.0, minimum=0.0),
             conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
         )
     except DatabaseUrlError as exc:
@@ -236,6 +237,10 @@ if ACCOUNTS_ENABLED:
     SESSION_COOKIE_HTTPONLY = True
     SESSION_COOKIE_SAMESITE = "Lax"
     CSRF_COOKIE_SAMESITE = "Lax"
+    # A form POST's Origin is checked against the request's own scheme and Host, and Nginx passes the
+    # Host without its port ($host): a browser at a non-default port (http://localhost:18080) would get
+    # 403 at every login. The origins browsers open the site at are PUBLIC_ORIGINS: trust exactly those.
+    CSRF_TRUSTED_ORIGINS = sorted(format_origin(origin) for origin in PUBLIC_ORIGINS if origin != ANY_ORIGIN)
 ROOT_URLCONF = "config.urls"
 ASGI_APPLICATION = "config.asgi.application"
 # Connection tickets (members.tickets): signed, short-lived, checked at the handshake without a query.

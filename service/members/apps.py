@@ -6,3 +6,11 @@ class MembersConfig(AppConfig):
 
     name = "members"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        from django.db.backends.signals import connection_created
+
+        from .querycount import install
+
+        # Statements counted by origin (ws_db_queries_total): the handshakes' must stay at 0.
+        connection_created.connect(install, dispatch_uid="members.querycount")

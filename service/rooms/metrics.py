@@ -4,6 +4,7 @@ Under several Uvicorn workers PROMETHEUS_MULTIPROC_DIR is set (entrypoint.sh wip
 start) and prometheus_client's multiprocess mode sums the workers' files at scrape time.
 """
 
+import contextvars
 import glob
 import os
 
@@ -87,6 +88,19 @@ BROADCASTS = Counter("ws_broadcasts_total", "Room messages published by this pro
 RESUMES = Counter("ws_resumes_total", "WebSocket handshakes accepted with ?since= (a client resuming).")
 REPLAYED = Counter("ws_replayed_messages_total", "Room messages sent from the history to resuming clients.")
 ERRORS = Counter("ws_errors_total", "Exceptions and rejected input, by kind.", ["kind"])
+DB_QUERIES = Counter(
+    "ws_db_queries_total",
+    "Database statements this process ran, by the ASGI scope they ran for (members.querycount).",
+    ["origin"],
+)
+# The scope a database statement runs for: set per connection by rooms.ops.OpsRouter ("http",
+# "websocket", and "lifespan" for the tasks started at startup, such as the room policies' reload);
+# "other" outside the server (a management command). asgiref's sync_to_async carries it to the thread;
+# a plain run_in_executor does not (rooms.policies passes its context along).
+QUERY_ORIGIN = contextvars.ContextVar("query_origin", default="other")
+QUERY_ORIGINS = ("http", "websocket", "lifespan", "other")
+for _origin in QUERY_ORIGINS:  # every series from the start, at 0: "none from handshakes" is a 0
+    DB_QUERIES.labels(_origin)
 BROADCAST_DELAY = Histogram(
     "ws_broadcast_delay_seconds",
     "Time from a room message's publication to its fan-out in this process.",

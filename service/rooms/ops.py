@@ -47,6 +47,8 @@ class OpsRouter:
         self.app = app
 
     async def __call__(self, scope, receive, send):
+        # This connection's task (and what it starts) counts its database statements under its type.
+        metrics.QUERY_ORIGIN.set(scope["type"] if scope["type"] in metrics.QUERY_ORIGINS else "other")
         if scope["type"] == "lifespan":
             await self.lifespan(receive, send)
             return

@@ -8,6 +8,7 @@ members go on connecting and chatting (docs/accounts.md).
 """
 
 import asyncio
+import contextvars
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
@@ -61,7 +62,10 @@ async def refresh_loop():
     try:
         while True:
             try:
-                rooms = await asyncio.wait_for(loop.run_in_executor(executor, load_restricted), limit)
+                # In this task's context (run_in_executor does not carry it): its statements count
+                # under the lifespan, where this task was started (ws_db_queries_total).
+                load = contextvars.copy_context().run
+                rooms = await asyncio.wait_for(loop.run_in_executor(executor, load, load_restricted), limit)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

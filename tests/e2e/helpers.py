@@ -17,15 +17,23 @@ HTTP_PORT = int(os.environ.get("E2E_HTTP_PORT", "18080"))
 REPORTS = Path(ROOT, "tests", "e2e", "artifacts", "releases")
 
 
+# Login POSTs per minute per address (NGINX_LOGIN_RATE, 10 in the release file): the tier logs in from
+# one address more often than a person would (test_postgres.py's recovery polls login every second);
+# the burst (NGINX_LOGIN_BURST, 5) is the release file's.
+LOGIN_RATE = 120
+
+
 def release_env():
     """stack/release.env, but accepting WebSockets from the page as a browser opens it here: its Origin
     has the port (http://localhost:HTTP_PORT), and PUBLIC_ORIGINS compares ports; the release reports go
-    to REPORTS. Written at import."""
+    to REPORTS; NGINX_LOGIN_RATE is LOGIN_RATE. Written at import."""
     path = Path(tempfile.mkdtemp(prefix="wsapp-e2e-")) / "release.env"
     lines = Path(ROOT, "stack", "release.env").read_text().splitlines()
     origin = f"http://localhost:{HTTP_PORT}"
     lines = [f"{line},{origin}" if line.startswith("PUBLIC_ORIGINS=") else
-             f"REPORT_DIR={REPORTS}" if line.startswith("REPORT_DIR=") else line for line in lines]
+             f"REPORT_DIR={REPORTS}" if line.startswith("REPORT_DIR=") else
+             f"NGINX_LOGIN_RATE={LOGIN_RATE}" if line.startswith("NGINX_LOGIN_RATE=") else line
+             for line in lines]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -106,3 +114,29 @@ def redis_cli(*args, user="admin", service="wsapp_redis"):
     secret = "redis_password" if user == "wsapp" else f"redis_{user}_password"
     auth = f'REDISCLI_AUTH="$(cat /run/secrets/{secret})" redis-cli --user {user} ' if user else "redis-cli "
     return docker("exec", container, "sh", "-c", auth + " ".join(args))
+
+
+def replica_metrics(service, *names):
+    """{sample: value} of the metrics `names` (with their labels, as exposed: 'name{label="v"}'),
+    summed over the running containers of `service`, each read on its own port 8000 (/metrics is
+    not behind Nginx)."""
+    fetch = ("import urllib.request; "
+             "print(urllib.request.urlopen('http://127.0.0.1:8000/metrics', timeout=5).read().decode())")
+    containers = docker("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={service}").split()
+    assert containers, f"no running container of {service}"
+    totals = {}
+    for container in containers:
+        for line in docker("exec", container, "python", "-c", fetch).splitlines():
+            sample, _, value = line.rpartition(" ")
+            if sample.split("{")[0] in names:
+                totals[sample] = totals.get(sample, 0.0) + float(value)
+    return totals
+
+
+def handshakes_and_queries(service):
+    """(WebSocket handshakes, {origin: database statements}) of `service`'s running replicas since
+    they started (ws_connections_opened_total, ws_db_queries_total)."""
+    counts = replica_metrics(service, "ws_db_queries_total", "ws_connections_opened_total")
+    queries = {sample.split('"')[1]: int(value) for sample, value in counts.items()
+               if sample.startswith("ws_db_queries_total")}
+    return int(counts["ws_connections_opened_total"]), queries

@@ -1,14 +1,27 @@
 """The chat page in a real browser (Debian's headless Chromium, driven by Playwright) through Nginx,
-while promote.sh releases twice: every page ends with every message exactly once, in order, and
-shows the new color. Screenshots of the page after the releases go to tests/e2e/artifacts/."""
+while promote.sh releases twice: two users log in through the login page and chat in a private room
+they are members of; every page ends still logged in, still in the room, with every message exactly
+once, in order, and shows the new color; a third user, not a member, is refused on the page. The
+WebSocket handshakes of the release make no database statement (ws_db_queries_total). Screenshots of
+the login page and of the room after the releases go to tests/e2e/artifacts/."""
 
 import os
 import threading
 import time
+import uuid
+from urllib.parse import quote
 
 import pytest
 
-from tests.e2e.helpers import BASE_URL, run, version
+from tests.e2e.helpers import (
+    BASE_URL,
+    active_service,
+    docker,
+    handshakes_and_queries,
+    run,
+    service_container,
+    version,
+)
 from tests.helpers import ROOT, require_command
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
@@ -21,12 +34,24 @@ FAST_RELEASE = {"DRAIN_SECONDS": "4", "WATCH_SECONDS": "0"}
 SEND_GAP = 0.15  # seconds between messages, per page: ~13 messages/s for the two, under the rate limit
 SETTLE_SECONDS = 60
 ROOM = "e2e-browser"
+PASSWORD = f"e2e-{uuid.uuid4().hex}"
+# Ada and Bob are members of the private ROOM; Carol is a user, but not a member.
+SETUP = f"""
+import os
+from django.contrib.auth.models import User
+from members.models import Room
+password = os.environ["E2E_PASSWORD"]
+users = [User.objects.create_user(name.lower(), password=password, first_name=name)
+         for name in ("Ada", "Bob", "Carol")]
+Room.objects.create(name="{ROOM}", private=True).members.add(*users[:2])
+"""
 
-# Records every status the page shows, so the test can tell a release was seen as a notice only.
+# Records every status the chat page shows, so the test can tell a release was seen as a notice only.
 STATUS_LOG = """
 window.__statuses = [];
 document.addEventListener("DOMContentLoaded", () => {
   const status = document.getElementById("status");
+  if (!status) return; // the login page
   const note = () => window.__statuses.push([status.dataset.state, status.textContent, performance.now()]);
   new MutationObserver(note).observe(status, { attributes: true, childList: true, characterData: true });
 });
@@ -76,21 +101,50 @@ def messages(page):
     return page.eval_on_selector_all("#messages li", script)
 
 
-def test_two_pages_chat_through_two_releases(system):
+def log_in(page, name, screenshot=None):
+    """Django's login page in `page` (its own browser context: its own session cookie), then the room."""
+    page.goto(f"{BASE_URL}/accounts/login/?next={quote(f'/?room={ROOM}&name={name}', safe='/')}")
+    page.fill("#id_username", name.lower())
+    page.fill("#id_password", PASSWORD)
+    if screenshot:
+        page.screenshot(path=screenshot)
+    page.click("button[type=submit]")
+    page.wait_for_url(lambda url: "/accounts/" not in url, timeout=15000)
+
+
+def ticket_status(page):
+    """The status of this page's GET /ticket/ for ROOM: 200 while its session is logged in."""
+    return page.evaluate(f"fetch('/ticket/?room={ROOM}').then(answer => answer.status)")
+
+
+def test_two_members_chat_in_a_private_room_through_two_releases(system):
     binary, sync_playwright = chromium()
     os.makedirs(ARTIFACTS, exist_ok=True)
+    docker("exec", "-e", f"E2E_PASSWORD={PASSWORD}", service_container(active_service()),
+           "python", "manage.py", "shell", "-c", SETUP, timeout=60)
     first = version()["color"]
     sent, crashes = [], []  # crashes: uncaught exceptions in the pages' scripts
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=binary, args=CHROMIUM_ARGS)
         try:
+            # Not a member: logged in, the page says the room refused her, and she is not in it.
+            carol = browser.new_page(viewport={"width": 1000, "height": 720})
+            log_in(carol, "Carol")
+            carol.wait_for_selector("#status[data-state=warning]", timeout=15000)
+            refusal = carol.inner_text("#status")
+            assert refusal == f"Cannot join {ROOM}: you are not a member of the private room '{ROOM}'", \
+                refusal
+            carol.screenshot(path=os.path.join(ARTIFACTS, "private-room-refused-Carol.png"))
+            carol.close()
+
             pages = {}
             for name, width in (("Ada", 1000), ("Bob", 390)):
                 page = browser.new_page(viewport={"width": width, "height": 720})
                 page.add_init_script(STATUS_LOG)
                 page.on("pageerror", lambda error, name=name: crashes.append(f"{name}: {error}"))
-                page.goto(f"{BASE_URL}/?room={ROOM}&name={name}")
+                log_in(page, name, os.path.join(ARTIFACTS, "login-page.png") if name == "Ada" else None)
                 page.wait_for_selector("#status[data-state=open]", timeout=15000)
+                assert page.inner_text("#status") == f"In {ROOM} as {name}."
                 pages[name] = page
             assert pages["Ada"].inner_text("#server-color") == first
 
@@ -121,7 +175,13 @@ def test_two_pages_chat_through_two_releases(system):
             final = version()["color"]
             seen, away = {}, {}
             for name, page in pages.items():
-                page.screenshot(path=os.path.join(ARTIFACTS, f"chat-after-release-{name}.png"))
+                page.screenshot(path=os.path.join(ARTIFACTS, f"private-room-after-two-releases-{name}.png"))
+                # Still logged in (the session outlived both colors) and still in the room, as itself.
+                assert ticket_status(page) == 200
+                assert page.inner_text("#status") == f"In {ROOM} as {name}."
+                names = page.eval_on_selector_all("#messages li .who.verified",
+                                                  "items => items.map(item => item.textContent)")
+                assert set(names) == set(pages), "every message under its sender's verified name"
                 got = messages(page)
                 seqs = [seq for seq, _ in got]
                 assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"{name}: a seq gap or repeat"
@@ -145,6 +205,11 @@ def test_two_pages_chat_through_two_releases(system):
         finally:
             browser.close()
     assert releases.colors == [("green" if first == "blue" else "blue"), first]
-    print(f"browser chat through two releases ({first} -> {' -> '.join(releases.colors)}): "
-          f"{len(sent)} messages sent, {len(sent)} received by each of {len(pages)} pages "
-          f"(exactly once, in order); reconnecting for (ms) {away}")
+    # The color serving now started within the second release: its handshakes are the pages' reconnects.
+    handshakes, queries = handshakes_and_queries(f"wsapp-{first}_app")
+    print(f"browser chat in the private room {ROOM} through two releases ({first} -> "
+          f"{' -> '.join(releases.colors)}): {len(sent)} messages sent, {len(sent)} received by each of "
+          f"{len(pages)} pages (exactly once, in order); reconnecting for (ms) {away}; Carol refused: "
+          f"{refusal!r}; the serving color since the second release: {handshakes} handshakes, database "
+          f"statements by origin {queries}")
+    assert handshakes >= len(pages) and queries["websocket"] == 0, (handshakes, queries)

@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from tests.e2e.helpers import docker, service_container, stacks, version
+from tests.e2e.helpers import docker, handshakes_and_queries, service_container, stacks, version
 from tests.e2e.test_release import promote_under_load
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -59,6 +59,12 @@ async def test_a_release_that_adds_a_field_migrates_under_load_and_one_that_drop
     assert traffic.http_failures == []
     assert before in traffic.http_colors and after in traffic.http_colors, "both colors served during it"
     assert version()["color"] == after
+    # Database statements of the new color, which started within this release: its every WebSocket
+    # is a reconnect of the storm (docs/accounts.md, "Queries during a release").
+    handshakes, queries = handshakes_and_queries(f"wsapp-{after}_app")
+    print(f"the new color ({after}) during and after the release: {handshakes} WebSocket handshakes, "
+          f"database statements by origin {queries}")
+    assert handshakes >= 50 and queries["websocket"] == 0, (handshakes, queries)
 
     # The next release drops a column the color now serving still uses: refused before anything changes.
     image = derived_image("wsapp-e2e:drop-column",

@@ -11,13 +11,14 @@ import json
 import re
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
 import httpx
 import pytest
 import websockets
 
-from tests.e2e.helpers import BASE_URL, WS_URL, active_service, docker, run, service_container
+from tests.e2e.helpers import BASE_URL, LOGIN_RATE, WS_URL, active_service, docker, run, service_container
 from tests.e2e.load import Traffic
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -136,6 +137,61 @@ async def test_a_member_logs_in_through_nginx_and_joins_the_private_room_a_stran
     await ws.close()
     assert welcome["type"] == "welcome"
     print(f"alice joined {ROOM} with a ticket; bob refused (403 for a ticket, 1008 at the handshake)")
+
+
+LOGIN_BURST = 5  # NGINX_LOGIN_BURST of stack/release.env
+GUESSES = 40
+
+
+def guess(path, cookies, token):
+    """One password guess: a POST with a wrong password; its status, Retry-After and body. Django
+    serves its sync views one at a time (asgiref's thread-sensitive executor), and each guess let
+    through hashes a password: the timeout allows for the burst's hashes one after another."""
+    with httpx.Client(base_url=BASE_URL, timeout=60, cookies=cookies) as client:
+        sent = time.monotonic()
+        answer = client.post(path, data={"username": "alice", "password": "wrong",
+                                         "csrfmiddlewaretoken": token})
+        return answer.status_code, answer.headers.get("retry-after"), answer.text, sent
+
+
+async def test_a_burst_of_login_posts_is_answered_429_while_chat_goes_on(accounts_system, clients):
+    """Password guessing at the edge (docs/security.md): POSTs to the login page and the admin's count
+    in a per-minute zone of their own; above its burst Nginx answers 429 with a page, before Django
+    hashes a password. Chat from the same address is not touched, nor are GETs of the login page."""
+    ws, welcome = await join("e2e-lobby")
+    try:
+        assert welcome["type"] == "welcome", welcome
+        await chat(ws, "before the guessing")
+        # One page read for the CSRF cookie and token, as a script guessing passwords would do.
+        page = httpx.get(f"{BASE_URL}/accounts/login/", timeout=10)
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+        paths = ["/accounts/login/", "/admin/login/"] * (GUESSES // 2)
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        with ThreadPoolExecutor(GUESSES) as pool:
+            guessing = asyncio.gather(*(loop.run_in_executor(pool, guess, path, page.cookies, token)
+                                        for path in paths))
+            chatted = [(await chat(ws, f"during the guessing {n}"))["seq"] for n in range(5)]
+            answers = await guessing
+        took = time.monotonic() - started
+        await chat(ws, "after the guessing")
+        assert httpx.get(f"{BASE_URL}/", timeout=10).status_code == 200
+        assert httpx.get(f"{BASE_URL}/accounts/login/", timeout=10).status_code == 200
+    finally:
+        await ws.close()
+    statuses = [status for status, *_ in answers]
+    refused = [(retry, text) for status, retry, text, _ in answers if status == 429]
+    # Let through: the burst, and what the rate (LOGIN_RATE a minute) refilled while they were sent.
+    sends = [sent for *_, sent in answers]
+    allowed = LOGIN_BURST + 2 + int((max(sends) - min(sends)) * LOGIN_RATE / 60)
+    print(f"{GUESSES} login POSTs (half to /admin/login/) sent within {max(sends) - min(sends):.2f}s from "
+          f"one address, all answered in {took:.2f}s: "
+          f"{statuses.count(200)} answered 200 (wrong password), {len(refused)} answered 429; "
+          f"chat in e2e-lobby went on (seqs {chatted})")
+    assert set(statuses) <= {200, 429}, statuses
+    assert statuses.count(200) <= allowed and len(refused) >= GUESSES - allowed, statuses
+    assert all(retry == "60" and "Too many attempts" in text for retry, text in refused)
+    assert chatted == sorted(chatted)
 
 
 def postgres_container():

@@ -151,6 +151,14 @@ async def test_websocket_handshakes_make_no_database_query(accounts_server, log_
     wait_until(lambda: end in postgres_server.log(), 5, "the end mark in the Postgres log", interval=0.05)
     made = [line for line in statements_since(postgres_server, mark) if end not in line]
     assert made == [], "\n".join(made)
+    # The service's own count says the same (ws_db_queries_total, summed over its two workers): the
+    # logins and tickets above were HTTP's, nothing was the WebSockets'.
+    status, page = server.get("/metrics")
+    assert status == 200
+    counted = dict(line.rsplit(" ", 1) for line in page.splitlines()
+                   if line.startswith("ws_db_queries_total{"))
+    assert float(counted['ws_db_queries_total{origin="websocket"}']) == 0, counted
+    assert float(counted['ws_db_queries_total{origin="http"}']) > 0, counted
 
 
 async def test_with_postgres_down_chat_goes_on_and_tickets_answer_503_quickly(accounts_server, log_in,

@@ -25,6 +25,13 @@ def test_a_url_gives_postgres_with_a_connect_and_a_statement_timeout():
     assert default["CONN_MAX_AGE"] == 30 and default["CONN_HEALTH_CHECKS"] is True
 
 
+def test_a_lock_timeout_bounds_the_wait_for_a_lock_when_given():
+    """promote.sh's migration jobs (DATABASE_LOCK_TIMEOUT=MIGRATE_LOCK_TIMEOUT): a migration queued
+    behind a long transaction gives up instead of blocking the serving color's queries behind it."""
+    (default,) = databases("postgres://wsapp@db/chat", statement_timeout=300, lock_timeout=2.5).values()
+    assert default["OPTIONS"]["options"] == "-c statement_timeout=300000 -c lock_timeout=2500"
+
+
 def test_the_password_comes_from_a_file_like_the_other_secrets(tmp_path):
     secret = tmp_path / "db.password"
     secret.write_text("from-the-secret\n")
@@ -102,3 +109,32 @@ def test_a_database_needs_ticket_keys_from_a_file(tmp_path, keys, message):
         env["TICKET_KEYS_FILE"] = str(tmp_path / "keys")
     result = settings_of(**env)
     assert result.returncode != 0 and message in result.stderr
+
+
+CSRF_CHECK = """
+import django
+django.setup()
+from django.middleware.csrf import CsrfViewMiddleware
+from django.test import RequestFactory
+request = RequestFactory().post("/accounts/login/", HTTP_HOST="localhost", HTTP_ORIGIN="http://localhost:18080")
+request._dont_enforce_csrf_checks = False
+answer = CsrfViewMiddleware(lambda r: None)._origin_verified(request)
+print(answer)
+"""
+
+
+@pytest.mark.parametrize("origins, verified", [("http://localhost,http://localhost:18080", "True"),
+                                               ("http://localhost", "False")])
+def test_a_login_post_from_a_public_origin_on_another_port_passes_the_csrf_origin_check(tmp_path, origins,
+                                                                                      verified):
+    """Nginx passes the Host without its port: a browser at http://localhost:18080 (the e2e tier's
+    page) posts with that Origin, which Django trusts only as one of PUBLIC_ORIGINS."""
+    keys = tmp_path / "ticket.keys"
+    keys.write_text("k" * 32 + "\n" + "o" * 32 + "\n")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "TICKET_", "DJANGO_DEBUG"))}
+    base.update(DJANGO_SECRET_KEY="x", DJANGO_SETTINGS_MODULE="config.settings", PUBLIC_ORIGINS=origins,
+                DATABASE_URL="postgres://wsapp@127.0.0.1/wsapp", TICKET_KEYS_FILE=str(keys))
+    result = subprocess.run([sys.executable, "-c", CSRF_CHECK], cwd=os.path.join(ROOT, "service"), env=base,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [verified]

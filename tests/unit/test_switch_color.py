@@ -141,3 +141,39 @@ def test_the_nginx_configuration_bounds_what_a_client_puts_in_the_logs():
     assert "error_log /dev/stderr warn;" in conf
     assert "large_client_header_buffers 4 8k;" in conf
     assert "include /tmp/nginx/ws-limits.conf;" in conf[conf.index("location /ws/"):]
+
+
+def test_login_and_admin_posts_get_a_per_minute_rate_of_their_own(tmp_path):
+    """Password guessing: POSTs to the login page and under /admin/ count in a zone of their own, per
+    minute, keyed by an address that is empty (not counted) for other methods (nginx/nginx.conf)."""
+    result = start(tmp_path, NGINX_LOGIN_RATE="12", NGINX_LOGIN_BURST="3")
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "run"
+    assert "limit_req_zone $login_post_address zone=login_posts_per_address:10m rate=12r/m;" in \
+        (run / "zones.conf").read_text()
+    limits = (run / "login-limits.conf").read_text()
+    assert limits == "limit_req zone=login_posts_per_address burst=3 nodelay;\n"
+    conf = (Path(ROOT) / "nginx" / "nginx.conf").read_text()
+    key = conf[conf.index("map $request_method $login_post_address"):]
+    assert key[:key.index("}")].split()[-4:] == ["POST", "$binary_remote_addr;", "default", '"";']
+    for location in ("location = /accounts/login/ {", "location /admin/ {"):
+        block = conf[conf.index(location):]
+        block = block[:block.index("}")]
+        assert "include /tmp/nginx/login-limits.conf;" in block
+        assert "include /tmp/nginx/http-limits.conf;" in block
+        assert "error_page 429 @too_many_logins;" in block
+    assert "location @too_many_logins {" in conf and "default_type text/html;" in conf
+
+
+def test_a_login_rate_of_zero_turns_that_limit_off(tmp_path):
+    result = start(tmp_path, NGINX_LOGIN_RATE="0")
+    assert result.returncode == 0, result.stderr
+    assert "login_posts" not in (tmp_path / "run" / "zones.conf").read_text()
+    assert (tmp_path / "run" / "login-limits.conf").read_text() == ""
+
+
+@pytest.mark.parametrize("name", ["NGINX_LOGIN_RATE", "NGINX_LOGIN_BURST"])
+def test_a_login_rate_setting_must_be_a_whole_number(tmp_path, name):
+    result = start(tmp_path, **{name: "-1"})
+    assert result.returncode == 64
+    assert f"{name} must be a whole number" in result.stderr
