@@ -208,7 +208,8 @@ up() {
   # The registry stack's two images on every node (each node would pull them from Docker Hub);
   # the rest only on node 1, which pushes them to the lab's registry for the others.
   local -a everywhere=("$NGINX_IMAGE" "$REGISTRY_IMAGE") images=("$image" "$REDIS_IMAGE" "$PROMETHEUS_IMAGE"
-    "$ALERTMANAGER_IMAGE" "$REDIS_EXPORTER_IMAGE" "$POSTGRES_IMAGE" "$POSTGRES_EXPORTER_IMAGE")
+    "$ALERTMANAGER_IMAGE" "$REDIS_EXPORTER_IMAGE" "$POSTGRES_IMAGE" "$POSTGRES_EXPORTER_IMAGE"
+    "$EDGE_EXPORTER_IMAGE")
   local node
   seed 1 "${everywhere[@]}" "${images[@]}"
   for ((node = 2; node <= LAB_NODES; node++)); do
