@@ -255,6 +255,7 @@ def test_each_fault_fires_its_alert_and_it_reaches_the_receiver(alerting):
     def record(alertname, fault, since, **labels):
         seconds = arrival(alertname, since, **labels)
         results.append((alertname, fault, seconds))
+        print(f"{alertname}: at the sink {seconds}s after: {fault}", flush=True)
 
     t0 = time.time()
     record("WsappReplicaMemoryHigh", "threshold lowered to 1 MiB (test rules)", t0)
