@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 
@@ -93,3 +94,31 @@ def redis_cli(*args, user="admin", service="wsapp_redis"):
     secret = "redis_password" if user == "wsapp" else f"redis_{user}_password"
     auth = f'REDISCLI_AUTH="$(cat /run/secrets/{secret})" redis-cli --user {user} ' if user else "redis-cli "
     return docker("exec", container, "sh", "-c", auth + " ".join(args))
+
+
+# The edge exporter's counters (stack/infra.yml, edge-exporter), read in its container.
+EDGE_COUNTERS = """
+import urllib.request
+text = urllib.request.urlopen("http://127.0.0.1:9118/metrics", timeout=5).read().decode()
+print(" ".join(line for line in text.splitlines() if line.startswith("nginx_responses")))
+"""
+EDGE_COUNT_SECONDS = 10  # Nginx flushes its count files every second; Prometheus is not involved
+
+
+def edge_counts():
+    """The edge exporter's counters now: {"nginx_responses_total": n, ...}."""
+    out = docker("exec", service_container("wsapp_edge-exporter"), "python3", "-c", EDGE_COUNTERS)
+    words = out.split()
+    return {name: int(value) for name, value in zip(words[::2], words[1::2], strict=True)}
+
+
+def counted_exactly(counter, before, sent):
+    """Wait until the edge exporter's `counter` grew by `sent` since `before` (Nginx flushes within a
+    second), then check that it stays there: the number counted."""
+    def counted():
+        return edge_counts()[counter] - before[counter]
+    deadline = time.monotonic() + EDGE_COUNT_SECONDS
+    while counted() < sent and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(2)  # two more flushes: nothing late may add to it
+    return counted()

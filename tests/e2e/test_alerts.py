@@ -28,7 +28,9 @@ from tests.e2e.helpers import (
     ENV,
     HTTP_PORT,
     active_service,
+    counted_exactly,
     docker,
+    edge_counts,
     redis_cli,
     run,
     service_container,
@@ -63,13 +65,6 @@ ALERT_SECONDS = 60  # the longest a fault may take to reach the sink
 # answers. Over the release file's NGINX_HTTP_RATE (50/s, burst 100), most are answered 429; the
 # 429s must exceed the alert's minimum rate (1/s over 5 minutes: 300).
 CLIENTS, BURST = 4, 1000
-EDGE_COUNT_SECONDS = 10  # Nginx flushes its count files every second; Prometheus is not involved
-# The edge exporter's counters, read in its container.
-EDGE_COUNTERS = """
-import urllib.request
-text = urllib.request.urlopen("http://127.0.0.1:9118/metrics", timeout=5).read().decode()
-print(" ".join(line for line in text.splitlines() if line.startswith("nginx_responses")))
-"""
 # Python on the overlay network (in the sink's container): GETs of the preview route of a color that
 # is not deployed, which Nginx answers 502. Prints the statuses.
 PREVIEW_BURST = """
@@ -227,25 +222,6 @@ def public_burst(count):
     finally:
         connection.close()
     return statuses
-
-
-def edge_counts():
-    """The edge exporter's counters now: {"nginx_responses_total": n, ...}."""
-    out = docker("exec", service_container("wsapp_edge-exporter"), "python3", "-c", EDGE_COUNTERS)
-    words = out.split()
-    return {name: int(value) for name, value in zip(words[::2], words[1::2], strict=True)}
-
-
-def counted_exactly(counter, before, sent):
-    """Wait until `counter` grew by `sent` (Nginx flushes within a second), then check that it stays
-    there; the number counted."""
-    def counted():
-        return edge_counts()[counter] - before[counter]
-    deadline = time.monotonic() + EDGE_COUNT_SECONDS
-    while counted() < sent and time.monotonic() < deadline:
-        time.sleep(0.5)
-    time.sleep(2)  # two more flushes: nothing late may add to it
-    return counted()
 
 
 def test_each_fault_fires_its_alert_and_it_reaches_the_receiver(alerting):
