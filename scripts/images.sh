@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # images.sh resolve|clean: the container images the stacks use. For each image: use it if it is
 # present locally, else try a bounded `docker pull`, else build a local Debian-based stand-in
-# (wsapp-local/*). Grafana has no stand-in: when it is unavailable, GRAFANA_REPLICAS=0.
+# (wsapp-local/*). Grafana has no stand-in: when it is unavailable, GRAFANA_REPLICAS=0. The edge
+# exporter (a Python script, a Swarm config) runs on the Python base image unless
+# EDGE_EXPORTER_IMAGE names another image with python3.
 set -Eeuo pipefail
 [[ -n ${TRACE:-} ]] && set -x
 # shellcheck source=lib.sh
@@ -19,6 +21,7 @@ readonly REDIS_EXPORTER_IMAGE=${REDIS_EXPORTER_IMAGE:-oliver006/redis_exporter:v
 readonly POSTGRES_IMAGE=${POSTGRES_IMAGE:-postgres:15-bookworm}
 readonly POSTGRES_EXPORTER_IMAGE=${POSTGRES_EXPORTER_IMAGE:-prometheuscommunity/postgres-exporter:v0.15.0}
 readonly REGISTRY_IMAGE=${REGISTRY_IMAGE:-registry:2}
+readonly EDGE_EXPORTER_IMAGE=${EDGE_EXPORTER_IMAGE:-}
 readonly PULL_TIMEOUT=${PULL_TIMEOUT:-20}
 readonly LOCAL_IMAGES=${LOCAL_IMAGES:-0}
 
@@ -43,6 +46,7 @@ Settings (environment):
   POSTGRES_IMAGE=$POSTGRES_IMAGE
   POSTGRES_EXPORTER_IMAGE=$POSTGRES_EXPORTER_IMAGE
   REGISTRY_IMAGE=$REGISTRY_IMAGE    the image registry (stack/registry.yml), when REGISTRY is empty
+  EDGE_EXPORTER_IMAGE=$EDGE_EXPORTER_IMAGE      an image with python3 for the edge exporter; empty: the Python base image
   PULL_TIMEOUT=$PULL_TIMEOUT       seconds per docker pull
   LOCAL_IMAGES=$LOCAL_IMAGES        1: never pull; use local images or build stand-ins
 USAGE
@@ -116,7 +120,8 @@ resolve_one() {
 }
 
 resolve() {
-  local python nginx redis prometheus alertmanager redis_exporter postgres postgres_exporter registry replicas
+  local python nginx redis prometheus alertmanager redis_exporter postgres postgres_exporter registry edge_exporter
+  local replicas
   python=$(resolve_one python "$PYTHON_BASE_IMAGE")
   nginx=$(resolve_one nginx "$NGINX_IMAGE")
   redis=$(resolve_one redis "$REDIS_IMAGE")
@@ -126,6 +131,11 @@ resolve() {
   postgres=$(resolve_one postgres "$POSTGRES_IMAGE")
   postgres_exporter=$(resolve_one postgres-exporter "$POSTGRES_EXPORTER_IMAGE")
   registry=$(resolve_one registry "$REGISTRY_IMAGE")
+  if [[ -n $EDGE_EXPORTER_IMAGE ]]; then
+    edge_exporter=$(resolve_one python "$EDGE_EXPORTER_IMAGE")
+  else
+    edge_exporter=$python
+  fi
   if available "$GRAFANA_IMAGE"; then
     replicas=${GRAFANA_REPLICAS:-1}
   else
@@ -144,6 +154,7 @@ resolve() {
     POSTGRES_EXPORTER_IMAGE "$postgres_exporter" \
     GRAFANA_IMAGE "$GRAFANA_IMAGE" \
     REGISTRY_IMAGE "$registry" \
+    EDGE_EXPORTER_IMAGE "$edge_exporter" \
     GRAFANA_REPLICAS "$replicas"
   log "images resolved"
 }

@@ -248,7 +248,8 @@ up() {
   local node
   step "node 1: the images make up would build there"
   seed 1 "$image" "$NGINX_IMAGE" "$REGISTRY_IMAGE" "$REDIS_IMAGE" "$PROMETHEUS_IMAGE" \
-    "$ALERTMANAGER_IMAGE" "$REDIS_EXPORTER_IMAGE" "$POSTGRES_IMAGE" "$POSTGRES_EXPORTER_IMAGE"
+    "$ALERTMANAGER_IMAGE" "$REDIS_EXPORTER_IMAGE" "$POSTGRES_IMAGE" "$POSTGRES_EXPORTER_IMAGE" \
+    "$EDGE_EXPORTER_IMAGE"
   step "runbook step 6: make registry-images, nodes 2-$LAB_NODES"
   for ((node = 2; node <= LAB_NODES; node++)); do
     runbook_make registry-images "NODE_ENGINE=$(node_sock "$node")"

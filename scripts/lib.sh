@@ -323,7 +323,8 @@ load_images() {
   # A file written before the registry or the exporters existed lacks them: resolve again.
   if [[ ! -s $IMAGES_ENV ]] || ! grep -q '^export REGISTRY_IMAGE=' "$IMAGES_ENV" ||
     ! grep -q '^export REDIS_EXPORTER_IMAGE=' "$IMAGES_ENV" ||
-    ! grep -q '^export POSTGRES_EXPORTER_IMAGE=' "$IMAGES_ENV"; then
+    ! grep -q '^export POSTGRES_EXPORTER_IMAGE=' "$IMAGES_ENV" ||
+    ! grep -q '^export EDGE_EXPORTER_IMAGE=' "$IMAGES_ENV"; then
     "$ROOT_DIR/scripts/images.sh" resolve >"$IMAGES_ENV.tmp" || return
     mv "$IMAGES_ENV.tmp" "$IMAGES_ENV"
   fi
@@ -334,6 +335,7 @@ load_images() {
 # A hash of the configuration files: Swarm configs are immutable, so a change gets a new name.
 config_version() {
   cat "$ROOT_DIR"/nginx/* "$ROOT_DIR"/redis/* "$ROOT_DIR"/observability/prometheus/* "$ROOT_DIR"/observability/alertmanager/* \
+    "$ROOT_DIR"/observability/edge-exporter/* \
     "$ROOT_DIR"/observability/grafana/provisioning/*/* "$ROOT_DIR"/observability/grafana/dashboards/* |
     sha256sum | cut -c1-12
 }

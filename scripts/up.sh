@@ -243,11 +243,12 @@ push_infra_images() {
   REDIS_EXPORTER_IMAGE=$(deploy_ref "$REDIS_EXPORTER_IMAGE") || die "cannot push $REDIS_EXPORTER_IMAGE"
   POSTGRES_IMAGE=$(deploy_ref "$POSTGRES_IMAGE") || die "cannot push $POSTGRES_IMAGE"
   POSTGRES_EXPORTER_IMAGE=$(deploy_ref "$POSTGRES_EXPORTER_IMAGE") || die "cannot push $POSTGRES_EXPORTER_IMAGE"
+  EDGE_EXPORTER_IMAGE=$(deploy_ref "$EDGE_EXPORTER_IMAGE") || die "cannot push $EDGE_EXPORTER_IMAGE"
   if [[ $GRAFANA_REPLICAS != 0 ]]; then
     GRAFANA_IMAGE=$(deploy_ref "$GRAFANA_IMAGE") || die "cannot push $GRAFANA_IMAGE"
   fi
   log "infra images: $NGINX_IMAGE $REDIS_IMAGE $PROMETHEUS_IMAGE $ALERTMANAGER_IMAGE $REDIS_EXPORTER_IMAGE" \
-    "$POSTGRES_IMAGE $POSTGRES_EXPORTER_IMAGE"
+    "$POSTGRES_IMAGE $POSTGRES_EXPORTER_IMAGE $EDGE_EXPORTER_IMAGE"
 }
 
 # Prometheus and Grafana publish no port. This proxy, a plain container on the overlay network,
@@ -291,8 +292,8 @@ deploy_infra() {
   local service
   # Postgres is Running once its healthcheck (pg_isready over TCP) passes: after a first start's
   # initialisation, so the migration below finds it ready.
-  for service in wsapp_redis wsapp_redis-replica wsapp_sentinel "$NGINX_SERVICE" wsapp_alertmanager wsapp_redis-exporter \
-    wsapp_postgres wsapp_postgres-exporter; do
+  for service in wsapp_redis wsapp_redis-replica wsapp_sentinel "$NGINX_SERVICE" wsapp_alertmanager \
+    wsapp_redis-exporter wsapp_edge-exporter wsapp_postgres wsapp_postgres-exporter; do
     wait_for "$UP_TIMEOUT" "$service to run" service_running "$service"
   done
   [[ -n $ALERT_WEBHOOK_URL ]] ||
@@ -367,8 +368,8 @@ main() {
   deploy_registry
   step "push images to $REGISTRY"
   push_infra_images
-  export NGINX_IMAGE REDIS_IMAGE PROMETHEUS_IMAGE ALERTMANAGER_IMAGE REDIS_EXPORTER_IMAGE GRAFANA_IMAGE GRAFANA_REPLICAS \
-    POSTGRES_IMAGE POSTGRES_EXPORTER_IMAGE
+  export NGINX_IMAGE REDIS_IMAGE PROMETHEUS_IMAGE ALERTMANAGER_IMAGE REDIS_EXPORTER_IMAGE EDGE_EXPORTER_IMAGE \
+    GRAFANA_IMAGE GRAFANA_REPLICAS POSTGRES_IMAGE POSTGRES_EXPORTER_IMAGE
   step "infra stack"
   deploy_infra
   start_ops_proxy

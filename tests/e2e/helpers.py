@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 
@@ -140,3 +141,31 @@ def handshakes_and_queries(service):
     queries = {sample.split('"')[1]: int(value) for sample, value in counts.items()
                if sample.startswith("ws_db_queries_total")}
     return int(counts["ws_connections_opened_total"]), queries
+
+
+# The edge exporter's counters (stack/infra.yml, edge-exporter), read in its container.
+EDGE_COUNTERS = """
+import urllib.request
+text = urllib.request.urlopen("http://127.0.0.1:9118/metrics", timeout=5).read().decode()
+print(" ".join(line for line in text.splitlines() if line.startswith("nginx_responses")))
+"""
+EDGE_COUNT_SECONDS = 10  # Nginx flushes its count files every second; Prometheus is not involved
+
+
+def edge_counts():
+    """The edge exporter's counters now: {"nginx_responses_total": n, ...}."""
+    out = docker("exec", service_container("wsapp_edge-exporter"), "python3", "-c", EDGE_COUNTERS)
+    words = out.split()
+    return {name: int(value) for name, value in zip(words[::2], words[1::2], strict=True)}
+
+
+def counted_exactly(counter, before, sent):
+    """Wait until the edge exporter's `counter` grew by `sent` since `before` (Nginx flushes within a
+    second), then check that it stays there: the number counted."""
+    def counted():
+        return edge_counts()[counter] - before[counter]
+    deadline = time.monotonic() + EDGE_COUNT_SECONDS
+    while counted() < sent and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(2)  # two more flushes: nothing late may add to it
+    return counted()

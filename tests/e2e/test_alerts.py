@@ -8,18 +8,35 @@ files, which no quick real fault reaches: those two are lowered, and fire on a h
 Alertmanager waits 1 s before a group's first notification. Not caused here, because one node has
 one edge: edges that disagree on the color. The lab tier causes that one for real, on the lab's two
 edges, and repairs it (tests/lab/test_observability.py); promtool's unit tests cover its rule too.
-Prints, per alert, the fault and the seconds until the sink had it.
+The edges' 429 and 5xx shares are caused by bursts: parallel GETs over NGINX_HTTP_RATE from one
+address, and GETs of the preview route of the color that is not deployed (502); the edge exporter's
+counters must have grown by exactly the 429s and the 502s the clients got.
+Prints, per alert, the fault and the seconds until the sink had it, and counted vs sent per burst.
 """
 
+import http.client
 import json
 import re
 import time
 import urllib.parse
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import ENV, active_service, docker, redis_cli, run, service_container, version
+from tests.e2e.helpers import (
+    ENV,
+    HTTP_PORT,
+    active_service,
+    counted_exactly,
+    docker,
+    edge_counts,
+    redis_cli,
+    run,
+    service_container,
+    version,
+)
 from tests.helpers import ALERT_SINK_PROGRAM, ROOT, alert_notifications
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -33,6 +50,22 @@ OVERRIDES = {
     "ws_process_open_fds / ws_process_max_fds > 0.8": "ws_process_open_fds / ws_process_max_fds > 0.0001",
 }
 ALERT_SECONDS = 60  # the longest a fault may take to reach the sink
+# The 429 burst: CLIENTS kept-alive connections from one address, BURST GETs each, as fast as Nginx
+# answers. Over the release file's NGINX_HTTP_RATE (50/s, burst 100), most are answered 429; the
+# 429s must exceed the alert's minimum rate (1/s over 5 minutes: 300).
+CLIENTS, BURST = 4, 1000
+# Python on the overlay network (in the sink's container): GETs of the preview route of a color that
+# is not deployed, which Nginx answers 502. Prints the statuses.
+PREVIEW_BURST = """
+import collections, sys, urllib.error, urllib.request
+statuses = collections.Counter()
+for _ in range(int(sys.argv[2])):
+    try:
+        statuses[urllib.request.urlopen(sys.argv[1], timeout=5).status] += 1
+    except urllib.error.HTTPError as error:
+        statuses[error.code] += 1
+print(dict(statuses))
+"""
 
 
 def rules_for_the_test(tmp_path):
@@ -153,6 +186,24 @@ def arrival(alertname, since, **labels):
     return round(min(got()) - since, 1)
 
 
+def public_burst(count):
+    """`count` GETs of /version on one kept-alive connection to the published port, as fast as Nginx
+    answers; the statuses counted."""
+    statuses = {}
+    connection = http.client.HTTPConnection("localhost", HTTP_PORT, timeout=10)
+    try:
+        for _ in range(count):
+            connection.request("GET", "/version")
+            response = connection.getresponse()
+            response.read()
+            statuses[response.status] = statuses.get(response.status, 0) + 1
+            if response.will_close:
+                connection.close()
+    finally:
+        connection.close()
+    return statuses
+
+
 def test_each_fault_fires_its_alert_and_it_reaches_the_receiver(alerting):
     results = []
     start = time.monotonic()
@@ -160,12 +211,43 @@ def test_each_fault_fires_its_alert_and_it_reaches_the_receiver(alerting):
     def record(alertname, fault, since, **labels):
         seconds = arrival(alertname, since, **labels)
         results.append((alertname, fault, seconds))
+        print(f"{alertname}: at the sink {seconds}s after: {fault}", flush=True)
 
     t0 = time.time()
     record("WsappReplicaMemoryHigh", "threshold lowered to 1 MiB (test rules)", t0)
     record("WsappOpenFilesNearLimit", "threshold lowered to 0.01% (test rules)", t0)
 
+    # The edges' share of 429s and of 5xx, each counted exactly by the edge exporter beside Nginx.
     color = version()["color"]
+    before = edge_counts()
+    t0 = time.time()
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        bursts = list(pool.map(public_burst, [BURST] * CLIENTS))
+    statuses = dict(sum((Counter(burst) for burst in bursts), Counter()))
+    sent = sum(statuses.values())
+    rate_limited = counted_exactly("nginx_responses_rate_limited_total", before, statuses.get(429, 0))
+    counts = edge_counts()
+    print(f"429 burst: {CLIENTS}x{BURST} GETs in {time.time() - t0:.1f}s, answered {statuses}; "
+          f"the exporter counted {rate_limited} 429s of {statuses.get(429, 0)} sent, "
+          f"{counts['nginx_responses_total'] - before['nginx_responses_total']} responses of {sent} sent")
+    assert statuses.get(429, 0) > 300, statuses
+    assert rate_limited == statuses[429], (rate_limited, statuses)
+    assert counts["nginx_responses_total"] - before["nginx_responses_total"] >= sent
+    assert counts["nginx_responses_server_error_total"] == before["nginx_responses_server_error_total"]
+    record("WsappEdgeRateLimiting", f"{CLIENTS}x{BURST} GETs at once from one address: {statuses}", t0)
+
+    idle = "green" if color == "blue" else "blue"
+    before = edge_counts()
+    t0 = time.time()
+    answer = docker("exec", SINK, "python3", "-c", PREVIEW_BURST, f"http://wsapp_nginx:8081/{idle}/version",
+                    "400", timeout=120)
+    assert "502: 400" in answer, answer
+    server_errors = counted_exactly("nginx_responses_server_error_total", before, 400)
+    print(f"5xx burst: 400 GETs of the preview route of {idle}, answered {answer.strip()}; "
+          f"the exporter counted {server_errors} 5xx of 400 sent")
+    assert server_errors == 400
+    record("WsappEdgeServerErrors", f"400 GETs of the preview route of {idle}, not deployed (502)", t0)
+
     app = service_container(active_service())
     t0 = time.time()
     docker("pause", app)

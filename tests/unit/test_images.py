@@ -57,3 +57,10 @@ def test_every_image_the_stacks_name_is_resolved_and_every_stand_in_is_built(tmp
     assert {f"wsapp-local/{name}:bookworm" for name in stand_ins} == set(built)
     for name in named:
         assert exports[name].startswith("wsapp-local/"), (name, exports[name])
+
+
+def test_the_edge_exporter_runs_on_the_python_base_so_it_has_a_debian_stand_in_too(tmp_path):
+    """The edge exporter is a script (a Swarm config) on the Python base image: no image of its own."""
+    exports, _ = resolve(tmp_path)
+    assert exports["EDGE_EXPORTER_IMAGE"] == exports["PYTHON_BASE_IMAGE"]
+    assert exports["EDGE_EXPORTER_IMAGE"] == "wsapp-local/debian-python:bookworm"

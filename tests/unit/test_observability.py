@@ -1,9 +1,14 @@
 """Static checks of observability/: promtool on the Prometheus configuration, rules and rule tests,
 and the Grafana provisioning and dashboards (the e2e tier evaluates every panel's query)."""
 
+import importlib.util
 import json
+import os
 import re
 import subprocess
+import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -35,9 +40,12 @@ def test_one_app_job_finds_both_colors_and_labels_each_with_its_color():
     """As Prometheus applies the relabel (an anchored regex, replacement $1) to each DNS name."""
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"] if "dns_sd_configs" in job}
-    # app: every replica of both colors; nginx: every edge's Nginx (tasks.wsapp_nginx); Alertmanager.
-    assert sorted(jobs) == ["alertmanager", "app", "nginx"]
+    # app: every replica of both colors; nginx: every edge's Nginx (tasks.wsapp_nginx); edge: the
+    # exporter beside every Nginx; Alertmanager.
+    assert sorted(jobs) == ["alertmanager", "app", "edge", "nginx"]
     assert [name for sd in jobs["nginx"]["dns_sd_configs"] for name in sd["names"]] == ["tasks.wsapp_nginx"]
+    edge_names = [name for sd in jobs["edge"]["dns_sd_configs"] for name in sd["names"]]
+    assert edge_names == ["tasks.wsapp_edge-exporter"]
     names = [name for sd in jobs["app"]["dns_sd_configs"] for name in sd["names"]]
     assert names == ["tasks.wsapp-blue_app", "tasks.wsapp-green_app"]
     (relabel,) = jobs["app"]["relabel_configs"]
@@ -132,3 +140,94 @@ def test_every_alert_points_to_the_docs():
         headings = [re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-")
                     for h in re.findall(r"(?m)^#+ (.+)$", text)]
         assert anchor in headings, (rule["alert"], anchor)
+
+
+def test_the_edge_exporter_counts_the_files_nginx_appends_to_where_nginx_writes_them():
+    """nginx.conf appends one byte per response (an empty format: the newline alone), buffered, to
+    exactly the files the exporter counts, the 429s and 5xx by their maps, in the directory of the
+    volume both services mount, placed on the same nodes, as the same user; Prometheus scrapes the
+    exporter's port."""
+    conf = Path(ROOT, "nginx", "nginx.conf").read_text()
+    assert re.search(r"^\s*log_format edge_count '';$", conf, re.M)
+    logs = re.findall(r"^\s*access_log (\S+) edge_count buffer=64k flush=1s(?: if=\$(\w+))?;$", conf, re.M)
+    exporter_module = load_edge_exporter()
+    names = [name for name, _, _ in exporter_module.COUNTERS]
+    assert [Path(path).name for path, _ in logs] == names == ["responses", "rate_limited", "server_error"]
+    directories = {str(Path(path).parent) for path, _ in logs}
+    assert directories == {"/run/edge-counts"}
+    conditions = [condition for _, condition in logs]
+    assert conditions == ["", "edge_rate_limited", "edge_server_error"]
+    assert re.search(r"map \$status \$edge_rate_limited \{\s*429\s+1;\s*default 0;\s*\}", conf)
+    assert re.search(r"map \$status \$edge_server_error \{\s*~\^5\s+1;\s*default 0;\s*\}", conf)
+    stack = yaml.safe_load(Path(ROOT, "stack", "infra.yml").read_text())
+    nginx, exporter = stack["services"]["nginx"], stack["services"]["edge-exporter"]
+    (directory,) = directories
+    assert f"edge_counts:{directory}" in nginx["volumes"]
+    assert exporter["volumes"] == [f"edge_counts:{directory}"]
+    assert exporter["environment"]["EDGE_COUNTS_DIR"] == directory
+    assert stack["volumes"]["edge_counts"]["driver_opts"]["type"] == "tmpfs"
+    assert exporter["deploy"]["mode"] == nginx["deploy"]["mode"] == "global"
+    assert exporter["deploy"]["placement"] == nginx["deploy"]["placement"]
+    assert exporter["user"] == nginx["user"], "the exporter must be allowed to free the files Nginx creates"
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "edge"]
+    port = int(exporter["environment"]["EDGE_EXPORTER_PORT"])
+    assert {sd["port"] for sd in job["dns_sd_configs"]} == {port}
+
+
+def load_edge_exporter():
+    path = Path(ROOT, "observability", "edge-exporter", "edge_exporter.py")
+    spec = importlib.util.spec_from_file_location("edge_exporter", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_edge_exporter_counts_by_size_and_frees_what_it_counted_without_losing_a_count(tmp_path):
+    """A burst of a million responses appended the way Nginx does (O_APPEND, in 64 KiB writes) is
+    counted whole, the memory of the counted pages is freed while the count stays, appends after a
+    free add to it, and a file Nginx has not made yet counts 0 and is not created."""
+    edge = load_edge_exporter()
+    fd = os.open(tmp_path / "rate_limited", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        for _ in range(1_000_000 // 65536):
+            os.write(fd, b"\n" * 65536)
+        os.write(fd, b"\n" * (1_000_000 % 65536))
+        assert edge.count(tmp_path, "rate_limited") == 1_000_000
+        assert edge.held_bytes(tmp_path, "rate_limited") >= 1_000_000
+        edge.punch(tmp_path, "rate_limited")
+        assert edge.count(tmp_path, "rate_limited") == 1_000_000
+        assert edge.held_bytes(tmp_path, "rate_limited") <= 2 * edge.PAGE
+        os.write(fd, b"\n" * 7)
+    finally:
+        os.close(fd)
+    edge.punch(tmp_path, "server_error")
+    assert not (tmp_path / "server_error").exists()
+    text = edge.metrics(tmp_path).decode()
+    assert "\nnginx_responses_rate_limited_total 1000007\n" in text
+    assert "\nnginx_responses_server_error_total 0\n" in text and "\nnginx_responses_total 0\n" in text
+    assert not edge._reported, edge._reported
+
+
+def test_the_edge_exporter_serves_its_counters_over_http(tmp_path, monkeypatch):
+    edge = load_edge_exporter()
+    (tmp_path / "responses").write_bytes(b"\n" * 12)
+    (tmp_path / "server_error").write_bytes(b"\n" * 3)
+    monkeypatch.setattr(edge, "DIRECTORY", str(tmp_path))
+    server = edge.ThreadingHTTPServer(("127.0.0.1", 0), edge.Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
+            text = response.read().decode()
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(url + "/", timeout=5)
+        missing.value.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert missing.value.code == 404
+    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+    assert samples["nginx_responses_total"] == "12" and samples["nginx_responses_server_error_total"] == "3"
+    assert samples["nginx_responses_rate_limited_total"] == "0"
