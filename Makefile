@@ -42,8 +42,8 @@ promote:  ## release the working tree by blue/green promotion
 status:  ## active color, image, replicas and health of both colors
 	./promote.sh status
 
-test: deps  ## run every tier: the lab beside unit and integration, then e2e (scripts/test-tiers.sh)
-	PYTEST="$(PYTEST)" ./scripts/test-tiers.sh
+test: deps  ## run every tier: unit, integration, e2e, lab
+	$(PYTEST) --durations=25 tests
 
 test-unit: deps  ## unit tier only
 	$(PYTEST) tests/unit
