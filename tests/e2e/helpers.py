@@ -86,8 +86,11 @@ def stacks():
 
 def standing():
     """Whether the system stands as make up leaves it: one color's stack, every service's tasks all
-    running (a finished job is not counted), and the site answering through Nginx."""
+    running (a finished job is not counted) and none of its containers starting or unhealthy, and the
+    site answering through Nginx."""
     colors = {"wsapp-blue", "wsapp-green"} & stacks()
+    if any(docker("ps", "-q", "--filter", f"health={health}") for health in ("starting", "unhealthy")):
+        return False
     lines = docker("service", "ls", "--format", "{{.Replicas}}").splitlines()  # a job: "0/1 (1/1 completed)"
     running = all(count[1] == count[2] for count in map(re.compile(r"(\d+)/(\d+)").fullmatch, lines) if count)
     try:

@@ -66,6 +66,7 @@ def assert_nothing_lost(traffic):
     assert traffic.delivery["resumes"] >= sum(traffic.closes.values())
 
 
+@pytest.mark.takes_standing_system
 async def test_sigkill_of_an_app_replica_loses_nothing_and_fails_no_request(system):
     """Its clients reconnect to the other replica and resume; Nginx retries HTTP elsewhere;
     Swarm starts a replacement."""

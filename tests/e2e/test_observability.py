@@ -94,6 +94,7 @@ class Chatters:
             await ws.close()
 
 
+@pytest.mark.takes_standing_system
 async def test_prometheus_sees_every_replica_connection_and_panel(system):
     color = version()["color"]
     service = active_service()
@@ -194,6 +195,7 @@ class FreshConnections:
                 await asyncio.sleep(0.2)  # e.g. the new color going away during the switch back
 
 
+@pytest.mark.takes_standing_system
 async def test_release_gate_switches_a_failing_release_back(system, derived_image):
     before = version()["color"]
     after = "green" if before == "blue" else "blue"
