@@ -22,18 +22,25 @@ REPORTS = Path(ROOT, "tests", "e2e", "artifacts", "releases")
 # one address more often than a person would (test_postgres.py's recovery polls login every second);
 # the burst (NGINX_LOGIN_BURST, 5) is the release file's.
 LOGIN_RATE = 120
+# Alertmanager's receiver: test_alerts.py's sink, a container on the overlay network. Every make up of
+# the tier sends alerts there, with the groups' waits at 1 s, so that test_alerts.py can take the
+# system the test before it left; until the sink runs, Alertmanager's notifications fail and are
+# retried (its log says so), as they would with a receiver down.
+ALERT_SINK = "wsapp-e2e-alert-sink"
+ALERT_SINK_URL = f"http://{ALERT_SINK}:9099/alerts"
 
 
 def release_env():
     """stack/release.env, but accepting WebSockets from the page as a browser opens it here: its Origin
     has the port (http://localhost:HTTP_PORT), and PUBLIC_ORIGINS compares ports; the release reports go
-    to REPORTS; NGINX_LOGIN_RATE is LOGIN_RATE. Written at import."""
+    to REPORTS; NGINX_LOGIN_RATE is LOGIN_RATE; alerts go to ALERT_SINK_URL. Written at import."""
     path = Path(tempfile.mkdtemp(prefix="wsapp-e2e-")) / "release.env"
     lines = Path(ROOT, "stack", "release.env").read_text().splitlines()
     origin = f"http://localhost:{HTTP_PORT}"
     lines = [f"{line},{origin}" if line.startswith("PUBLIC_ORIGINS=") else
              f"REPORT_DIR={REPORTS}" if line.startswith("REPORT_DIR=") else
-             f"NGINX_LOGIN_RATE={LOGIN_RATE}" if line.startswith("NGINX_LOGIN_RATE=") else line
+             f"NGINX_LOGIN_RATE={LOGIN_RATE}" if line.startswith("NGINX_LOGIN_RATE=") else
+             f"ALERT_WEBHOOK_URL={ALERT_SINK_URL}" if line.startswith("ALERT_WEBHOOK_URL=") else line
              for line in lines]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -49,6 +56,8 @@ ENV = dict(
     # Each test's make down keeps the registry with the images it holds (the session's last removes
     # it): a make up then pushes only what is new, not every image again.
     KEEP_REGISTRY="1",
+    ALERT_GROUP_WAIT="1s",
+    ALERT_GROUP_INTERVAL="1s",
 )
 BASE_URL = f"http://localhost:{HTTP_PORT}"
 WS_URL = f"ws://localhost:{HTTP_PORT}"

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.helpers import (
-    ENV,
+    ALERT_SINK,
     HTTP_PORT,
     active_service,
     counted_exactly,
@@ -39,10 +39,10 @@ from tests.e2e.helpers import (
 )
 from tests.helpers import ALERT_SINK_PROGRAM, ROOT, alert_notifications
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+# Last in the tier's order (conftest.py): it takes the system the test before it left.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900), pytest.mark.takes_standing_system]
 
-SINK = "wsapp-e2e-alert-sink"
-SINK_URL = f"http://{SINK}:9099/alerts"
+SINK = ALERT_SINK
 # rules.yml for the test: no waiting, and thresholds a healthy replica is over for the two alerts no
 # quick fault reaches.
 OVERRIDES = {
@@ -79,18 +79,12 @@ def rules_for_the_test(tmp_path):
 
 
 @pytest.fixture
-def alerting(swarm, tmp_path):
-    """The system with ALERT_WEBHOOK_URL pointing at the sink, Prometheus on the test rules, the sink
-    running; all removed afterwards."""
-    release = tmp_path / "release.env"
-    lines = Path(ENV["RELEASE_ENV"]).read_text().splitlines()
-    release.write_text("\n".join(f"ALERT_WEBHOOK_URL={SINK_URL}" if line.startswith("ALERT_WEBHOOK_URL=")
-                                 else line for line in lines) + "\n")
-    env = dict(RELEASE_ENV=str(release), ALERT_GROUP_WAIT="1s", ALERT_GROUP_INTERVAL="1s")
+def alerting(system, tmp_path):
+    """The system (every make up of the tier sends alerts to the sink: helpers.ALERT_SINK_URL) with
+    Prometheus on the test rules and the sink running; all removed afterwards, the system too (it runs
+    the test rules)."""
     rules = f"wsapp_prometheus_rules_e2e_{int(time.time())}"
-    run(["scripts/down.sh"], 300)
     try:
-        run(["scripts/up.sh"], 900, **env)
         # On the app's image, which has Python.
         image = docker("service", "inspect", "--format", "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
                        active_service())

@@ -24,7 +24,7 @@ from tests.e2e.helpers import BASE_URL, HTTP_PORT, WS_URL, docker, redis_cli, ru
 from tests.e2e.load import Traffic
 from tests.helpers import ROOT
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900), pytest.mark.takes_standing_system]
 
 # The attackers' side: a local address to connect to, and addresses to connect from. Connections
 # to a local, non-loopback address reach Nginx's host-mode port through Docker's DNAT, which keeps
@@ -41,18 +41,17 @@ MiB = 2**20
 ARTIFACTS = Path(ROOT, "tests", "e2e", "artifacts")
 
 
-@pytest.fixture(scope="module")
-def system(swarm):
+@pytest.fixture(scope="module", autouse=True)
+def attackers():
+    """TARGET and the attackers' addresses on `lo`, for the module; each test takes the system the test
+    before it left (conftest.py) or gets one of its own."""
     added = []
     try:
         for address in [TARGET, *ATTACKERS]:
             subprocess.run(["ip", "addr", "add", f"{address}/32", "dev", "lo"], check=True, timeout=10)
             added.append(address)
-        run(["scripts/down.sh"], 300)
-        run(["scripts/up.sh"], 600)
         yield
     finally:
-        run(["scripts/down.sh"], 300, check=False)
         for address in added:
             subprocess.run(["ip", "addr", "del", f"{address}/32", "dev", "lo"], timeout=10)
 

@@ -24,7 +24,7 @@ from tests.e2e.helpers import (
 )
 from tests.helpers import ROOT, require_command
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200), pytest.mark.takes_standing_system]
 
 ARTIFACTS = os.path.join(ROOT, "tests", "e2e", "artifacts")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -35,15 +35,22 @@ SEND_GAP = 0.15  # seconds between messages, per page: ~13 messages/s for the tw
 SETTLE_SECONDS = 60
 ROOM = "e2e-browser"
 PASSWORD = f"e2e-{uuid.uuid4().hex}"
-# Ada and Bob are members of the private ROOM; Carol is a user, but not a member.
+# Ada and Bob are members of the private ROOM; Carol is a user, but not a member. Idempotent: the
+# system may be one an earlier test left, with users of its own.
 SETUP = f"""
 import os
 from django.contrib.auth.models import User
 from members.models import Room
 password = os.environ["E2E_PASSWORD"]
-users = [User.objects.create_user(name.lower(), password=password, first_name=name)
-         for name in ("Ada", "Bob", "Carol")]
-Room.objects.create(name="{ROOM}", private=True).members.add(*users[:2])
+users = []
+for name in ("Ada", "Bob", "Carol"):
+    user, _ = User.objects.get_or_create(username=name.lower())
+    user.first_name = name
+    user.set_password(password)
+    user.save()
+    users.append(user)
+room, _ = Room.objects.get_or_create(name="{ROOM}", defaults={{"private": True}})
+room.members.set(users[:2])
 """
 
 # Records every status the chat page shows, so the test can tell a release was seen as a notice only.

@@ -16,7 +16,7 @@ from tests.e2e.helpers import BASE_URL, ENV, WS_URL, active_service, docker, run
 from tests.e2e.load import Traffic, until
 from tests.helpers import ROOT, finish_all
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600), pytest.mark.takes_standing_system]
 
 CLIENTS = 30
 PROMETHEUS = f"http://localhost:{ENV['PROMETHEUS_PORT']}"
@@ -66,7 +66,6 @@ def assert_nothing_lost(traffic):
     assert traffic.delivery["resumes"] >= sum(traffic.closes.values())
 
 
-@pytest.mark.takes_standing_system
 async def test_sigkill_of_an_app_replica_loses_nothing_and_fails_no_request(system):
     """Its clients reconnect to the other replica and resume; Nginx retries HTTP elsewhere;
     Swarm starts a replacement."""
@@ -92,7 +91,6 @@ STARVED_CPUS = "0.02"  # of a CPU per replica: the probe's Python then needs abo
 STARVED_SECONDS = 30  # longer than the old healthcheck's budget (3 timeouts of 3 s, 3 s apart)
 
 
-@pytest.mark.takes_standing_system
 async def test_a_cpu_starved_color_keeps_its_replicas_and_its_clients(system):
     """Every replica of the active color gets a sliver of CPU for half a minute, as on a machine
     busy with other work while a release starts two new replicas (the pre-check's 134 HTTP 502s):
@@ -127,7 +125,6 @@ async def test_a_cpu_starved_color_keeps_its_replicas_and_its_clients(system):
     traffic.assert_every_message_reached_every_client_once_in_order()
 
 
-@pytest.mark.takes_standing_system
 async def test_killed_nginx_comes_back_on_the_same_color_and_clients_resume(system):
     before = version()["color"]
     victim = containers("wsapp_nginx")[0]
@@ -215,7 +212,6 @@ async def test_connection_total_is_right_right_after_prometheus_restarts(system)
     assert_nothing_lost(traffic)
 
 
-@pytest.mark.takes_standing_system
 async def test_two_promotions_at_once_run_one_and_refuse_the_other(system):
     before = version()["color"]
     after = "green" if before == "blue" else "blue"
@@ -245,7 +241,6 @@ async def test_two_promotions_at_once_run_one_and_refuse_the_other(system):
           f"status:\n{status}")
 
 
-@pytest.mark.takes_standing_system
 async def test_prometheus_restart_during_the_release_gate_does_not_fail_the_release(system):
     """Prometheus is restarted while promote.sh watches the new color: the gate neither fails on
     the missing scrapes nor judges series from before the restart, and the release completes."""

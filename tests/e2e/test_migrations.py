@@ -9,7 +9,7 @@ import pytest
 from tests.e2e.helpers import docker, handshakes_and_queries, service_container, stacks, version
 from tests.e2e.test_release import promote_under_load
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900), pytest.mark.takes_standing_system]
 
 MIGRATIONS = "/app/service/members/migrations"
 # An expand: a nullable column, which the color still running never notices.

@@ -14,7 +14,7 @@ from tests.e2e.helpers import BASE_URL, ENV, WS_URL, active_service, docker, run
 from tests.e2e.load import ORIGIN, Traffic
 from tests.helpers import DASHBOARDS, dashboard_queries
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900), pytest.mark.takes_standing_system]
 
 PROMETHEUS = f"http://localhost:{ENV['PROMETHEUS_PORT']}"
 # Panels that must show data while clients chat; errors and closes may rightly be empty.
@@ -94,7 +94,6 @@ class Chatters:
             await ws.close()
 
 
-@pytest.mark.takes_standing_system
 async def test_prometheus_sees_every_replica_connection_and_panel(system):
     color = version()["color"]
     service = active_service()
@@ -195,7 +194,6 @@ class FreshConnections:
                 await asyncio.sleep(0.2)  # e.g. the new color going away during the switch back
 
 
-@pytest.mark.takes_standing_system
 async def test_release_gate_switches_a_failing_release_back(system, derived_image):
     before = version()["color"]
     after = "green" if before == "blue" else "blue"

@@ -3,8 +3,8 @@ Nginx, get a connection ticket and join a private room over WebSocket, a user wh
 refused; then Postgres is killed while clients chat and reconnect: chat goes on, login answers 503
 within a bounded time, and login works again once Swarm has restarted it.
 
-One `make up` for the module (each `system` would bring the whole system up again): the tests run in
-file order, the outage last."""
+Each test takes the system the test before it left (conftest.py); the tests run in file order, the
+outage last."""
 
 import asyncio
 import json
@@ -18,10 +18,10 @@ import httpx
 import pytest
 import websockets
 
-from tests.e2e.helpers import BASE_URL, LOGIN_RATE, WS_URL, active_service, docker, run, service_container
+from tests.e2e.helpers import BASE_URL, LOGIN_RATE, WS_URL, active_service, docker, service_container
 from tests.e2e.load import Traffic
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600), pytest.mark.takes_standing_system]
 
 ORIGIN = "http://localhost"
 PASSWORD = f"e2e-{uuid.uuid4().hex}"
@@ -30,27 +30,28 @@ POSTGRES = "wsapp_postgres"
 # A login through Nginx while Postgres is down: libpq's connect_timeout (3 s) plus the view's work.
 UNAVAILABLE_WITHIN = 8.0
 
+# Idempotent: the system may be one an earlier test (or module) left, with users of its own.
 SETUP = f"""
 import os
 from django.contrib.auth.models import User
 from members.models import Room
 password = os.environ["E2E_PASSWORD"]
-alice = User.objects.create_user("alice", password=password, first_name="Alice", last_name="Doe")
-User.objects.create_user("bob", password=password)
-Room.objects.create(name="{ROOM}", private=True).members.add(alice)
+for username, first, last in [("alice", "Alice", "Doe"), ("bob", "", "")]:
+    user, _ = User.objects.get_or_create(username=username)
+    user.first_name, user.last_name = first, last
+    user.set_password(password)
+    user.save()
+room, _ = Room.objects.get_or_create(name="{ROOM}", defaults={{"private": True}})
+room.members.set([User.objects.get(username="alice")])
 """
 
 
-@pytest.fixture(scope="module")
-def accounts_system(swarm):
+@pytest.fixture
+def accounts_system(system):
     """The whole system as `make up` brings it up (the release file's DATABASE_URL: the stack's
     Postgres, migrated by up.sh's job), with users alice (a member of ROOM, private) and bob."""
-    run(["scripts/down.sh"], 300)
-    run(["scripts/up.sh"], 600)
     docker("exec", "-e", f"E2E_PASSWORD={PASSWORD}", service_container(active_service()),
            "python", "manage.py", "shell", "-c", SETUP, timeout=60)
-    yield
-    run(["scripts/down.sh"], 300)
 
 
 @pytest.fixture
