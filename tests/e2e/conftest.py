@@ -4,6 +4,7 @@ Fixtures only; the helpers they use, and tests use, are in tests/e2e/helpers.py.
 """
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -37,8 +38,10 @@ def pytest_runtest_makereport(item, call):
 # every other test is marked takes_standing_system, and they run as one chain on the system the one
 # before left, so that a tier that passes brings the system up twice. test_alerts.py comes last: it
 # swaps Prometheus' rules for its own and removes the system afterwards.
-ORDER = ["test_security", "test_browser", "test_postgres", "test_presence", "test_release", "test_faults",
-         "test_observability", "test_attacks", "test_migrations", "test_alerts"]
+# test_observability.py reads raw sums that a replica killed while Prometheus was down (test_faults.py)
+# would count for Prometheus' 5-minute lookback, so it comes before test_faults.py.
+ORDER = ["test_security", "test_browser", "test_postgres", "test_presence", "test_observability",
+         "test_release", "test_faults", "test_attacks", "test_migrations", "test_alerts"]
 HERE = Path(__file__).parent
 
 
@@ -54,6 +57,18 @@ def pytest_collection_modifyitems(items):
 
 # The test that passed and left its system standing for the next, if the next takes it.
 STANDING = {"left_by": None}
+# How long a test waits for the system its predecessor left to stand again (a task Swarm is replacing,
+# a container still starting): less than make down and make up take.
+STANDING_WAIT = 45
+
+
+def wait_standing():
+    deadline = time.monotonic() + STANDING_WAIT
+    while not standing():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(3)
+    return True
 
 
 @pytest.fixture
@@ -61,14 +76,15 @@ def system(swarm, request):
     """The whole system from a clean state (make down, make up); removed again afterwards.
 
     A test marked `takes_standing_system` gets instead the system the test just before it left, when
-    that test was marked too and passed, and the system still stands as make up leaves it (one color,
-    every service at its count, the site answering). Such a test starts where its predecessor's release
-    (or failed release) ended, so a leftover the predecessor missed fails there, and it saves a make
-    down and make up (about a minute each). Anything else gets make down and make up."""
+    that test was marked too and passed, and the system stands as make up leaves it (one color, every
+    service at its count, the site answering) within STANDING_WAIT seconds. Such a test starts where
+    its predecessor's release (or failed release) ended, so a leftover the predecessor missed fails
+    there, and it saves a make down and make up (about a minute each). Anything else gets make down
+    and make up."""
     items = request.session.items
     previous = items[items.index(request.node) - 1].nodeid if items.index(request.node) else None
     takes_standing = request.node.get_closest_marker("takes_standing_system") is not None
-    if not (takes_standing and STANDING["left_by"] == previous and standing()):
+    if not (takes_standing and STANDING["left_by"] == previous and wait_standing()):
         STANDING["left_by"] = None
         run(["scripts/down.sh"], 300)
         run(["scripts/up.sh"], 600)

@@ -176,7 +176,15 @@ def arrival(alertname, since, **labels):
         return [t for t, name, status, have in received()
                 if name == alertname and status == "firing" and t >= since
                 and all(have.get(k) == v for k, v in labels.items())]
-    wait_for(got, ALERT_SECONDS, f"{alertname} to reach the sink")
+    try:
+        wait_for(got, ALERT_SECONDS, f"{alertname} to reach the sink")
+    except AssertionError as error:
+        firing = prometheus_api("alerts")
+        manager = run(["docker", "service", "logs", "--tail", "30", "wsapp_alertmanager"], 30, check=False)
+        sink = run(["docker", "logs", "--tail", "5", SINK], 30, check=False)
+        raise AssertionError(f"{error}\nPrometheus' alerts: {firing[:3000]}\nAlertmanager's log:\n"
+                             f"{manager.stdout[-4000:]}{manager.stderr[-4000:]}\nthe sink's log:\n"
+                             f"{sink.stdout[-2000:]}{sink.stderr[-2000:]}") from None
     return round(min(got()) - since, 1)
 
 
