@@ -84,7 +84,7 @@ def system(swarm, request):
     items = request.session.items
     previous = items[items.index(request.node) - 1].nodeid if items.index(request.node) else None
     takes_standing = request.node.get_closest_marker("takes_standing_system") is not None
-    if not (takes_standing and STANDING["left_by"] == previous and wait_standing()):
+    if not (takes_standing and previous and STANDING["left_by"] == previous and wait_standing()):
         STANDING["left_by"] = None
         run(["scripts/down.sh"], 300)
         run(["scripts/up.sh"], 600)
