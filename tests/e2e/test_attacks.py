@@ -36,7 +36,7 @@ PINGS, CREATORS, ROOM_FLOOD, HANDSHAKES, LOGS = ["10.251.0.2"], ["10.251.0.3", "
     ["10.251.0.6"], ["10.251.0.7"], ["10.251.0.8"]
 ATTACKERS = PINGS + CREATORS + ROOM_FLOOD + HANDSHAKES + LOGS
 ATTACK_URL = f"ws://{TARGET}:{HTTP_PORT}"
-WARMUP = 10  # seconds of attack before the release starts
+WARMUP = 5  # seconds of attack before the release starts (each floods at full rate within a second)
 MiB = 2**20
 ARTIFACTS = Path(ROOT, "tests", "e2e", "artifacts")
 

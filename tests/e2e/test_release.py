@@ -33,6 +33,7 @@ from tests.helpers import ROOT, reap, start_interruptible, wait_until
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900), pytest.mark.takes_standing_system]
 
 DRAIN_SECONDS = 10
+WATCH_SECONDS = 15
 # An app that starts but never serves, so never gets healthy. Its command, not its entrypoint: the
 # release's migration jobs run `python manage.py ...` through the image's entrypoint, and an
 # ENTRYPOINT of sleep made them fail, so the release stopped before the health wait these tests are about.
@@ -42,8 +43,11 @@ NEVER_HEALTHY = 'CMD ["sleep", "infinity"]'
 async def promote_under_load(*args, clients=100, promotions=1, **env):
     """Run promote.sh `promotions` times while traffic flows; return (last result, traffic, seconds).
 
-    traffic.windows gets, per promotion, the seconds from its first close to its last reconnect.
+    traffic.windows gets, per promotion, the seconds from its first close to its last reconnect. The
+    release gate watches for WATCH_SECONDS (three scrapes) unless `env` says otherwise, not the default
+    30: the gate's own tests are test_observability.py's and test_faults.py's.
     """
+    env.setdefault("WATCH_SECONDS", str(WATCH_SECONDS))
     traffic = Traffic(BASE_URL, WS_URL, clients=clients)
     traffic.windows = []
     runner = asyncio.create_task(traffic.run())
