@@ -46,11 +46,13 @@ HERE = Path(__file__).parent
 
 
 def pytest_collection_modifyitems(items):
-    """Put the tier's tests in ORDER (a module not in it last), in their own places among the items of
-    other tiers; within a module, file order."""
+    """Put the tier's tests in ORDER, in their own places among the items of other tiers; within a
+    module, file order. A module not in ORDER is an error: where it runs decides what it starts on."""
     places = [index for index, item in enumerate(items) if item.path.parent == HERE]
-    ours = sorted((items[index] for index in places),
-                  key=lambda item: ORDER.index(item.path.stem) if item.path.stem in ORDER else len(ORDER))
+    missing = {items[index].path.name for index in places} - {f"{name}.py" for name in ORDER}
+    if missing:
+        raise pytest.UsageError(f"tests/e2e/conftest.py: add {', '.join(sorted(missing))} to ORDER")
+    ours = sorted((items[index] for index in places), key=lambda item: ORDER.index(item.path.stem))
     for index, item in zip(places, ours, strict=True):
         items[index] = item
 
