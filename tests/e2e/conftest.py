@@ -39,9 +39,10 @@ def pytest_runtest_makereport(item, call):
 # before left, so that a tier that passes brings the system up twice. test_alerts.py comes last: it
 # swaps Prometheus' rules for its own and removes the system afterwards.
 # test_observability.py reads raw sums that a replica killed while Prometheus was down (test_faults.py)
-# would count for Prometheus' 5-minute lookback, so it comes before test_faults.py.
-ORDER = ["test_security", "test_browser", "test_postgres", "test_presence", "test_observability",
-         "test_release", "test_faults", "test_attacks", "test_migrations", "test_alerts"]
+# would count for Prometheus' 5-minute lookback, so it comes before test_faults.py; test_attacks.py's
+# 429s would keep WsappEdgeRateLimiting firing for 5 minutes, so it comes long before test_alerts.py.
+ORDER = ["test_security", "test_attacks", "test_browser", "test_postgres", "test_presence",
+         "test_observability", "test_release", "test_faults", "test_migrations", "test_alerts"]
 HERE = Path(__file__).parent
 
 
