@@ -280,6 +280,14 @@ def test_each_fault_fires_its_alert_and_it_reaches_the_receiver(alerting):
     finally:
         unpause(replica)
 
+    exporter = service_container("wsapp_edge-exporter")
+    t0 = time.time()
+    docker("pause", exporter)
+    try:
+        record("WsappEdgeExporterDown", "the edge exporter frozen (docker pause)", t0)
+    finally:
+        unpause(exporter)
+
     nginx = service_container("wsapp_nginx")
     t0 = time.time()
     docker("pause", nginx)
