@@ -14,6 +14,7 @@ counters must have grown by exactly the 429s and the 502s the clients got.
 Prints, per alert, the fault and the seconds until the sink had it, and counted vs sent per burst.
 """
 
+import contextlib
 import http.client
 import json
 import re
@@ -151,9 +152,16 @@ def has_history(expr):
     return bool(answer) and bool(json.loads(answer)["data"]["result"])
 
 
-def unpause(container):
-    """Unpause, unless Swarm replaced the container meanwhile (its healthcheck failed)."""
-    run(["docker", "unpause", container], 60, check=False)
+@contextlib.contextmanager
+def frozen(container):
+    """The container paused (`docker pause`) for the block, which gets the time it was paused;
+    unpaused afterwards, unless Swarm replaced it meanwhile (its healthcheck failed)."""
+    paused = time.time()
+    docker("pause", container)
+    try:
+        yield paused
+    finally:
+        run(["docker", "unpause", container], 60, check=False)
 
 
 def running_prometheus():
@@ -250,10 +258,8 @@ def test_each_fault_fires_its_alert_and_it_reaches_the_receiver(alerting):
     record("WsappEdgeServerErrors", f"400 GETs of the preview route of {idle}, not deployed (502)", t0)
 
     app = service_container(active_service())
-    t0 = time.time()
-    docker("pause", app)
-    time.sleep(3)
-    unpause(app)
+    with frozen(app) as t0:
+        time.sleep(3)
     record("WsappEventLoopLagHigh", "an app replica frozen 3 s (docker pause)", t0)
 
     t0 = time.time()
@@ -270,31 +276,14 @@ def test_each_fault_fires_its_alert_and_it_reaches_the_receiver(alerting):
     finally:
         redis_cli("DEL", "wsapp-e2e-fill")
 
-    replica = service_container("wsapp_redis-replica")
-    t0 = time.time()
-    docker("pause", replica)
-    try:
+    with frozen(service_container("wsapp_redis-replica")) as t0:
         fault = "the Redis replica frozen (docker pause)"
         record("WsappRedisDown", fault, t0, instance="wsapp_redis-replica")
         record("WsappRedisReplicationBroken", fault, t0)
-    finally:
-        unpause(replica)
-
-    exporter = service_container("wsapp_edge-exporter")
-    t0 = time.time()
-    docker("pause", exporter)
-    try:
+    with frozen(service_container("wsapp_edge-exporter")) as t0:
         record("WsappEdgeExporterDown", "the edge exporter frozen (docker pause)", t0)
-    finally:
-        unpause(exporter)
-
-    nginx = service_container("wsapp_nginx")
-    t0 = time.time()
-    docker("pause", nginx)
-    try:
+    with frozen(service_container("wsapp_nginx")) as t0:
         record("WsappEdgeDown", "the edge's Nginx frozen (docker pause)", t0)
-    finally:
-        unpause(nginx)
 
     node = docker("info", "--format", "{{.Swarm.NodeID}}")
     t0 = time.time()
